@@ -1,0 +1,83 @@
+//! Periodic health of a runtime: runs its checks, sets the `runtime_health`
+//! gauge and the `runtime_health` hash in Redis (field = runtime id, value
+//! `healthy` / `unhealthy`; CONTRACT §2), and removes its field on shutdown.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{HealthFn, HealthReport, Metrics};
+use crate::names;
+use crate::types::unix_now;
+
+/// Hash next to `runtime_health`: field = runtime id, value = Unix time of the
+/// last report, so readers can tell a stale entry.
+pub const RUNTIME_HEARTBEAT: &str = "runtime_heartbeat";
+
+/// The id a runtime registers under: `<runtime>@<consumer>`.
+pub fn runtime_id(runtime: &str, consumer: &str) -> String {
+    format!("{runtime}@{consumer}")
+}
+
+/// Runs `health` every `every` until `shutdown`; then deletes the runtime's
+/// fields. Returns the join handle of the loop.
+pub fn spawn_health_loop(
+    conn: ConnectionManager,
+    runtime: &'static str,
+    runtime_id: String,
+    metrics: Metrics,
+    health: HealthFn,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let gauge = metrics.runtime_health.with_label_values(&[runtime]);
+        loop {
+            let report = HealthReport::new(runtime, health().await);
+            gauge.set(i64::from(report.healthy()));
+            let mut c = conn.clone();
+            let status = if report.healthy() {
+                "healthy"
+            } else {
+                "unhealthy"
+            };
+            let r: redis::RedisResult<()> = redis::pipe()
+                .hset(names::RUNTIME_HEALTH, &runtime_id, status)
+                .ignore()
+                .hset(RUNTIME_HEARTBEAT, &runtime_id, format!("{:.3}", unix_now()))
+                .ignore()
+                .query_async(&mut c)
+                .await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "Could not publish runtime health.");
+            }
+            if !report.healthy() {
+                tracing::warn!(checks = ?report.checks, "Runtime unhealthy.");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let mut c = conn.clone();
+        let _: redis::RedisResult<()> = c.hdel(names::RUNTIME_HEALTH, &runtime_id).await;
+        let _: redis::RedisResult<()> = c.hdel(RUNTIME_HEARTBEAT, &runtime_id).await;
+    })
+}
+
+/// A check that Redis answers PING.
+pub async fn check_redis(conn: &ConnectionManager) -> Result<(), String> {
+    let mut c = conn.clone();
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        redis::cmd("PING").query_async::<String>(&mut c),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("redis: {e}")),
+        Err(_) => Err("redis: PING timed out after 2 s".to_owned()),
+    }
+}

@@ -1,0 +1,31 @@
+//! # adp-core
+//!
+//! The shared library of the Agent Data Platform; the only code the binaries
+//! (`dispatcher`, `sandbox-runtime`, `web-runtime`, `adp`) share.
+//!
+//! # Layout
+//! * [`types`]: `TaskSpec`, `Trajectory` and friends (CONTRACT §1, §3).
+//! * [`validate`]: one line of `tasks.jsonl` → `TaskSpec` or a typed rejection.
+//! * [`names`]: every Redis stream, group and key name.
+//! * [`queue`]: consumer groups, the [`queue::Worker`] that runs a
+//!   [`queue::TaskHandler`], heartbeats, re-claim, retries, dead letters.
+//! * [`writer`]: atomic trajectory files.
+//! * [`cache`]: the template (plan) cache.
+//! * [`metrics`]: the Prometheus registry and the `/metrics` + `/health` server.
+//! * [`health`]: runtime registration in the `runtime_health` hash.
+//! * [`config`]: shared settings, tracing, shutdown signal, Redis connections.
+//! * [`error`]: `Error`, and [`error::InfraError`] — the failure that is not the agent's.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod names;
+pub mod queue;
+pub mod types;
+pub mod validate;
+pub mod writer;
+
+pub use error::{Error, InfraError, Result};
+pub use types::{ActionType, ErrorType, ExecutionStep, TaskSpec, TaskType, Trajectory};

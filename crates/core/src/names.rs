@@ -1,0 +1,45 @@
+//! Every Redis name the platform uses, in one place (CONTRACT §2).
+//!
+//! Nobody else writes a stream, group or key name as a string literal.
+
+/// Stream of `code` tasks, consumed by sandbox-runtime.
+pub const STREAM_CODE: &str = "tasks:code";
+/// Stream of `web` tasks, consumed by web-runtime.
+pub const STREAM_WEB: &str = "tasks:web";
+/// Stream of `reasoning` tasks, consumed by sandbox-runtime.
+pub const STREAM_REASONING: &str = "tasks:reasoning";
+/// Dead letters: entries that failed delivery `MAX_DELIVERIES` times.
+pub const STREAM_DEAD: &str = "tasks:dead";
+/// The task streams (not the dead-letter stream).
+pub const TASK_STREAMS: [&str; 3] = [STREAM_CODE, STREAM_WEB, STREAM_REASONING];
+/// The one consumer group on every stream.
+pub const GROUP: &str = "workers";
+
+/// Set of every `task_id` ever dispatched (the dispatcher's idempotency record).
+pub const DISPATCHED_IDS: &str = "dispatcher:dispatched_ids";
+/// Prefix of the dispatcher's per-file checkpoint (`<prefix><md5 of path>`).
+pub const DISPATCHER_CHECKPOINT_PREFIX: &str = "dispatcher:checkpoint:";
+/// Hash: field = runtime id, value `healthy` / `unhealthy`.
+pub const RUNTIME_HEALTH: &str = "runtime_health";
+/// Prefix of template cache entries (CONTRACT §2).
+pub const TEMPLATE_CACHE_PREFIX: &str = "template_cache:";
+/// Prefix of the per-entry list of infrastructure errors (`<prefix><stream>:<entry id>`).
+pub const INFRA_ERRORS_PREFIX: &str = "infra_errors:";
+/// Hash of counters kept by the platform (requeued dead letters, ...), field = counter name.
+pub const COUNTERS: &str = "adp:counters";
+
+/// Fields of a stream entry.
+pub const FIELD_TASK: &str = "task";
+pub const FIELD_SUBMITTED_AT: &str = "submitted_at";
+pub const FIELD_PRIORITY: &str = "priority";
+/// Fields added to an entry of `tasks:dead`.
+pub const FIELD_SOURCE_STREAM: &str = "source_stream";
+pub const FIELD_SOURCE_ID: &str = "source_id";
+pub const FIELD_DELIVERIES: &str = "deliveries";
+pub const FIELD_REASON: &str = "reason";
+pub const FIELD_DEAD_AT: &str = "dead_at";
+
+/// Key of the list of infrastructure errors recorded for one stream entry.
+pub fn infra_errors_key(stream: &str, entry_id: &str) -> String {
+    format!("{INFRA_ERRORS_PREFIX}{stream}:{entry_id}")
+}

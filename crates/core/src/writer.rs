@@ -1,0 +1,92 @@
+//! Atomic trajectory files: `$OUTPUT_DIR/trajectories/<task_id>.json`.
+//!
+//! Written to a temp file in the same directory, fsynced, renamed over the
+//! target, and the directory fsynced: a reader sees the old file or the new
+//! one, never half of one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, Result};
+use crate::types::Trajectory;
+use crate::validate::is_safe_task_id;
+
+/// Prefix of temp files; they never end in `.json`.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// Writes trajectories into one directory.
+#[derive(Debug, Clone)]
+pub struct TrajectoryWriter {
+    dir: PathBuf,
+}
+
+impl TrajectoryWriter {
+    /// A writer for `<output_dir>/trajectories`.
+    pub fn new(output_dir: &Path) -> Self {
+        TrajectoryWriter {
+            dir: output_dir.join("trajectories"),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of `task_id`; refuses ids that are not safe file names.
+    pub fn path_for(&self, task_id: &str) -> Result<PathBuf> {
+        if !is_safe_task_id(task_id) {
+            return Err(Error::UnsafeTaskId(task_id.to_owned()));
+        }
+        Ok(self.dir.join(format!("{task_id}.json")))
+    }
+
+    /// Writes `trajectory` atomically; returns the final path.
+    pub async fn write(&self, trajectory: &Trajectory) -> Result<PathBuf> {
+        let path = self.path_for(&trajectory.task_id)?;
+        let mut body = serde_json::to_vec_pretty(trajectory)?;
+        body.push(b'\n');
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&dir, &path, &body).map(|()| path))
+            .await
+            .map_err(|e| Error::Other(format!("writer task panicked: {e}")))?
+    }
+
+    /// Removes temp files older than `age` left by a process killed mid-write.
+    pub fn remove_stale_temp_files(&self, age: Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|d| d >= age);
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+/// Temp file in `dir`, write, fsync, rename onto `path`, fsync `dir`.
+pub fn write_atomic(dir: &Path, path: &Path, body: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    tmp.write_all(body)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| Error::Io(e.error))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

