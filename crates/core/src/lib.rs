@@ -20,6 +20,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod lines;
 pub mod metrics;
 pub mod names;
 pub mod queue;
