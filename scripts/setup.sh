@@ -9,6 +9,7 @@
 #   web         chromium-headless-shell, chromium, fonts (CJK included)
 #   dev         tools the test suite uses: docker-compose (config checks only),
 #               hadolint, promtool, iproute2, jq
+#   runtime     what every service image needs: ca-certificates, curl (HEALTHCHECK)
 #   all         every role above
 #
 # Skips whatever is already present; safe to run again. Needs root (or sudo).
@@ -84,6 +85,10 @@ role_web() {
   apt_install chromium-headless-shell chromium fonts-liberation fonts-noto-cjk
 }
 
+role_runtime() {
+  apt_install ca-certificates curl
+}
+
 role_dev() {
   apt_install docker-compose iproute2 jq prometheus
   if ! command -v hadolint >/dev/null; then
@@ -100,6 +105,7 @@ for r in "${roles[@]}"; do
     sandbox) role_sandbox ;;
     web) role_web ;;
     dev) role_dev ;;
+    runtime) role_runtime ;;
     all) role_base; role_sandbox; role_web; role_dev ;;
     *) echo "setup.sh: unknown role '$r' (see --help)" >&2; exit 2 ;;
   esac
