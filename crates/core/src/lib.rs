@@ -13,6 +13,7 @@
 //! * [`cache`]: the template (plan) cache.
 //! * [`metrics`]: the Prometheus registry and the `/metrics` + `/health` server.
 //! * [`health`]: runtime registration in the `runtime_health` hash.
+//! * [`llm`]: the OpenAI-compatible chat client the `openai` policies use.
 //! * [`config`]: shared settings, tracing, shutdown signal, Redis connections.
 //! * [`error`]: `Error`, and [`error::InfraError`] — the failure that is not the agent's.
 
@@ -20,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod llm;
 pub mod lines;
 pub mod metrics;
 pub mod names;

@@ -1,5 +1,8 @@
 //! Test helpers: a private `redis-server` on a free port (killed on drop),
 //! free ports, and bounded polling. Tests never assume a server on 6379.
+//! [`fake_llm`]: a scripted OpenAI-compatible chat server on 127.0.0.1.
+
+pub mod fake_llm;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
