@@ -43,3 +43,18 @@ pub const FIELD_DEAD_AT: &str = "dead_at";
 pub fn infra_errors_key(stream: &str, entry_id: &str) -> String {
     format!("{INFRA_ERRORS_PREFIX}{stream}:{entry_id}")
 }
+
+/// Field of an entry put back on its stream by `adp dead requeue`: the id of
+/// the `tasks:dead` entry it came from.
+pub const FIELD_REQUEUED_FROM: &str = "requeued_from";
+
+/// Field of [`COUNTERS`]: dead letters `adp dead requeue` put back on `stream`
+/// (exported by the dispatcher as `dead_requeued_total{queue_name}`).
+pub fn dead_requeued_counter(stream: &str) -> String {
+    format!("dead_requeued:{stream}")
+}
+
+/// Field of [`COUNTERS`]: tasks `adp replay` re-enqueued on `stream`.
+pub fn replayed_counter(stream: &str) -> String {
+    format!("replayed:{stream}")
+}
