@@ -147,10 +147,22 @@ mod tests {
         assert_eq!(
             lines,
             vec![
-                Line::Text { number: 1, bytes: b"ab".to_vec() },
-                Line::Text { number: 2, bytes: b"cd".to_vec() },
-                Line::Text { number: 3, bytes: vec![] },
-                Line::Text { number: 4, bytes: b"last".to_vec() },
+                Line::Text {
+                    number: 1,
+                    bytes: b"ab".to_vec()
+                },
+                Line::Text {
+                    number: 2,
+                    bytes: b"cd".to_vec()
+                },
+                Line::Text {
+                    number: 3,
+                    bytes: vec![]
+                },
+                Line::Text {
+                    number: 4,
+                    bytes: b"last".to_vec()
+                },
             ]
         );
     }
@@ -159,7 +171,10 @@ mod tests {
     fn partial_last_line_waits_when_asked() {
         let input = b"one\ntwo";
         let mut r = LineReader::new(io::BufReader::new(&input[..]), 100, 0, 0);
-        assert!(matches!(r.next_line(false).expect("read"), Some(Line::Text { number: 1, .. })));
+        assert!(matches!(
+            r.next_line(false).expect("read"),
+            Some(Line::Text { number: 1, .. })
+        ));
         assert_eq!(r.offset(), 4);
         assert_eq!(r.next_line(false).expect("read"), None);
     }
@@ -173,7 +188,10 @@ mod tests {
             lines,
             vec![
                 Line::TooLong { number: 1, len: 50 },
-                Line::Text { number: 2, bytes: b"ok".to_vec() },
+                Line::Text {
+                    number: 2,
+                    bytes: b"ok".to_vec()
+                },
             ]
         );
     }

@@ -1,0 +1,213 @@
+//! Metrics endpoint, health endpoint, trajectory writer and template cache
+//! against real servers and files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use adp_core::cache::{cache_key, TemplateCache};
+use adp_core::metrics::{serve, CheckResult, HealthFn, Metrics};
+use adp_core::types::{TaskSpec, TaskType, Trajectory};
+use adp_core::writer::TrajectoryWriter;
+use test_support::RedisServer;
+use tokio_util::sync::CancellationToken;
+
+/// Every metric name of CONTRACT §7.
+const CONTRACT_METRICS: [&str; 11] = [
+    "tasks_submitted_total",
+    "tasks_rejected_total",
+    "tasks_completed_total",
+    "tasks_failed_total",
+    "task_duration_seconds",
+    "active_tasks",
+    "queue_size",
+    "pending_lag_seconds",
+    "cache_hits_total",
+    "cache_misses_total",
+    "runtime_health",
+];
+
+fn redis_health(conn: redis::aio::ConnectionManager) -> HealthFn {
+    Arc::new(move || {
+        let c = conn.clone();
+        Box::pin(async move {
+            let mut m = BTreeMap::new();
+            m.insert(
+                "redis".to_owned(),
+                CheckResult::from_result(adp_core::health::check_redis(&c).await),
+            );
+            m
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_every_contract_name_and_health_follows_redis() {
+    let mut redis = RedisServer::start();
+    let conn = adp_core::config::connect(&redis.url())
+        .await
+        .expect("connect");
+    let metrics = Metrics::new();
+    metrics.init_runtime("sandbox-runtime", &[TaskType::Code, TaskType::Reasoning]);
+    metrics.init_rejections();
+    metrics.init_cache("code");
+    metrics.queue_size.with_label_values(&["tasks:code"]).set(3);
+    let stop = CancellationToken::new();
+    let addr = serve(
+        "127.0.0.1:0".parse().expect("addr"),
+        "test",
+        metrics.clone(),
+        redis_health(conn),
+        stop.clone(),
+    )
+    .await
+    .expect("serve");
+    let client = reqwest::Client::new();
+    let body = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("body");
+    for name in CONTRACT_METRICS {
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+            "{name} missing from /metrics"
+        );
+    }
+    assert!(body.contains(r#"queue_size{queue_name="tasks:code"} 3"#));
+
+    let ok = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(ok.status(), 200);
+    let json: serde_json::Value = ok.json().await.expect("json");
+    assert_eq!(json["status"], "healthy");
+    assert_eq!(json["checks"]["redis"]["ok"], true);
+
+    redis.stop();
+    let down = client
+        .get(format!("http://{addr}/health"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(down.status(), 503);
+    let json: serde_json::Value = down.json().await.expect("json");
+    assert_eq!(json["status"], "unhealthy");
+    assert_eq!(json["checks"]["redis"]["ok"], false);
+    assert!(json["checks"]["redis"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("redis"));
+
+    redis.start_again();
+    test_support::eventually(Duration::from_secs(15), || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{addr}/health"))
+                .send()
+                .await
+                .map(|r| r.status() == 200)
+                .unwrap_or(false)
+        }
+    })
+    .await
+    .expect("healthy again after Redis returns");
+    stop.cancel();
+}
+
+fn task(id: &str) -> TaskSpec {
+    serde_json::from_value(serde_json::json!({"task_id": id, "task_type": "code", "description": "Compute fibonacci(10)"}))
+        .expect("task")
+}
+
+#[tokio::test]
+async fn writer_is_atomic_and_refuses_unsafe_ids() {
+    let out = tempfile::tempdir().expect("tmp");
+    let nested = out.path().join("deep/er");
+    let w = TrajectoryWriter::new(&nested);
+    let mut t = Trajectory::new(&task("ok_1"), "sandbox-runtime");
+    t.final_result = "55\n".into();
+    let path = w.write(&t).await.expect("write");
+    assert_eq!(path, nested.join("trajectories/ok_1.json"));
+    let back: Trajectory =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("parse");
+    assert_eq!(back, t);
+    // Overwrite keeps one whole file and no temp files behind.
+    t.final_result = "56\n".into();
+    w.write(&t).await.expect("rewrite");
+    let names: Vec<String> = std::fs::read_dir(w.dir())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["ok_1.json".to_owned()]);
+
+    let mut evil = t.clone();
+    evil.task_id = "../../etc/passwd".into();
+    assert!(matches!(
+        w.write(&evil).await,
+        Err(adp_core::Error::UnsafeTaskId(_))
+    ));
+    assert!(!out.path().join("etc").exists() && !nested.join("etc").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_counts_hits_and_misses_and_treats_redis_failure_as_a_miss() {
+    assert_eq!(
+        cache_key(TaskType::Code, "  Compute Fibonacci(10) "),
+        // md5("code:compute fibonacci(10)"), computed independently with Python's hashlib.
+        "template_cache:109b783a3a03cfbfae0dc0ece4a01485"
+    );
+    let mut redis = RedisServer::start();
+    let conn = adp_core::config::connect(&redis.url())
+        .await
+        .expect("connect");
+    let metrics = Metrics::new();
+    let cache = TemplateCache::new(Some(conn), Duration::from_secs(60), metrics.clone(), "code");
+    assert_eq!(cache.get::<String>(TaskType::Code, "x").await, None);
+    cache.put(TaskType::Code, "x", &"print(1)".to_owned()).await;
+    assert_eq!(
+        cache.get::<String>(TaskType::Code, " X ").await.as_deref(),
+        Some("print(1)")
+    );
+    assert_eq!(
+        metrics.cache_hits_total.with_label_values(&["code"]).get(),
+        1
+    );
+    assert_eq!(
+        metrics
+            .cache_misses_total
+            .with_label_values(&["code"])
+            .get(),
+        1
+    );
+    let mut c = redis.client();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(cache_key(TaskType::Code, "x"))
+        .query(&mut c)
+        .expect("ttl");
+    assert!((1..=60).contains(&ttl));
+
+    redis.stop();
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        cache.get::<String>(TaskType::Code, "x"),
+    )
+    .await
+    .expect("a down cache answers promptly");
+    assert_eq!(r, None, "Redis down = miss, never an error");
+    cache.put(TaskType::Code, "y", &"print(2)".to_owned()).await; // logged, not failing
+    assert_eq!(
+        metrics
+            .cache_misses_total
+            .with_label_values(&["code"])
+            .get(),
+        2
+    );
+}

@@ -1,0 +1,208 @@
+//! Every validation rule of CONTRACT §1, including path-traversal ids, plus a
+//! property test that no input panics the parser.
+
+use adp_core::types::TaskType;
+use adp_core::validate::{is_safe_task_id, parse_task_line, RejectReason, MAX_LINE_BYTES};
+use proptest::prelude::*;
+
+fn reason(line: &str) -> &'static str {
+    parse_task_line(line.as_bytes())
+        .expect_err("should be rejected")
+        .code()
+}
+
+#[test]
+fn minimal_task_gets_defaults_and_a_uuid() {
+    let t = parse_task_line(br#"{"task_type": "code", "description": "hi"}"#).expect("valid");
+    assert_eq!(t.max_steps, 10);
+    assert_eq!(t.timeout, 300);
+    assert_eq!(t.priority, 1);
+    assert!(t.expected_tools.is_empty() && t.constraints.is_empty());
+    let id = uuid::Uuid::parse_str(&t.task_id).expect("uuid");
+    assert_eq!(id.get_version_num(), 4);
+    let empty = parse_task_line(br#"{"task_id": "", "task_type": "web", "description": "d", "constraints": {"start_url": "http://127.0.0.1/"}}"#)
+        .expect("valid");
+    assert!(uuid::Uuid::parse_str(&empty.task_id).is_ok());
+    assert_eq!(empty.task_type, TaskType::Web);
+}
+
+#[test]
+fn unknown_constraint_keys_are_kept() {
+    let t = parse_task_line(br#"{"task_id":"a","task_type":"code","description":"d","constraints":{"custom":[1,2]},"priority":-5}"#)
+        .expect("valid");
+    assert_eq!(t.constraints["custom"], serde_json::json!([1, 2]));
+    assert_eq!(t.priority, -5);
+}
+
+#[test]
+fn each_rule_has_its_reason() {
+    assert_eq!(reason("{not json"), "invalid_json");
+    assert_eq!(reason("[1,2]"), "not_an_object");
+    assert_eq!(reason(r#"{"description":"d"}"#), "missing_field");
+    assert_eq!(reason(r#"{"task_type":"code"}"#), "missing_field");
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"   "}"#),
+        "empty_description"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"video","description":"d"}"#),
+        "unknown_task_type"
+    );
+    assert_eq!(reason(r#"{"task_type":5,"description":"d"}"#), "wrong_type");
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":["d"]}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_id":7,"task_type":"code","description":"d"}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","max_steps":"5"}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","max_steps":2.5}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","max_steps":0}"#),
+        "out_of_range"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","max_steps":101}"#),
+        "out_of_range"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","timeout":0}"#),
+        "out_of_range"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","timeout":3601}"#),
+        "out_of_range"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","timeout":1e99}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","max_steps":99999999999999999999}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","expected_tools":"python"}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","expected_tools":[1]}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","constraints":[]}"#),
+        "wrong_type"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"code","description":"d","constraints":{"code":5}}"#),
+        "invalid_constraint"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"web","description":"d","constraints":{"actions":{}}}"#),
+        "invalid_constraint"
+    );
+    assert_eq!(
+        reason(
+            r#"{"task_type":"web","description":"d","constraints":{"actions":[{"selector":"a"}]}}"#
+        ),
+        "invalid_constraint"
+    );
+    assert_eq!(
+        reason(r#"{"task_type":"web","description":"d"}"#),
+        "missing_start_url"
+    );
+    assert_eq!(
+        reason(
+            r#"{"task_type":"web","description":"d","constraints":{"actions":[{"type":"click","selector":"a"}]}}"#
+        ),
+        "missing_start_url"
+    );
+    // Bounds are inclusive.
+    parse_task_line(br#"{"task_type":"code","description":"d","max_steps":100,"timeout":3600}"#)
+        .expect("upper bounds");
+    parse_task_line(br#"{"task_type":"code","description":"d","max_steps":1,"timeout":1}"#)
+        .expect("lower bounds");
+    parse_task_line(br#"{"task_type":"web","description":"d","constraints":{"actions":[{"type":"goto","url":"http://127.0.0.1/"}]}}"#)
+        .expect("goto first is enough");
+}
+
+#[test]
+fn invalid_utf8_and_long_lines_are_rejected() {
+    let bad = b"{\"task_type\":\"code\",\"description\":\"\xff\xfe\"}";
+    assert_eq!(
+        parse_task_line(bad).expect_err("utf8").code(),
+        "invalid_utf8"
+    );
+    let long = vec![b' '; MAX_LINE_BYTES + 1];
+    assert!(matches!(
+        parse_task_line(&long),
+        Err(RejectReason::LineTooLong { .. })
+    ));
+}
+
+#[test]
+fn unsafe_task_ids_never_pass() {
+    for id in [
+        "../../etc/passwd",
+        "..",
+        ".",
+        "a/b",
+        "/abs",
+        "a\\b",
+        "with space",
+        "nul\u{0}byte",
+        "ünïcode",
+        "new\nline",
+        &"x".repeat(129),
+    ] {
+        let line =
+            serde_json::json!({"task_id": id, "task_type": "code", "description": "d"}).to_string();
+        assert_eq!(reason(&line), "unsafe_task_id", "{id:?}");
+        assert!(!is_safe_task_id(id));
+    }
+    for id in ["a", "A-b_c.d", "...", "x".repeat(128).as_str(), "demo_fib"] {
+        assert!(is_safe_task_id(id), "{id:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Arbitrary bytes never panic the parser, and whatever passes has a safe id.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(t) = parse_task_line(&bytes) {
+            prop_assert!(is_safe_task_id(&t.task_id));
+        }
+    }
+
+    /// Structured near-valid tasks with arbitrary field values never panic,
+    /// and an accepted task always satisfies every rule.
+    #[test]
+    fn structured_tasks_uphold_rules(
+        id in proptest::option::of("[ -~]{0,140}"),
+        ty in prop_oneof![Just("code".to_owned()), Just("web".to_owned()), Just("reasoning".to_owned()), "[a-z]{0,8}"],
+        desc in "[ -~\u{4e00}-\u{4e10}]{0,20}",
+        steps in proptest::option::of(-5i64..200),
+        timeout in proptest::option::of(-5i64..4000),
+    ) {
+        let mut v = serde_json::json!({"task_type": ty, "description": desc, "constraints": {"start_url": "http://127.0.0.1/"}});
+        if let Some(id) = &id { v["task_id"] = serde_json::json!(id); }
+        if let Some(s) = steps { v["max_steps"] = serde_json::json!(s); }
+        if let Some(t) = timeout { v["timeout"] = serde_json::json!(t); }
+        if let Ok(t) = parse_task_line(v.to_string().as_bytes()) {
+            prop_assert!(is_safe_task_id(&t.task_id));
+            prop_assert!((1..=100).contains(&t.max_steps));
+            prop_assert!((1..=3600).contains(&t.timeout));
+            prop_assert!(!t.description.trim().is_empty());
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `$OUTPUT_DIR/rejected.jsonl`: one record per rejected line (CONTRACT §1).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+/// Longest `raw` kept in a record.
+pub const RAW_LIMIT: usize = 4096;
+
+/// Appends rejection records.
+pub struct RejectLog {
+    path: PathBuf,
+    pending: Vec<u8>,
+}
+
+impl RejectLog {
+    pub fn new(output_dir: &Path) -> Self {
+        RejectLog {
+            path: output_dir.join("rejected.jsonl"),
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a record; [`Self::flush`] writes it.
+    pub fn push(&mut self, line: u64, reason: &str, detail: &str, raw: &[u8]) {
+        let raw = cut_lossy(raw, RAW_LIMIT);
+        let record = json!({"line": line, "reason": reason, "detail": detail, "raw": raw});
+        self.pending
+            .extend_from_slice(record.to_string().as_bytes());
+        self.pending.push(b'\n');
+    }
+
+    /// Appends every queued record and syncs the file.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        f.write_all(&self.pending)?;
+        f.sync_data()?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+/// The first `limit` bytes of `raw` as text (invalid UTF-8 replaced), not
+/// cutting a character in half.
+fn cut_lossy(raw: &[u8], limit: usize) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(limit)]).into_owned();
+    if raw.len() <= limit {
+        return text;
+    }
+    // A cut multi-byte character shows as a trailing U+FFFD; drop it.
+    text.trim_end_matches('\u{FFFD}').to_owned()
+}
