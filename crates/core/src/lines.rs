@@ -30,7 +30,11 @@ pub struct LineReader<R> {
     number: u64,
     /// Bytes consumed so far (offset of the next line).
     offset: u64,
+    /// The line being read; kept across calls while its end has not arrived.
     buf: Vec<u8>,
+    /// Bytes of the line being read so far (may exceed `buf` when too long).
+    len: usize,
+    too_long: bool,
 }
 
 impl<R: BufRead> LineReader<R> {
@@ -43,6 +47,8 @@ impl<R: BufRead> LineReader<R> {
             number: start_line,
             offset: start_offset,
             buf: Vec::new(),
+            len: 0,
+            too_long: false,
         }
     }
 
@@ -60,9 +66,6 @@ impl<R: BufRead> LineReader<R> {
     /// without `\n` is not returned (it may still be being written: the
     /// caller retries later from [`Self::offset`]); `Ok(None)` at the end.
     pub fn next_line(&mut self, allow_partial_last: bool) -> io::Result<Option<Line>> {
-        self.buf.clear();
-        let mut len: usize = 0;
-        let mut too_long = false;
         loop {
             let available = match self.inner.fill_buf() {
                 Ok(b) => b,
@@ -71,22 +74,23 @@ impl<R: BufRead> LineReader<R> {
             };
             if available.is_empty() {
                 // End of input.
-                if len == 0 || !allow_partial_last {
+                // End of input; a partial line stays buffered for the next call.
+                if self.len == 0 || !allow_partial_last {
                     return Ok(None);
                 }
                 self.number += 1;
-                self.offset += len as u64;
-                return Ok(Some(self.finish(len, too_long)));
+                self.offset += self.len as u64;
+                return Ok(Some(self.finish()));
             }
             let (chunk, found_newline) = match memchr_newline(available) {
                 Some(i) => (&available[..i], true),
                 None => (available, false),
             };
             let chunk_len = chunk.len();
-            len += chunk_len;
-            if !too_long {
-                if len > self.max {
-                    too_long = true;
+            self.len += chunk_len;
+            if !self.too_long {
+                if self.len > self.max {
+                    self.too_long = true;
                     self.buf = Vec::new();
                 } else {
                     self.buf.extend_from_slice(chunk);
@@ -96,17 +100,16 @@ impl<R: BufRead> LineReader<R> {
             self.inner.consume(consumed);
             if found_newline {
                 self.number += 1;
-                self.offset += (len + 1) as u64;
-                return Ok(Some(self.finish(len, too_long)));
-            }
-            if !allow_partial_last && !too_long {
-                // Keep reading; a partial line is only known at EOF. Nothing to do here.
+                self.offset += (self.len + 1) as u64;
+                return Ok(Some(self.finish()));
             }
         }
     }
 
-    fn finish(&mut self, len: usize, too_long: bool) -> Line {
-        if too_long {
+    /// Returns the line read and resets the state for the next one.
+    fn finish(&mut self) -> Line {
+        let len = std::mem::take(&mut self.len);
+        if std::mem::take(&mut self.too_long) {
             Line::TooLong {
                 number: self.number,
                 len,
@@ -177,6 +180,30 @@ mod tests {
         ));
         assert_eq!(r.offset(), 4);
         assert_eq!(r.next_line(false).expect("read"), None);
+        assert_eq!(r.offset(), 4, "a partial line does not move the offset");
+    }
+
+    #[test]
+    fn partial_line_completes_on_a_later_call() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"par").expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        let mut r = LineReader::new(io::BufReader::new(file), 100, 0, 0);
+        assert_eq!(r.next_line(false).expect("read"), None);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        io::Write::write_all(&mut f, b"tial\nnext\n").expect("append");
+        assert_eq!(
+            r.next_line(false).expect("read"),
+            Some(Line::Text {
+                number: 1,
+                bytes: b"partial".to_vec()
+            })
+        );
+        assert_eq!(r.offset(), 8);
     }
 
     #[test]
