@@ -1,0 +1,321 @@
+//! `adp export`: every trajectory into one JSONL dataset.
+//!
+//! Streams the directory one file at a time (memory does not grow with the
+//! number of trajectories), skips and reports unusable files instead of
+//! stopping, writes to a temp file next to `--out` and renames it at the end
+//! (a crashed export leaves no half dataset), then prints a summary.
+//!
+//! Formats (one JSON object per line):
+//! * `trajectory`: the trajectory file as is (every field, compact);
+//! * `messages`: `{"task_id", "task_type", "success", "tools", "messages"}`,
+//!   see [`chat::to_messages`];
+//! * `sharegpt`: `{"task_id", "conversations", "tools"}`, see [`chat::to_sharegpt`].
+
+pub mod chat;
+pub mod tools;
+
+use std::collections::BTreeMap;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use adp_core::TaskType;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::{CliError, Outcome, Result};
+use crate::files::{self, Skips};
+use crate::progress;
+use crate::view::TrajView;
+use crate::Env;
+
+/// Output format of `adp export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The trajectory files as they are, one per line.
+    Trajectory,
+    /// OpenAI chat format with tool calls and tool definitions (for TRL and other SFT tools).
+    Messages,
+    /// ShareGPT `conversations` (LLaMA-Factory, axolotl).
+    Sharegpt,
+}
+
+/// Export trajectories into one JSONL dataset.
+#[derive(Debug, clap::Args)]
+#[command(
+    about = "Write every trajectory into one JSONL dataset (trajectory, messages or sharegpt format)",
+    long_about = "Write every trajectory into one JSONL dataset.\n\n\
+Formats:\n  \
+trajectory  each trajectory file as one line, all fields kept\n  \
+messages    OpenAI chat format: {\"tools\": [JSON schemas], \"messages\": [system, user, \
+(assistant with tool_calls, tool)..., assistant]} — ready for TRL's SFTTrainer\n  \
+sharegpt    {\"conversations\": [{\"from\": system|human|function_call|observation|gpt, \
+\"value\": ...}], \"tools\": \"<JSON>\"}\n\n\
+Files are read one at a time (memory does not grow with their number). Unusable files \
+(invalid JSON, not a trajectory) are skipped and listed in the summary; the export never \
+stops half way. The dataset is written to a temp file and renamed over --out at the end.",
+    after_help = "Examples:\n  \
+adp export --out data.jsonl\n  \
+adp export --out sft.jsonl --format messages --success-only --min-steps 2\n  \
+adp export --out web.jsonl --format sharegpt --task-type web\n  \
+adp export --out - --format messages | head -1 | jq ."
+)]
+pub struct ExportArgs {
+    /// Dataset file to write (`-` writes to standard output).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Line format.
+    #[arg(long, value_enum, default_value = "trajectory")]
+    pub format: Format,
+    /// Only trajectories with `success: true`.
+    #[arg(long)]
+    pub success_only: bool,
+    /// Only this task type.
+    #[arg(long, value_parser = ["code", "web", "reasoning"])]
+    pub task_type: Option<String>,
+    /// Only trajectories with at least N steps.
+    #[arg(long, value_name = "N")]
+    pub min_steps: Option<usize>,
+    /// Also export archived attempts (`<task_id>.attempt-N.json`).
+    #[arg(long)]
+    pub include_attempts: bool,
+    /// How tool-call arguments are written in the `messages` format.
+    #[arg(long, value_enum, default_value = "object")]
+    pub tool_arguments: chat::ArgumentsAs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Trajectories left out by a filter.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Filtered {
+    pub total: u64,
+    pub not_successful: u64,
+    pub task_type: u64,
+    pub min_steps: u64,
+}
+
+/// What an export did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub out: String,
+    pub format: Format,
+    pub files_seen: u64,
+    pub written: u64,
+    pub bytes: u64,
+    pub filtered: Filtered,
+    /// Trajectories that cannot be put in the chosen format, by reason
+    /// (`missing_task`: the file holds no task, so there is no user turn).
+    pub unconvertible: BTreeMap<&'static str, u64>,
+    pub skipped: Skips,
+    pub seconds: f64,
+}
+
+/// The filters of one export.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub success_only: bool,
+    pub task_type: Option<TaskType>,
+    pub min_steps: Option<usize>,
+}
+
+impl Filters {
+    /// Which filter drops `t`, if any.
+    fn reject(&self, t: &TrajView, f: &mut Filtered) -> bool {
+        let hit = if self.success_only && !t.success {
+            Some(&mut f.not_successful)
+        } else if self.task_type.is_some() && t.task_type() != self.task_type {
+            Some(&mut f.task_type)
+        } else if self.min_steps.is_some_and(|n| t.steps.len() < n) {
+            Some(&mut f.min_steps)
+        } else {
+            None
+        };
+        match hit {
+            Some(counter) => {
+                *counter += 1;
+                f.total += 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One output line for `t` (`Err(reason)` when it cannot be converted).
+pub fn line(
+    format: Format,
+    raw: Value,
+    t: &TrajView,
+    args_as: chat::ArgumentsAs,
+) -> Result<Value, &'static str> {
+    match format {
+        Format::Trajectory => Ok(raw),
+        Format::Messages => {
+            let c = chat::build(t).ok_or("missing_task")?;
+            let (messages, tools) = chat::to_messages(&c, args_as);
+            Ok(json!({
+                "task_id": t.task_id,
+                "task_type": t.task_type_label(),
+                "success": t.success,
+                "tools": tools,
+                "messages": messages,
+            }))
+        }
+        Format::Sharegpt => {
+            let c = chat::build(t).ok_or("missing_task")?;
+            let (conversations, tools) = chat::to_sharegpt(&c);
+            Ok(json!({
+                "task_id": t.task_id,
+                "conversations": conversations,
+                "tools": tools,
+            }))
+        }
+    }
+}
+
+/// Counts bytes going through a writer.
+struct Counting<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Exports into `out`; returns the summary (with `out` left for the caller to fill).
+pub fn export_to(env: &Env, args: &ExportArgs, out: impl Write) -> Result<Summary> {
+    let started = Instant::now();
+    let filters = Filters {
+        success_only: args.success_only,
+        task_type: args.task_type.as_deref().and_then(TaskType::parse),
+        min_steps: args.min_steps,
+    };
+    let dir = env.trajectories_dir();
+    let bar = if progress::stderr_is_terminal() {
+        let n = files::count(&dir, args.include_attempts).unwrap_or(0);
+        Some(progress::bar(n, "files"))
+    } else {
+        None
+    };
+    let mut out = Counting {
+        inner: BufWriter::with_capacity(256 * 1024, out),
+        bytes: 0,
+    };
+    let mut summary = Summary {
+        out: String::new(),
+        format: args.format,
+        files_seen: 0,
+        written: 0,
+        bytes: 0,
+        filtered: Filtered::default(),
+        unconvertible: BTreeMap::new(),
+        skipped: Skips::default(),
+        seconds: 0.0,
+    };
+    let list_err = |e: io::Error| CliError::failure(format!("cannot list {}: {e}", dir.display()));
+    for file in files::walk(&dir, args.include_attempts).map_err(list_err)? {
+        let file = file.map_err(list_err)?;
+        summary.files_seen += 1;
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+        let (raw, view) = match files::load_full(&file.path) {
+            Ok(x) => x,
+            Err(why) => {
+                summary.skipped.add(&file, &why);
+                continue;
+            }
+        };
+        if filters.reject(&view, &mut summary.filtered) {
+            continue;
+        }
+        match line(args.format, raw, &view, args.tool_arguments) {
+            Ok(v) => {
+                serde_json::to_writer(&mut out, &v)?;
+                out.write_all(b"\n")?;
+                summary.written += 1;
+            }
+            Err(reason) => *summary.unconvertible.entry(reason).or_default() += 1,
+        }
+    }
+    out.flush()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    summary.bytes = out.bytes;
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+pub fn run(env: &Env, args: ExportArgs) -> Result<Outcome> {
+    env.check_output_dir()?;
+    let to_stdout = args.out.as_os_str() == "-";
+    let mut summary = if to_stdout {
+        let stdout = io::stdout();
+        export_to(env, &args, stdout.lock())?
+    } else {
+        let parent = match args.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".adp-export-")
+            .tempfile_in(&parent)
+            .map_err(|e| CliError::failure(format!("cannot write in {}: {e}", parent.display())))?;
+        let summary = export_to(env, &args, tmp.as_file())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&args.out).map_err(|e| {
+            CliError::failure(format!("cannot write {}: {}", args.out.display(), e.error))
+        })?;
+        summary
+    };
+    summary.out = args.out.display().to_string();
+    let report = if args.json {
+        format!("{}\n", serde_json::to_string_pretty(&summary)?)
+    } else {
+        render(&summary)
+    };
+    // The summary never mixes with a dataset written to stdout.
+    if to_stdout {
+        eprint!("{report}");
+    } else {
+        print!("{report}");
+    }
+    Ok(Outcome::Done)
+}
+
+/// The text summary.
+pub fn render(s: &Summary) -> String {
+    let format = match s.format {
+        Format::Trajectory => "trajectory",
+        Format::Messages => "messages",
+        Format::Sharegpt => "sharegpt",
+    };
+    let mut out = format!(
+        "Exported {} trajectories to {} (format {format}, {} bytes, {:.2}s).\n",
+        s.written, s.out, s.bytes, s.seconds
+    );
+    out.push_str(&format!("Files read: {}.\n", s.files_seen));
+    if s.filtered.total > 0 {
+        out.push_str(&format!(
+            "Filtered out: {} (not successful {}, other task type {}, fewer steps {}).\n",
+            s.filtered.total, s.filtered.not_successful, s.filtered.task_type, s.filtered.min_steps
+        ));
+    }
+    for (reason, n) in &s.unconvertible {
+        out.push_str(&format!("Not convertible to {format}: {n} ({reason}).\n"));
+    }
+    out.push_str(&s.skipped.report());
+    out
+}
