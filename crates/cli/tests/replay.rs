@@ -1,0 +1,147 @@
+//! `adp replay`: tasks go back on their stream from their trajectories (or
+//! the task file); the old file is kept as `<task_id>.attempt-N.json`.
+
+mod common;
+
+use adp_core::{ErrorType, TaskType};
+use common::*;
+
+#[test]
+fn replay_by_id_keeps_numbered_attempts() {
+    let f = Fixture::new();
+    let mut c = f.conn();
+    let first = code_traj("again", false, Some(ErrorType::Timeout), 2);
+    f.write_traj(&first);
+
+    let o = f.adp(&["replay", "again"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("old trajectory kept as again.attempt-1.json"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!f.traj_dir().join("again.json").exists());
+    let archived =
+        std::fs::read_to_string(f.traj_dir().join("again.attempt-1.json")).expect("archive");
+    assert_eq!(
+        serde_json::from_str::<adp_core::Trajectory>(&archived).expect("trajectory"),
+        first,
+        "archive is the old file, unchanged"
+    );
+    let queued = stream_tasks(&mut c, "tasks:code");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        Some(&queued[0].1),
+        first.task.as_ref(),
+        "the stored task, all fields"
+    );
+
+    // A second run, then a second replay: attempt-2, attempt-1 untouched.
+    f.write_traj(&code_traj("again", true, None, 1));
+    let o = f.adp(&["replay", "again"]);
+    assert_code(&o, 0);
+    assert!(f.traj_dir().join("again.attempt-2.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(f.traj_dir().join("again.attempt-1.json")).expect("archive"),
+        archived
+    );
+    assert_eq!(stream_tasks(&mut c, "tasks:code").len(), 2);
+    let n: i64 = redis::cmd("HGET")
+        .arg("adp:counters")
+        .arg("replayed:tasks:code")
+        .query(&mut c)
+        .expect("HGET");
+    assert_eq!(n, 2);
+
+    // Archives are not exported or counted as current trajectories.
+    let o = f.adp(&["stats", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(s["trajectories"], 0);
+    let o = f.adp(&["stats", "--json", "--include-attempts"]);
+    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    assert_eq!(s["trajectories"], 2);
+}
+
+#[test]
+fn replay_failed_filters_by_error_type() {
+    let f = Fixture::new();
+    let mut c = f.conn();
+    f.write_traj(&code_traj("ok1", true, None, 1));
+    f.write_traj(&code_traj("to1", false, Some(ErrorType::Timeout), 1));
+    f.write_traj(&code_traj("to2", false, Some(ErrorType::Timeout), 1));
+    f.write_traj(&code_traj("rt1", false, Some(ErrorType::RuntimeError), 1));
+    f.write_traj(&web_traj("web1", false));
+
+    let o = f.adp(&["replay", "--failed", "--error-type", "timeout", "--dry-run"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("2 would be replayed"), "{}", stdout(&o));
+    assert!(
+        stream_ids(&mut c, "tasks:code").is_empty(),
+        "dry run queues nothing"
+    );
+    assert!(f.traj_dir().join("to1.json").exists());
+
+    let o = f.adp(&["replay", "--failed", "--error-type", "timeout"]);
+    assert_code(&o, 0);
+    let ids: Vec<String> = stream_tasks(&mut c, "tasks:code")
+        .into_iter()
+        .map(|(_, t)| t.task_id)
+        .collect();
+    assert_eq!(ids, ["to1", "to2"]);
+    assert!(f.traj_dir().join("to1.attempt-1.json").exists());
+    assert!(
+        f.traj_dir().join("rt1.json").exists(),
+        "other error types untouched"
+    );
+
+    // --failed alone takes every remaining failure, each onto its own stream.
+    let o = f.adp(&["replay", "--failed"]);
+    assert_code(&o, 0);
+    assert_eq!(stream_tasks(&mut c, "tasks:code").len(), 3);
+    let web = stream_tasks(&mut c, "tasks:web");
+    assert_eq!(web.len(), 1);
+    assert_eq!(web[0].1.task_id, "web1");
+    assert_eq!(web[0].1.task_type, TaskType::Web);
+    assert!(
+        f.traj_dir().join("ok1.json").exists(),
+        "successes untouched"
+    );
+}
+
+#[test]
+fn replay_from_the_task_file_and_unknown_ids() {
+    let f = Fixture::new();
+    let mut c = f.conn();
+    let file = f.output_dir().join("tasks.jsonl");
+    std::fs::write(
+        &file,
+        "{\"task_id\":\"lost\",\"task_type\":\"reasoning\",\"description\":\"Think\",\"max_steps\":3}\nnot json\n",
+    )
+    .expect("write");
+
+    let o = f.adp(&["replay", "lost", "nowhere"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("lost: no task found"), "{}", stderr(&o));
+
+    let o = f.adp(&[
+        "replay",
+        "--task-file",
+        file.to_str().expect("path"),
+        "lost",
+        "nowhere",
+    ]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("nowhere: no task found"));
+    let queued = stream_tasks(&mut c, "tasks:reasoning");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].1.task_id, "lost");
+    assert_eq!(queued[0].1.max_steps, 3);
+    assert_eq!(
+        queued[0].1.timeout, 300,
+        "defaults filled in by the shared validation"
+    );
+
+    let o = f.adp(&["replay", "../etc"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("unsafe task_id"));
+}
