@@ -1,0 +1,244 @@
+//! The agent loop of one task: pick the policy (scripted, cached plan,
+//! openai or heuristic), ask it for code, run the code in the sandbox, feed
+//! the observation back, until it finishes, `max_steps` or the task timeout.
+//! Then judge success and fill in the trajectory (CONTRACT §3, §4).
+//!
+//! Success = the last step ran without error AND, when
+//! `constraints.expected_output` is given, the final stdout (trimmed)
+//! contains it (with no step at all: the final answer must contain it).
+//! `final_result` is the model's final answer if it gave one, else the last
+//! step's stdout.
+
+use std::time::{Duration, Instant};
+
+use adp_core::cache::TemplateCache;
+use adp_core::llm::LlmClient;
+use adp_core::queue::{TaskContext, TaskHandler};
+use adp_core::types::unix_now;
+use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, Trajectory};
+use serde_json::{json, Map, Value};
+
+use crate::executor::{Execution, Sandbox};
+use crate::policy::openai::{self, OpenAiSession, PromptLimits};
+use crate::policy::{heuristic, scripted, Decision, Plan, Policy, Replay};
+use crate::RUNTIME;
+
+/// Runs code tasks; the [`TaskHandler`] of this runtime.
+#[derive(Clone)]
+pub struct CodeAgent {
+    sandbox: Sandbox,
+    llm: Option<LlmClient>,
+    cache: TemplateCache,
+}
+
+/// How the loop ended.
+enum Ending {
+    /// The policy finished (with the model's answer, or `None`).
+    Finished(Option<String>),
+    /// The policy has no plan; the text explains.
+    GaveUp(String),
+    /// `max_steps` steps ran.
+    OutOfSteps,
+    /// The task's timeout passed.
+    TimedOut,
+}
+
+impl CodeAgent {
+    pub fn new(sandbox: Sandbox, llm: Option<LlmClient>, cache: TemplateCache) -> Self {
+        CodeAgent {
+            sandbox,
+            llm,
+            cache,
+        }
+    }
+
+    fn limits(&self) -> PromptLimits {
+        PromptLimits {
+            step_timeout_secs: self.sandbox.config().step_timeout.as_secs(),
+            memory_mb: self.sandbox.config().memory_mb,
+        }
+    }
+
+    /// Chooses the policy: scripted code, else a cached plan, else the model,
+    /// else the offline heuristic. Returns it and whether it came from the cache.
+    async fn policy_for(&self, task: &TaskSpec) -> (Policy, bool) {
+        if let Some(code) = task.code() {
+            return (Policy::Scripted(scripted::Scripted::new(code)), false);
+        }
+        let system = openai::system_prompt(self.limits());
+        let user = openai::task_prompt(task);
+        if let Some(plan) = self
+            .cache
+            .get::<Plan>(task.task_type, &task.description)
+            .await
+        {
+            if !plan.code.is_empty() {
+                return (Policy::Replay(Replay::new(plan, &system, &user)), true);
+            }
+        }
+        match &self.llm {
+            Some(client) => (
+                Policy::OpenAi(Box::new(OpenAiSession::new(client.clone(), system, user))),
+                false,
+            ),
+            None => (
+                Policy::Heuristic(heuristic::Heuristic::new(&task.description)),
+                false,
+            ),
+        }
+    }
+
+    /// Runs one task to its trajectory. `Err` only for infrastructure failures.
+    pub async fn run_task(&self, task: &TaskSpec) -> Result<Trajectory, InfraError> {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(task.timeout);
+        let mut trajectory = Trajectory::new(task, RUNTIME);
+        let (mut policy, cache_hit) = self.policy_for(task).await;
+        let intent = match &policy {
+            Policy::Heuristic(h) => h.intent().map(|i| i.name),
+            _ => None,
+        };
+
+        let mut last: Option<Execution> = None;
+        let ending = loop {
+            if trajectory.steps.len() >= task.max_steps as usize {
+                break Ending::OutOfSteps;
+            }
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                break Ending::TimedOut;
+            };
+            let decision = match tokio::time::timeout(remaining, policy.next(last.as_ref())).await {
+                Ok(d) => d?,
+                Err(_) => break Ending::TimedOut,
+            };
+            let code = match decision {
+                Decision::Run(code) => code,
+                Decision::Finish(answer) => break Ending::Finished(answer),
+                Decision::GiveUp(why) => break Ending::GaveUp(why),
+            };
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                break Ending::TimedOut;
+            };
+            let wall = self.sandbox.config().step_timeout.min(remaining);
+            let timestamp = unix_now();
+            let exec = self.sandbox.run(&code, wall).await?;
+            trajectory
+                .steps
+                .push(step(trajectory.steps.len(), code, &exec, timestamp));
+            last = Some(exec);
+        };
+
+        self.judge(task, &mut trajectory, last.as_ref(), &ending);
+        trajectory.total_duration = started.elapsed().as_secs_f64();
+        trajectory.meta("policy", policy.name());
+        trajectory.meta("cache_hit", cache_hit);
+        if let Some(intent) = intent {
+            trajectory.meta("intent", intent);
+        }
+        if let Some(messages) = policy.messages() {
+            trajectory.meta("messages", json!(messages));
+        }
+        if matches!(policy, Policy::OpenAi(_)) {
+            trajectory.meta("llm_calls", policy.llm_calls());
+        }
+
+        if trajectory.success && !cache_hit {
+            if let Some(plan) = policy.plan() {
+                self.cache
+                    .put(task.task_type, &task.description, &plan)
+                    .await;
+            }
+        }
+        Ok(trajectory)
+    }
+
+    /// Sets success, final_result, error_type and error_message.
+    fn judge(
+        &self,
+        task: &TaskSpec,
+        t: &mut Trajectory,
+        last: Option<&Execution>,
+        ending: &Ending,
+    ) {
+        let last_stdout = last.map(|e| e.stdout.marked("stdout"));
+        let answer = match ending {
+            Ending::Finished(Some(a)) => Some(a.clone()),
+            _ => None,
+        };
+        t.final_result = answer
+            .clone()
+            .or_else(|| last_stdout.clone())
+            .unwrap_or_default();
+        match ending {
+            Ending::GaveUp(why) => {
+                t.success = false;
+                t.final_result = why.clone();
+                t.error_message = Some(why.clone());
+                return;
+            }
+            Ending::TimedOut => {
+                t.success = false;
+                t.error_type = Some(ErrorType::Timeout);
+                t.error_message = Some(format!(
+                    "task timeout of {} s reached after {} step(s)",
+                    task.timeout,
+                    t.steps.len()
+                ));
+                return;
+            }
+            Ending::Finished(_) | Ending::OutOfSteps => {}
+        }
+        if let Some(exec) = last {
+            if !exec.success() {
+                t.success = false;
+                t.error_type = exec.error_type();
+                t.error_message = exec.verdict.message.clone();
+                return;
+            }
+        } else if answer.is_none() {
+            t.success = false;
+            t.error_message = Some("the task ended without running any code".to_owned());
+            return;
+        }
+        // The text the expected output is looked for in: the final stdout, or
+        // the answer when no code ran.
+        let checked = match last {
+            Some(e) => e.stdout.text.trim().to_owned(),
+            None => answer.unwrap_or_default().trim().to_owned(),
+        };
+        match task.expected_output() {
+            Some(expected) if !checked.contains(expected.trim()) => {
+                t.success = false;
+                t.error_message = Some(format!(
+                    "expected output {:?} not found in the final output",
+                    expected.trim()
+                ));
+            }
+            _ => t.success = true,
+        }
+    }
+}
+
+fn step(index: usize, code: String, exec: &Execution, timestamp: f64) -> ExecutionStep {
+    let mut params = Map::new();
+    params.insert("code".to_owned(), Value::String(code));
+    ExecutionStep {
+        step_id: index as u32,
+        action_type: ActionType::CodeExecution,
+        action_params: params,
+        observation: exec.observation(),
+        success: exec.success(),
+        error_type: exec.error_type(),
+        error_message: exec.verdict.message.clone(),
+        timestamp,
+        duration: exec.duration.as_secs_f64(),
+    }
+}
+
+impl TaskHandler for CodeAgent {
+    async fn handle(&self, task: TaskSpec, _ctx: TaskContext) -> Result<Trajectory, InfraError> {
+        // If the worker gives up on this task (shutdown grace over), it drops
+        // this future: the running nsjail is killed with it (kill_on_drop).
+        self.run_task(&task).await
+    }
+}

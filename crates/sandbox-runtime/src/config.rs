@@ -1,0 +1,146 @@
+//! Settings of the `sandbox-runtime` binary: every one a flag and an
+//! environment variable with a default; a bad value exits 64 before any work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use adp_core::config::{CommonArgs, WorkerArgs};
+use adp_core::llm::LlmArgs;
+use clap::{Parser, ValueEnum};
+
+use crate::executor::SandboxConfig;
+
+/// Template cache mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// Cache the plan (the code a policy produced); re-execute it on a hit.
+    Plan,
+    /// No cache.
+    Off,
+}
+
+/// Code agent runtime: consumes `tasks:code` and `tasks:reasoning`, runs each
+/// step of Python in a one-shot nsjail, writes one trajectory per task.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sandbox-runtime", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Tasks run at once (default: the number of CPUs).
+    #[arg(long, env = "SANDBOX_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub sandbox_concurrency: Option<u16>,
+    /// Port of `/metrics` and `/health` (0: any free port, logged).
+    #[arg(long, env = "METRICS_PORT", default_value_t = 8001)]
+    pub metrics_port: u16,
+    /// Template cache: `plan` (keep the code, re-execute on a hit) or `off`.
+    #[arg(long, env = "CACHE_MODE", value_enum, default_value = "plan")]
+    pub cache_mode: CacheMode,
+    /// Lifetime of a cache entry in seconds.
+    #[arg(long, env = "CACHE_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub cache_ttl: u64,
+    /// Seconds between two health reports to the `runtime_health` hash.
+    #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub health_interval_secs: u64,
+    /// Print the nsjail command line of one step (one argument a line, the
+    /// code goes on stdin) and exit. Used by scripts/bench_sandbox.sh.
+    #[arg(long, hide = true)]
+    pub print_jail_command: bool,
+}
+
+impl Config {
+    /// Tasks run at once.
+    pub fn concurrency(&self) -> usize {
+        self.sandbox_concurrency.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            usize::from,
+        )
+    }
+}
+
+/// The sandbox's limits and paths.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// The nsjail binary.
+    #[arg(long, env = "NSJAIL_PATH", default_value = "/usr/local/bin/nsjail")]
+    pub nsjail_path: PathBuf,
+    /// Python interpreter inside the jail (must live under /usr).
+    #[arg(long, env = "SANDBOX_PYTHON", default_value = "/usr/bin/python3")]
+    pub sandbox_python: PathBuf,
+    /// Wall time limit of one step in seconds (the task's remaining time may cut it shorter).
+    #[arg(long, env = "SANDBOX_STEP_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sandbox_step_timeout_secs: u64,
+    /// Address space limit of the jailed process, MiB (RLIMIT_AS).
+    #[arg(long, env = "SANDBOX_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(32..=65536))]
+    pub sandbox_memory_mb: u64,
+    /// CPU time limit of one step, seconds (RLIMIT_CPU).
+    #[arg(long, env = "SANDBOX_CPU_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sandbox_cpu_secs: u64,
+    /// Processes + threads in one jail (RLIMIT_NPROC, counted per jail).
+    #[arg(long, env = "SANDBOX_MAX_PROCS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub sandbox_max_procs: u64,
+    /// Largest file the code may write, MiB (RLIMIT_FSIZE).
+    #[arg(long, env = "SANDBOX_FILE_SIZE_MB", default_value_t = 16, value_parser = clap::value_parser!(u64).range(0..=4096))]
+    pub sandbox_file_size_mb: u64,
+    /// Open files of the jailed process (RLIMIT_NOFILE).
+    #[arg(long, env = "SANDBOX_OPEN_FILES", default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=65536))]
+    pub sandbox_open_files: u64,
+    /// Size of the private /tmp (the working directory), MiB.
+    #[arg(long, env = "SANDBOX_TMPFS_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=16384))]
+    pub sandbox_tmpfs_mb: u64,
+    /// Bytes of stdout and of stderr kept per step (the cut is marked).
+    #[arg(long, env = "SANDBOX_OUTPUT_CAP_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(256..=67_108_864))]
+    pub sandbox_output_cap_bytes: u64,
+    /// Directory for nsjail's per-step log files (default: the system temp dir).
+    #[arg(long, env = "SANDBOX_LOG_DIR")]
+    pub sandbox_log_dir: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    pub fn to_config(&self) -> SandboxConfig {
+        SandboxConfig {
+            nsjail_path: self.nsjail_path.clone(),
+            python_path: self.sandbox_python.clone(),
+            step_timeout: Duration::from_secs(self.sandbox_step_timeout_secs),
+            memory_mb: self.sandbox_memory_mb,
+            cpu_secs: self.sandbox_cpu_secs,
+            max_procs: self.sandbox_max_procs,
+            file_size_mb: self.sandbox_file_size_mb,
+            open_files: self.sandbox_open_files,
+            tmpfs_mb: self.sandbox_tmpfs_mb,
+            output_cap: usize::try_from(self.sandbox_output_cap_bytes).unwrap_or(usize::MAX),
+            log_dir: self
+                .sandbox_log_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::try_parse_from(["sandbox-runtime"]).expect("defaults");
+        assert_eq!(c.metrics_port, 8001);
+        assert_eq!(c.cache_mode, CacheMode::Plan);
+        let s = c.sandbox.to_config();
+        assert_eq!(s.memory_mb, 512);
+        assert_eq!(s.output_cap, 65536);
+        assert!(c.concurrency() >= 1);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::try_parse_from(["x", "--sandbox-concurrency", "0"]).is_err());
+        assert!(Config::try_parse_from(["x", "--cache-mode", "sometimes"]).is_err());
+        assert!(Config::try_parse_from(["x", "--sandbox-memory-mb", "1"]).is_err());
+    }
+}

@@ -1,0 +1,62 @@
+//! `/health` and the `runtime_health` report: healthy = Redis answers PING
+//! and nsjail runs a trivial program. The nsjail probe (≈ 20 ms) is cached
+//! for a few seconds so frequent scrapes do not spawn a jail each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adp_core::health::check_redis;
+use adp_core::metrics::{CheckResult, HealthFn};
+use redis::aio::ConnectionManager;
+
+use crate::executor::Sandbox;
+
+/// How long one nsjail probe result is reused.
+pub const PROBE_TTL: Duration = Duration::from_secs(5);
+
+/// The cached nsjail probe.
+pub struct SandboxProbe {
+    sandbox: Sandbox,
+    ttl: Duration,
+    // A tokio mutex on purpose: concurrent checks wait for the one probe in
+    // flight instead of each starting a jail.
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl SandboxProbe {
+    pub fn new(sandbox: Sandbox, ttl: Duration) -> Self {
+        SandboxProbe {
+            sandbox,
+            ttl,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref() {
+            if at.elapsed() < self.ttl {
+                return result.clone();
+            }
+        }
+        let result = self.sandbox.probe().await;
+        *last = Some((Instant::now(), result.clone()));
+        result
+    }
+}
+
+/// The health function: checks `redis` and `nsjail`.
+pub fn health_fn(conn: ConnectionManager, probe: Arc<SandboxProbe>) -> HealthFn {
+    Arc::new(move || {
+        let conn = conn.clone();
+        let probe = probe.clone();
+        Box::pin(async move {
+            let (redis, nsjail) = tokio::join!(check_redis(&conn), probe.check());
+            let mut checks = BTreeMap::new();
+            checks.insert("redis".to_owned(), CheckResult::from_result(redis));
+            checks.insert("nsjail".to_owned(), CheckResult::from_result(nsjail));
+            checks
+        })
+    })
+}
