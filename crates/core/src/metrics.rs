@@ -190,13 +190,31 @@ impl Metrics {
         self.runtime_health.with_label_values(&[runtime]);
         self.dead_lettered_total.with_label_values(&[runtime]);
         self.tasks_reclaimed_total.with_label_values(&[runtime]);
+        // The components a runtime's attempts can fail on (InfraError::new).
+        let executor = if runtime == TaskType::Web.runtime() {
+            "browser"
+        } else {
+            "sandbox"
+        };
+        for component in [executor, "llm", "disk"] {
+            self.infra_failures_total
+                .with_label_values(&[runtime, component]);
+        }
     }
 
-    /// Touches every rejection reason label.
+    /// Touches every rejection reason label, and the per-stream series the
+    /// dispatcher exports (`queue_size`, `dead_requeued_total`), so the
+    /// dashboard and alerts see them before the first event.
     pub fn init_rejections(&self) {
         for r in RejectReason::CODES.iter().chain(["duplicate"].iter()) {
             self.tasks_rejected_total.with_label_values(&[r]);
         }
+        for t in TaskType::ALL {
+            self.queue_size.with_label_values(&[t.stream()]);
+            self.dead_requeued_total.with_label_values(&[t.stream()]);
+        }
+        self.queue_size
+            .with_label_values(&[crate::names::STREAM_DEAD]);
     }
 
     /// Touches the cache label of one cache type.

@@ -81,8 +81,11 @@ impl TrajectoryWriter {
 /// Temp file in `dir`, write, fsync, rename onto `path`, fsync `dir`.
 pub fn write_atomic(dir: &Path, path: &Path, body: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
+    // 0644 (less the umask) like any other output file, not tempfile's 0600:
+    // trajectories written by a root container stay readable by the host user.
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)?;
     tmp.write_all(body)?;
     tmp.as_file().sync_all()?;
