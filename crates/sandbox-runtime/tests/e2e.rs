@@ -201,12 +201,8 @@ async fn missing_nsjail_is_retried_then_a_system_error() {
         "{msg}"
     );
     assert_eq!(t.metadata["infra_errors"].as_array().map(Vec::len), Some(2));
-    let mut c = h.redis.client();
-    let dead: u64 = redis::cmd("XLEN")
-        .arg("tasks:dead")
-        .query(&mut c)
-        .expect("XLEN");
-    assert_eq!(dead, 1);
+    // The trajectory is written first, then the entry is moved to tasks:dead.
+    common::wait_dead_letters(&h.redis, 1);
     let (code, body) = h.health().await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["checks"]["nsjail"]["ok"], false);

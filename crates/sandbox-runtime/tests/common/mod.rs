@@ -250,3 +250,16 @@ pub fn pending_count(redis: &RedisServer, stream: &str) -> u64 {
 pub fn observation(t: &Trajectory, i: usize) -> &str {
     &t.steps.get(i).expect("step").observation
 }
+
+/// Waits until `tasks:dead` holds `n` entries.
+pub fn wait_dead_letters(redis: &RedisServer, n: u64) {
+    let mut c = redis.client();
+    test_support::wait_until(Duration::from_secs(10), || {
+        redis::cmd("XLEN")
+            .arg("tasks:dead")
+            .query::<u64>(&mut c)
+            .ok()
+            == Some(n)
+    })
+    .unwrap_or_else(|e| panic!("tasks:dead never held {n} entries: {e}"));
+}
