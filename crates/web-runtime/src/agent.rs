@@ -1,0 +1,444 @@
+//! One web task, start to trajectory: pick the policy (scripted, a cached
+//! plan, openai or heuristic), open a fresh browser context, go to the start
+//! URL, then ask–act–observe until the policy is done, `max_steps` or the
+//! task's timeout; judge success; cache the plan.
+//!
+//! A dead browser ends the attempt with an [`InfraError`] (`browser`): the
+//! worker retries the task; it is not recorded as the agent's failure.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use adp_core::cache::TemplateCache;
+use adp_core::llm::LlmClient;
+use adp_core::queue::{TaskContext, TaskHandler};
+use adp_core::types::unix_now;
+use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, TaskType, Trajectory};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::actions::Action;
+use crate::browser::{BrowserError, BrowserManager, Session};
+use crate::exec::{self, Performed};
+use crate::observe::Observation;
+use crate::page::EvalError;
+use crate::policy::heuristic::Heuristic;
+use crate::policy::openai::OpenAi;
+use crate::policy::scripted::Scripted;
+use crate::policy::{Decision, Policy, Turn};
+
+/// The `runtime_id` of trajectories and the metric label.
+pub const RUNTIME: &str = "web-runtime";
+
+/// Time an observation may take after its action.
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the agent runs tasks.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Per-action budget (navigation and settling included).
+    pub action_timeout: Duration,
+    /// Visible text kept in an observation.
+    pub max_text: usize,
+    /// Interactive elements listed in an observation.
+    pub max_elements: usize,
+    /// Save a PNG per step under `$OUTPUT_DIR/trajectories/<task_id>/`.
+    pub screenshots: bool,
+    pub output_dir: PathBuf,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            action_timeout: Duration::from_secs(15),
+            max_text: 4000,
+            max_elements: 60,
+            screenshots: false,
+            output_dir: PathBuf::from("output"),
+        }
+    }
+}
+
+/// What the plan cache keeps for a web task: the actions the policy chose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedPlan {
+    pub policy: String,
+    pub start_url: Option<String>,
+    pub actions: Vec<Value>,
+}
+
+/// The runtime's [`TaskHandler`].
+#[derive(Clone)]
+pub struct WebHandler {
+    browser: BrowserManager,
+    settings: AgentSettings,
+    llm: Option<LlmClient>,
+    cache: TemplateCache,
+}
+
+impl TaskHandler for WebHandler {
+    fn handle(
+        &self,
+        task: TaskSpec,
+        ctx: TaskContext,
+    ) -> impl std::future::Future<Output = Result<Trajectory, InfraError>> + Send {
+        let this = self.clone();
+        async move { this.run(task, ctx).await }
+    }
+}
+
+fn infra(e: BrowserError) -> InfraError {
+    InfraError::new("browser", e.to_string())
+}
+
+/// Why the loop stopped early.
+enum Stop {
+    GaveUp(String),
+    Deadline,
+}
+
+impl WebHandler {
+    pub fn new(
+        browser: BrowserManager,
+        settings: AgentSettings,
+        llm: Option<LlmClient>,
+        cache: TemplateCache,
+    ) -> Self {
+        WebHandler {
+            browser,
+            settings,
+            llm,
+            cache,
+        }
+    }
+
+    pub fn browser(&self) -> &BrowserManager {
+        &self.browser
+    }
+
+    /// Runs one task (one attempt).
+    pub async fn run(&self, task: TaskSpec, ctx: TaskContext) -> Result<Trajectory, InfraError> {
+        let started = Instant::now();
+        let mut traj = Trajectory::new(&task, RUNTIME);
+        let (mut policy, cache_hit) = self.choose_policy(&task).await;
+        traj.meta("policy", policy.name());
+        traj.meta("cache_hit", cache_hit);
+        if let Policy::Heuristic(h) = &policy {
+            traj.meta("heuristic_intent", h.intent());
+        }
+
+        let session = self.browser.open_session().await.map_err(infra)?;
+        traj.meta("browser_generation", session.instance.generation);
+        let outcome = tokio::select! {
+            r = self.drive(&task, &session, &mut policy, &mut traj, started) => r,
+            _ = ctx.cancel.cancelled() => Err(InfraError::new("browser", "stopped: the shutdown grace period ran out")),
+        };
+        let blocked = session.refusals().since(&session.frame_id, 0);
+        if !blocked.is_empty() {
+            traj.meta(
+                "blocked_requests",
+                serde_json::to_value(&blocked).unwrap_or_default(),
+            );
+        }
+        let expected = match (&outcome, task.expected_text()) {
+            (Ok(_), Some(text)) => Some(exec::page_text_contains(&session, text).await),
+            _ => None,
+        };
+        session.close().await;
+        let (final_obs, finish_answer, stop) = outcome?;
+
+        policy.record(&mut traj);
+        let last_failed = traj.steps.last().is_some_and(|s| !s.success);
+        if let Some(last) = traj.steps.last().filter(|s| !s.success) {
+            traj.error_type = last.error_type;
+            traj.error_message = last.error_message.clone();
+        }
+        let mut success = !traj.steps.is_empty() && !last_failed;
+        match stop {
+            Some(Stop::GaveUp(why)) => {
+                success = false;
+                traj.error_message = Some(format!("{} policy: {why}", policy.name()));
+            }
+            Some(Stop::Deadline) => {
+                success = false;
+                traj.error_type = Some(ErrorType::Timeout);
+                traj.error_message = Some(format!("task timeout of {} s reached", task.timeout));
+            }
+            None => {}
+        }
+        if let (Some(text), Some(found)) = (task.expected_text(), expected) {
+            let found = found.map_err(infra)?;
+            traj.meta("expected_text_found", found);
+            if success && !found {
+                success = false;
+                traj.error_message = Some(format!(
+                    "the final page does not contain the expected text {text:?}"
+                ));
+            }
+        }
+        traj.success = success;
+        traj.final_result = finish_answer.unwrap_or_else(|| final_obs.text.clone());
+        traj.total_duration = started.elapsed().as_secs_f64();
+
+        if success && !cache_hit && matches!(policy, Policy::OpenAi(_) | Policy::Heuristic(_)) {
+            let plan = CachedPlan {
+                policy: policy.name().to_owned(),
+                start_url: task.start_url().map(str::to_owned),
+                actions: traj
+                    .steps
+                    .iter()
+                    .filter(|s| s.action_params.get("auto") != Some(&Value::Bool(true)))
+                    .map(|s| {
+                        let mut p = s.action_params.clone();
+                        p.remove("screenshot");
+                        Value::Object(p)
+                    })
+                    .collect(),
+            };
+            self.cache
+                .put(TaskType::Web, &task.description, &plan)
+                .await;
+        }
+        Ok(traj)
+    }
+
+    /// Scripted for `constraints.actions`; else a cached plan; else openai
+    /// (an LLM is configured) or heuristic.
+    async fn choose_policy(&self, task: &TaskSpec) -> (Policy, bool) {
+        if let Some(actions) = task.actions() {
+            return (Policy::Scripted(Scripted::from_values(actions)), false);
+        }
+        if let Some(plan) = self
+            .cache
+            .get::<CachedPlan>(TaskType::Web, &task.description)
+            .await
+        {
+            if plan.start_url.as_deref() == task.start_url() {
+                let actions: Result<Vec<Action>, String> =
+                    plan.actions.iter().map(Action::from_value).collect();
+                match actions {
+                    Ok(actions) => {
+                        tracing::debug!(task_id = %task.task_id, policy = %plan.policy, "Replaying a cached plan.");
+                        return (Policy::Scripted(Scripted::from_actions(actions)), true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(task_id = %task.task_id, error = %e, "Cached plan does not parse; ignoring it.")
+                    }
+                }
+            } else {
+                tracing::debug!(task_id = %task.task_id, "Cached plan is for another start URL; ignoring it.");
+            }
+        }
+        match &self.llm {
+            Some(client) => (Policy::OpenAi(OpenAi::new(client.clone())), false),
+            None => (Policy::Heuristic(Heuristic::new(&task.description)), false),
+        }
+    }
+
+    /// The ask–act–observe loop. Returns the last observation, the `finish`
+    /// answer if any, and why it stopped early if it did.
+    async fn drive(
+        &self,
+        task: &TaskSpec,
+        session: &Session,
+        policy: &mut Policy,
+        traj: &mut Trajectory,
+        started: Instant,
+    ) -> Result<(Observation, Option<String>, Option<Stop>), InfraError> {
+        let deadline = started + Duration::from_secs(task.timeout);
+        let scripted_goto = matches!(policy, Policy::Scripted(s) if s.starts_with_goto());
+        // The start URL is the first step, outside the policy's budget.
+        let (mut obs, mut last) = match task.start_url().map(str::trim).filter(|u| !u.is_empty()) {
+            Some(url) if !scripted_goto => {
+                let action = Action::Goto {
+                    url: url.to_owned(),
+                };
+                let (performed, o) = self
+                    .step(task, session, traj, &action, deadline, true)
+                    .await?;
+                (o, Some((action, performed)))
+            }
+            _ => (self.observe(session).await?.unwrap_or_default(), None),
+        };
+
+        let mut acted = 0u32;
+        while acted < task.max_steps {
+            if Instant::now() >= deadline {
+                return Ok((obs, None, Some(Stop::Deadline)));
+            }
+            let decision = {
+                let turn = Turn {
+                    task,
+                    observation: &obs,
+                    last: last.as_ref().map(|(a, p)| (a, p)),
+                    step: acted,
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(remaining, policy.next(turn)).await {
+                    Ok(d) => d?,
+                    Err(_) => return Ok((obs, None, Some(Stop::Deadline))),
+                }
+            };
+            let action = match decision {
+                Decision::Act(a) => a,
+                Decision::Done => break,
+                Decision::GiveUp(why) => return Ok((obs, None, Some(Stop::GaveUp(why)))),
+            };
+            acted += 1;
+            let (performed, o) = self
+                .step(task, session, traj, &action, deadline, false)
+                .await?;
+            obs = o;
+            if let (Action::Finish { answer }, None) = (&action, &performed.error) {
+                return Ok((obs, Some(answer.clone()), None));
+            }
+            last = Some((action, performed));
+        }
+        Ok((obs, None, None))
+    }
+
+    /// Performs one action, observes, records the step.
+    async fn step(
+        &self,
+        task: &TaskSpec,
+        session: &Session,
+        traj: &mut Trajectory,
+        action: &Action,
+        deadline: Instant,
+        auto: bool,
+    ) -> Result<(Performed, Observation), InfraError> {
+        let t0 = Instant::now();
+        let timestamp = unix_now();
+        let left = deadline.saturating_duration_since(t0);
+        let budget = self
+            .settings
+            .action_timeout
+            .min(left)
+            .max(Duration::from_millis(100));
+        let performed = exec::perform(session, action, budget)
+            .await
+            .map_err(infra)?;
+        let obs = match self.observe(session).await? {
+            Some(o) => o,
+            None => Observation {
+                title: String::new(),
+                url: String::new(),
+                text: "(the page could not be read)".to_owned(),
+                ..Default::default()
+            },
+        };
+        let step_id = traj.steps.len() as u32;
+        let mut params = action.to_value();
+        if auto {
+            // The start_url navigation, added by the runtime (not the policy).
+            params.insert("auto".into(), json!(true));
+        }
+        if self.settings.screenshots {
+            if let Some(path) = self.screenshot(task, session, step_id).await {
+                params.insert("screenshot".into(), json!(path));
+            }
+        }
+        let (error_type, error_message) = match &performed.error {
+            Some((t, m)) => (Some(*t), Some(m.clone())),
+            None => (None, None),
+        };
+        traj.steps.push(ExecutionStep {
+            step_id,
+            action_type: ActionType::BrowserAction,
+            action_params: params,
+            observation: obs.render(),
+            success: performed.error.is_none(),
+            error_type,
+            error_message,
+            timestamp,
+            duration: t0.elapsed().as_secs_f64(),
+        });
+        tracing::debug!(task_id = %task.task_id, step_id, action = action.kind(), ok = performed.error.is_none(), "Step done.");
+        Ok((performed, obs))
+    }
+
+    /// Reads the page; retries once if it was navigating. `None` when it
+    /// cannot be read (an infrastructure error if the browser is dead).
+    async fn observe(&self, session: &Session) -> Result<Option<Observation>, InfraError> {
+        for _ in 0..3 {
+            let read = Observation::read(
+                &session.page,
+                self.settings.max_text,
+                self.settings.max_elements,
+            );
+            match tokio::time::timeout(OBSERVE_TIMEOUT, read).await {
+                Ok(Ok(o)) => return Ok(Some(o)),
+                Ok(Err(EvalError::Navigated)) => {
+                    let before = session.events.snapshot();
+                    let _ = session
+                        .events
+                        .settle(
+                            &before,
+                            Duration::from_secs(2),
+                            false,
+                            session.instance.dead_token(),
+                        )
+                        .await;
+                }
+                Ok(Err(EvalError::Cdp(e))) => {
+                    if let BrowserError::Dead(why) =
+                        session.instance.classify(BrowserError::Cdp(e.to_string()))
+                    {
+                        return Err(infra(BrowserError::Dead(why)));
+                    }
+                    tracing::debug!(error = %e, "Observation failed.");
+                    return Ok(None);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "Observation failed.");
+                    return Ok(None);
+                }
+                Err(_) => {
+                    if session.instance.is_dead() {
+                        return Err(infra(BrowserError::Dead(
+                            session.instance.death().unwrap_or_default(),
+                        )));
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.png`; `None` if it failed.
+    async fn screenshot(&self, task: &TaskSpec, session: &Session, step: u32) -> Option<String> {
+        use chromiumoxide::page::ScreenshotParams;
+        if !adp_core::validate::is_safe_task_id(&task.task_id) {
+            return None;
+        }
+        let dir = self
+            .settings
+            .output_dir
+            .join("trajectories")
+            .join(&task.task_id);
+        let path = dir.join(format!("step_{step}.png"));
+        let shot = tokio::time::timeout(
+            OBSERVE_TIMEOUT,
+            session.page.screenshot(ScreenshotParams::builder().build()),
+        )
+        .await;
+        let bytes = match shot {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::debug!(task_id = %task.task_id, error = %e, "Screenshot failed.");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "Cannot create the screenshot directory.");
+            return None;
+        }
+        if let Err(e) = tokio::fs::write(&path, bytes).await {
+            tracing::warn!(path = %path.display(), error = %e, "Cannot write a screenshot.");
+            return None;
+        }
+        Some(path.display().to_string())
+    }
+}

@@ -1,0 +1,171 @@
+//! Settings of the `web-runtime` binary: every one a flag and an environment
+//! variable with a default; a bad value exits 64 before any work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use adp_core::config::{CommonArgs, WorkerArgs};
+use adp_core::llm::LlmArgs;
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::agent::AgentSettings;
+use crate::browser::{BrowserSettings, DEFAULT_CHROME_PATH};
+use crate::guard::{parse_cidr_list, Cidr, Policy};
+
+/// Template cache mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// Cache the action list a policy produced; replay it for real on a hit.
+    Plan,
+    /// No cache.
+    Off,
+}
+
+/// A comma-separated list of CIDR blocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<Cidr>);
+
+fn cidr_list(s: &str) -> Result<CidrList, String> {
+    parse_cidr_list(s).map(CidrList)
+}
+
+/// Browser agent runtime: consumes `tasks:web`, drives headless Chromium
+/// over CDP, writes one trajectory per task.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "web-runtime", version, about)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+    /// Tasks (= browser pages) at once.
+    #[arg(long, env = "MAX_CONCURRENT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub max_concurrent: u16,
+    /// Port of `/metrics` and `/health` (0: any free port, logged).
+    #[arg(long, env = "METRICS_PORT", default_value_t = 8002)]
+    pub metrics_port: u16,
+    /// Chromium binary: the headless shell (default) or full chromium
+    /// (`/usr/lib/chromium/chromium`, not the `/usr/bin` shell wrapper).
+    #[arg(long, env = "CHROME_PATH", default_value = DEFAULT_CHROME_PATH)]
+    pub chrome_path: PathBuf,
+    /// Refuse loopback and private address ranges too (169.254.0.0/16 and
+    /// fd00:ec2::254 are refused always).
+    #[arg(long, env = "WEB_BLOCK_PRIVATE", default_value_t = false, action = ArgAction::Set)]
+    pub web_block_private: bool,
+    /// More CIDR blocks to refuse always, comma-separated (e.g. `10.20.0.0/16`).
+    #[arg(long, env = "WEB_BLOCK_EXTRA", default_value = "", value_parser = cidr_list)]
+    pub web_block_extra: CidrList,
+    /// Route all browser traffic through the runtime's egress proxy, which
+    /// applies the same rules to the address it actually connects to
+    /// (closes DNS rebinding and WebSockets). Disable only to debug.
+    #[arg(long, env = "WEB_EGRESS_PROXY", default_value_t = true, action = ArgAction::Set)]
+    pub web_egress_proxy: bool,
+    /// Do not load images (saves memory).
+    #[arg(long, env = "WEB_BLOCK_IMAGES", default_value_t = true, action = ArgAction::Set)]
+    pub web_block_images: bool,
+    /// Save a screenshot per step under `$OUTPUT_DIR/trajectories/<task_id>/`.
+    #[arg(long, env = "WEB_SCREENSHOTS", default_value_t = false, action = ArgAction::Set)]
+    pub web_screenshots: bool,
+    /// Budget of one action (navigation and settling included), in milliseconds.
+    #[arg(long, env = "WEB_ACTION_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub web_action_timeout_ms: u64,
+    /// Visible text kept in an observation, in characters.
+    #[arg(long, env = "WEB_MAX_TEXT_CHARS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
+    pub web_max_text_chars: u64,
+    /// Interactive elements listed in an observation.
+    #[arg(long, env = "WEB_MAX_ELEMENTS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub web_max_elements: u64,
+    /// Longest wait for Chromium to start, in seconds.
+    #[arg(long, env = "BROWSER_LAUNCH_TIMEOUT_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub browser_launch_timeout_secs: u64,
+    /// Longest wait for one CDP command, in seconds.
+    #[arg(long, env = "BROWSER_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub browser_request_timeout_secs: u64,
+    /// Seconds between watchdog pings of the browser (two unanswered pings:
+    /// the browser is relaunched).
+    #[arg(long, env = "BROWSER_PING_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub browser_ping_secs: u64,
+    /// More Chromium flags, space-separated, without the leading `--`.
+    #[arg(
+        long,
+        env = "CHROME_EXTRA_ARGS",
+        default_value = "",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
+    pub chrome_extra_args: Vec<String>,
+    /// Template cache: `plan` (keep the action list, replay it) or `off`.
+    #[arg(long, env = "CACHE_MODE", value_enum, default_value = "plan")]
+    pub cache_mode: CacheMode,
+    /// Lifetime of a cache entry in seconds.
+    #[arg(long, env = "CACHE_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub cache_ttl: u64,
+    /// Seconds between two health reports to the `runtime_health` hash.
+    #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub health_interval_secs: u64,
+}
+
+impl Config {
+    /// The destination rules.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.web_block_private, self.web_block_extra.0.clone())
+    }
+
+    /// The browser manager's settings (the egress proxy address is filled in
+    /// once the proxy listens).
+    pub fn browser_settings(&self) -> BrowserSettings {
+        let mut s = BrowserSettings::new(&self.chrome_path);
+        s.launch_timeout = Duration::from_secs(self.browser_launch_timeout_secs);
+        s.request_timeout = Duration::from_secs(self.browser_request_timeout_secs);
+        s.block_images = self.web_block_images;
+        s.max_pages = usize::from(self.max_concurrent);
+        s.ping_every = Duration::from_secs(self.browser_ping_secs);
+        s.ping_timeout = Duration::from_secs(self.browser_ping_secs.clamp(2, 10));
+        s.extra_args = self
+            .chrome_extra_args
+            .iter()
+            .map(|a| a.trim().trim_start_matches("--").to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        s
+    }
+
+    pub fn agent_settings(&self) -> AgentSettings {
+        AgentSettings {
+            action_timeout: Duration::from_millis(self.web_action_timeout_ms),
+            max_text: self.web_max_text_chars as usize,
+            max_elements: self.web_max_elements as usize,
+            screenshots: self.web_screenshots,
+            output_dir: self.common.output_dir.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let c = Config::try_parse_from(["web-runtime"]).expect("defaults");
+        assert_eq!(c.max_concurrent, 4);
+        assert_eq!(c.metrics_port, 8002);
+        assert!(!c.web_block_private);
+        assert!(c.web_egress_proxy);
+        assert!(!c.web_screenshots);
+        assert_eq!(c.chrome_path, PathBuf::from(DEFAULT_CHROME_PATH));
+        let c = Config::try_parse_from([
+            "web-runtime",
+            "--web-block-extra",
+            "127.0.0.2/32,10.0.0.0/8",
+            "--chrome-extra-args=--foo bar=1",
+        ])
+        .expect("extra");
+        assert_eq!(c.web_block_extra.0.len(), 2);
+        assert_eq!(c.browser_settings().extra_args, vec!["foo", "bar=1"]);
+        assert!(Config::try_parse_from(["web-runtime", "--web-block-extra", "nope"]).is_err());
+        assert!(Config::try_parse_from(["web-runtime", "--max-concurrent", "0"]).is_err());
+    }
+}

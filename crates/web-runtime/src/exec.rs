@@ -1,0 +1,405 @@
+//! Performs one [`Action`] on a task's page, waits for the page to settle,
+//! and reports what happened. Page-side failures (no such element, refused
+//! or failed navigation, timeout) come back as [`Performed::error`] — a failed
+//! step; only a dead browser is an `Err` (an infrastructure failure).
+
+use std::time::{Duration, Instant};
+
+use adp_core::ErrorType;
+use chromiumoxide::cdp::browser_protocol::input::{DispatchKeyEventParams, DispatchKeyEventType};
+use chromiumoxide::cdp::browser_protocol::page::{
+    GetNavigationHistoryParams, NavigateToHistoryEntryParams,
+};
+use chromiumoxide::error::CdpError;
+use serde_json::{json, Value};
+
+use crate::actions::{Action, Target};
+use crate::browser::{BrowserError, Session};
+use crate::guard;
+use crate::js;
+use crate::page::{evaluate, EvalError, NavState, Settled};
+
+/// What an action did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Performed {
+    /// A short account of what was done ("clicked link \"Books\"").
+    pub note: String,
+    /// Why the step failed, if it did.
+    pub error: Option<(ErrorType, String)>,
+}
+
+impl Performed {
+    fn ok(note: impl Into<String>) -> Self {
+        Performed {
+            note: note.into(),
+            error: None,
+        }
+    }
+
+    fn failed(kind: ErrorType, message: impl Into<String>) -> Self {
+        Performed {
+            note: String::new(),
+            error: Some((kind, message.into())),
+        }
+    }
+}
+
+/// Performs `action` within `budget` (navigation and settling included).
+pub async fn perform(
+    session: &Session,
+    action: &Action,
+    budget: Duration,
+) -> Result<Performed, BrowserError> {
+    let started = Instant::now();
+    let before = session.events.snapshot();
+    let mark = session.refusals().mark(&session.frame_id);
+    let dead = session.instance.dead_token().clone();
+
+    let acted = tokio::select! {
+        r = tokio::time::timeout(budget, act(session, action, budget)) => r,
+        _ = dead.cancelled() => return Err(dead_error(session)),
+    };
+    let note = match acted {
+        Err(_) => {
+            return Ok(Performed::failed(
+                ErrorType::Timeout,
+                format!("{} did not complete within {budget:?}", action.kind()),
+            ))
+        }
+        Ok(Err(e @ (BrowserError::Dead(_) | BrowserError::Launch(_)))) => return Err(e),
+        Ok(Err(e @ BrowserError::Timeout(..))) => {
+            return Ok(Performed::failed(
+                ErrorType::Timeout,
+                format!("{}: {e}", action.kind()),
+            ))
+        }
+        Ok(Err(e)) => return Ok(Performed::failed(ErrorType::BrowserError, e.to_string())),
+        Ok(Ok(Err(failed))) => return Ok(failed),
+        Ok(Ok(Ok(done))) => done,
+    };
+    let (note, expect_navigation) = note;
+
+    if !action.may_navigate() {
+        return Ok(Performed::ok(note));
+    }
+    let left = budget.saturating_sub(started.elapsed());
+    let settled = session
+        .events
+        .settle(&before, left, expect_navigation, &dead)
+        .await;
+    if settled == Settled::Ended {
+        return Err(session
+            .instance
+            .classify(BrowserError::Cdp("the page was closed".to_owned())));
+    }
+    let after = session.events.snapshot();
+    if let Some(failure) = navigation_failure(session, &before, &after, mark) {
+        return Ok(failure);
+    }
+    if settled == Settled::TimedOut {
+        return Ok(Performed::failed(
+            ErrorType::Timeout,
+            format!(
+                "{}: the page did not finish loading within {budget:?}",
+                action.kind()
+            ),
+        ));
+    }
+    Ok(Performed::ok(note))
+}
+
+fn dead_error(session: &Session) -> BrowserError {
+    BrowserError::Dead(
+        session
+            .instance
+            .death()
+            .unwrap_or_else(|| "browser died".to_owned()),
+    )
+}
+
+/// A navigation of the main frame since `before` that was refused or failed.
+fn navigation_failure(
+    session: &Session,
+    before: &NavState,
+    after: &NavState,
+    mark: usize,
+) -> Option<Performed> {
+    let refused: Vec<_> = session
+        .refusals()
+        .since(&session.frame_id, mark)
+        .into_iter()
+        .filter(|r| r.is_navigation())
+        .collect();
+    if let Some(r) = refused.last() {
+        return Some(Performed::failed(
+            ErrorType::NetworkError,
+            format!("navigation to {} refused: {}", r.url, r.reason),
+        ));
+    }
+    if after.doc_failed > before.doc_failed {
+        let (url, error) = after
+            .last_doc_failure
+            .clone()
+            .unwrap_or_else(|| ("the page".to_owned(), "unknown error".to_owned()));
+        return Some(Performed::failed(
+            ErrorType::NetworkError,
+            format!("navigation to {url} failed: {error}"),
+        ));
+    }
+    None
+}
+
+/// What an action did (and whether it started a navigation to wait for),
+/// or the failed step.
+type ActResult = Result<Result<(String, bool), Performed>, BrowserError>;
+
+/// The action itself, before settling.
+async fn act(session: &Session, action: &Action, budget: Duration) -> ActResult {
+    match action {
+        Action::Goto { url } => {
+            if let Err(why) = guard::check_navigation_scheme(url) {
+                return Ok(Err(Performed::failed(
+                    ErrorType::NetworkError,
+                    format!("navigation to {url} refused: {why}"),
+                )));
+            }
+            // A script-initiated navigation: it never queues behind an
+            // earlier navigation that did not finish, and it fails the same
+            // way a click does (refusals, error pages), checked after settling.
+            let expr = format!("({})({})", js::ASSIGN, json!(url));
+            Ok(page_call(session, expr, "goto")
+                .await?
+                .map(|v| (format!("navigated to {url}"), v.as_bool().unwrap_or(true))))
+        }
+        Action::Click { target } => dom_action(session, json!({"type": "click"}), target).await,
+        Action::Fill { target, text } => {
+            dom_action(session, json!({"type": "fill", "text": text}), target).await
+        }
+        Action::FillAndSubmit { target, text } => {
+            let r = dom_action(
+                session,
+                json!({"type": "fill_and_submit", "text": text}),
+                target,
+            )
+            .await?;
+            match r {
+                Ok((note, _)) if note.ends_with("|press_enter") => {
+                    let note = note.trim_end_matches("|press_enter").to_owned();
+                    Ok(press_key(session, "Enter")
+                        .await?
+                        .map(|(k, nav)| (format!("{note}, then {k}"), nav)))
+                }
+                other => Ok(other),
+            }
+        }
+        Action::Select { target, value } => {
+            dom_action(session, json!({"type": "select", "value": value}), target).await
+        }
+        Action::Scroll { direction } => {
+            let d = match direction {
+                crate::actions::Direction::Up => "up",
+                crate::actions::Direction::Down => "down",
+            };
+            let expr = format!(
+                "({})({})",
+                js::ACT,
+                json!({"type": "scroll", "direction": d})
+            );
+            Ok(page_call(session, expr, "scroll")
+                .await?
+                .map(|_| (format!("scrolled {d}"), false)))
+        }
+        Action::Press { key } => press_key(session, key).await,
+        Action::Back => go_back(session).await,
+        Action::Wait { ms } => {
+            let d = Duration::from_millis(*ms).min(budget);
+            tokio::time::sleep(d).await;
+            Ok(Ok((format!("waited {} ms", d.as_millis()), false)))
+        }
+        Action::Extract => Ok(Ok(("read the page".to_owned(), false))),
+        Action::Finish { .. } => Ok(Ok(("finished".to_owned(), false))),
+    }
+}
+
+/// Runs the in-page action script for a targeted action.
+async fn dom_action(session: &Session, mut args: Value, target: &Target) -> ActResult {
+    let kind = args["type"].as_str().unwrap_or("action").to_owned();
+    match target {
+        Target::Selector(s) => args["selector"] = json!(s),
+        Target::Element(i) => args["element"] = json!(i),
+    }
+    let expr = format!("({})({args})", js::ACT);
+    let v = match page_call(session, expr, &kind).await? {
+        Ok(v) => v,
+        Err(failed) => return Ok(Err(failed)),
+    };
+    // Navigated while the script ran: the action happened.
+    let Some(obj) = v.as_object() else {
+        return Ok(Ok((
+            format!("{kind} on {} (the page navigated)", target.describe()),
+            true,
+        )));
+    };
+    if obj.get("ok").and_then(Value::as_bool) == Some(true) {
+        let note = obj
+            .get("note")
+            .and_then(Value::as_str)
+            .unwrap_or(&kind)
+            .to_owned();
+        let navigating = obj.get("navigating").and_then(Value::as_bool) == Some(true);
+        if obj.get("press_enter").and_then(Value::as_bool) == Some(true) {
+            return Ok(Ok((format!("{note}|press_enter"), navigating)));
+        }
+        Ok(Ok((note, navigating)))
+    } else {
+        let error = obj
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the action failed in the page");
+        Ok(Err(Performed::failed(
+            ErrorType::BrowserError,
+            format!("{kind}: {error}"),
+        )))
+    }
+}
+
+/// Evaluates `expr`; a navigation during the call counts as success
+/// (`Value::Null`), a script error as a failed step.
+async fn page_call(
+    session: &Session,
+    expr: String,
+    what: &str,
+) -> Result<Result<Value, Performed>, BrowserError> {
+    match evaluate(&session.page, expr).await {
+        Ok(v) => Ok(Ok(v)),
+        Err(EvalError::Navigated) => Ok(Ok(Value::Null)),
+        Err(EvalError::Exception(m)) => Ok(Err(Performed::failed(
+            ErrorType::BrowserError,
+            format!("{what}: {m}"),
+        ))),
+        Err(EvalError::Cdp(e)) => Err(cdp_failure(session, what, e)),
+    }
+}
+
+/// A CDP error: `Dead` if the browser died, else a step failure is encoded
+/// as `BrowserError::Cdp` for the caller to turn into a failed step.
+fn cdp_failure(session: &Session, what: &str, e: CdpError) -> BrowserError {
+    let other = match e {
+        CdpError::Timeout => BrowserError::Timeout("CDP command", session.request_timeout()),
+        CdpError::Ws(_)
+        | CdpError::Io(_)
+        | CdpError::ChannelSendError(_)
+        | CdpError::NoResponse => BrowserError::Dead(format!("{what}: CDP connection lost ({e})")),
+        other => BrowserError::Cdp(format!("{what}: {other}")),
+    };
+    session.instance.classify(other)
+}
+
+async fn press_key(session: &Session, key: &str) -> ActResult {
+    let Some(def) = chromiumoxide::keys::get_key_definition(key) else {
+        return Ok(Err(Performed::failed(
+            ErrorType::BrowserError,
+            format!("press: unknown key {key:?} (use names like Enter, Tab, Escape, ArrowDown, or one character)"),
+        )));
+    };
+    // Note whether the key starts a navigation (Enter in a form, ...).
+    if let Err(failed) = page_call(session, js::WATCH_NAVIGATION.to_owned(), "press").await? {
+        return Ok(Err(failed));
+    }
+    let mut cmd = DispatchKeyEventParams::builder()
+        .key(def.key)
+        .code(def.code)
+        .windows_virtual_key_code(def.key_code)
+        .native_virtual_key_code(def.key_code);
+    let down = if let Some(text) = def.text {
+        cmd = cmd.text(text);
+        DispatchKeyEventType::KeyDown
+    } else if def.key.len() == 1 {
+        cmd = cmd.text(def.key);
+        DispatchKeyEventType::KeyDown
+    } else {
+        DispatchKeyEventType::RawKeyDown
+    };
+    for kind in [down, DispatchKeyEventType::KeyUp] {
+        let params = cmd
+            .clone()
+            .r#type(kind)
+            .build()
+            .map_err(BrowserError::Cdp)?;
+        if let Err(e) = session.page.execute(params).await {
+            return match cdp_failure(session, "press", e) {
+                BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
+                other => Ok(Err(Performed::failed(
+                    ErrorType::BrowserError,
+                    other.to_string(),
+                ))),
+            };
+        }
+    }
+    let navigating = match page_call(session, js::NAVIGATING.to_owned(), "press").await? {
+        // Null: the page was replaced meanwhile.
+        Ok(v) => v.as_bool().unwrap_or(true),
+        Err(_) => true,
+    };
+    Ok(Ok((format!("pressed {}", def.key), navigating)))
+}
+
+async fn go_back(session: &Session) -> ActResult {
+    let history = match session
+        .page
+        .execute(GetNavigationHistoryParams::default())
+        .await
+    {
+        Ok(h) => h.result,
+        Err(e) => {
+            return match cdp_failure(session, "back", e) {
+                BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
+                other => Ok(Err(Performed::failed(
+                    ErrorType::BrowserError,
+                    other.to_string(),
+                ))),
+            }
+        }
+    };
+    let idx = usize::try_from(history.current_index).unwrap_or(0);
+    let Some(prev) = idx.checked_sub(1).and_then(|i| history.entries.get(i)) else {
+        return Ok(Err(Performed::failed(
+            ErrorType::BrowserError,
+            "back: there is no previous page in this tab's history",
+        )));
+    };
+    if prev.url == "about:blank" {
+        return Ok(Err(Performed::failed(
+            ErrorType::BrowserError,
+            "back: there is no previous page in this tab's history",
+        )));
+    }
+    let url = prev.url.clone();
+    if let Err(e) = session
+        .page
+        .execute(NavigateToHistoryEntryParams::new(prev.id))
+        .await
+    {
+        return match cdp_failure(session, "back", e) {
+            BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
+            other => Ok(Err(Performed::failed(
+                ErrorType::BrowserError,
+                other.to_string(),
+            ))),
+        };
+    }
+    Ok(Ok((format!("went back to {url}"), true)))
+}
+
+/// Whether the page's whole visible text contains `needle`.
+pub async fn page_text_contains(session: &Session, needle: &str) -> Result<bool, BrowserError> {
+    let expr = format!("({})({})", js::TEXT_CONTAINS, json!(needle));
+    match evaluate(&session.page, expr).await {
+        Ok(v) => Ok(v.as_bool().unwrap_or(false)),
+        Err(EvalError::Cdp(e)) => match cdp_failure(session, "read page text", e) {
+            BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
+            _ => Ok(false),
+        },
+        Err(_) => Ok(false),
+    }
+}

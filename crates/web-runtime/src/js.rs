@@ -1,0 +1,221 @@
+//! The JavaScript the runtime runs in pages. Actions go through the DOM
+//! (`element.click()`, value setters + input/change events,
+//! `form.requestSubmit()`), not synthetic mouse events, which can hang in
+//! background pages (PITFALLS.md).
+
+/// `(maxText, maxElements) => observation`: title, URL, visible text and the
+/// numbered interactive elements. Keeps the elements in
+/// `window.__adpElements` so a later action can address them by index.
+pub const OBSERVE: &str = r#"(maxText, maxEls) => {
+  const clean = (s, n) => {
+    s = (s || '').replace(/\s+/g, ' ').trim();
+    return n && s.length > n ? s.slice(0, n) + '…' : s;
+  };
+  const visible = (el) => {
+    if (!el.getClientRects().length) return false;
+    const st = getComputedStyle(el);
+    return st.visibility !== 'hidden' && st.display !== 'none';
+  };
+  const body = document.body;
+  let text = body ? (body.innerText || '') : '';
+  text = text.split('\n').map(l => l.replace(/[ \t\u00a0]+/g, ' ').trim()).filter(l => l).join('\n');
+  const sel = 'a[href], button, input, select, textarea, [role=button], [role=link], '
+    + '[role=searchbox], [role=textbox], [role=combobox], [contenteditable=""], [contenteditable="true"]';
+  const out = [];
+  const els = [];
+  let total = 0;
+  for (const el of document.querySelectorAll(sel)) {
+    if (el.tagName === 'INPUT' && el.type === 'hidden') continue;
+    if (!visible(el)) continue;
+    total++;
+    if (els.length >= maxEls) continue;
+    const tag = el.tagName.toLowerCase();
+    const role = el.getAttribute('role');
+    let kind;
+    if (tag === 'a' || role === 'link') kind = 'link';
+    else if (tag === 'button' || role === 'button') kind = 'button';
+    else if (tag === 'input' && ['submit', 'button', 'reset', 'image'].includes(el.type)) kind = 'button';
+    else if (tag === 'select') kind = 'select';
+    else if (tag === 'textarea') kind = 'textarea';
+    else kind = 'input';
+    const label = (el.labels && el.labels.length) ? clean(el.labels[0].innerText, 80) : '';
+    const e = { kind };
+    if (kind === 'link' || kind === 'button') {
+      const img = el.querySelector && el.querySelector('img[alt]');
+      e.text = clean(el.innerText || el.value || el.getAttribute('aria-label') || el.title || (img && img.alt), 100);
+      if (kind === 'link' && el.href) e.href = el.href;
+    } else {
+      if (el.name) e.name = el.name;
+      if (tag === 'input') e.type = el.type;
+      if (el.placeholder) e.placeholder = clean(el.placeholder, 80);
+      const aria = el.getAttribute('aria-label');
+      if (label || aria) e.label = label || clean(aria, 80);
+      if (el.id) e.id = el.id;
+      if (kind === 'select') {
+        e.options = Array.from(el.options).slice(0, 30).map(o => clean(o.text, 60) || o.value);
+        const s = el.options[el.selectedIndex];
+        if (s) e.value = clean(s.text, 60) || s.value;
+      } else if (el.isContentEditable) {
+        e.value = clean(el.innerText, 80);
+      } else if (el.type === 'checkbox' || el.type === 'radio') {
+        e.checked = !!el.checked;
+      } else if (el.value) {
+        e.value = clean(el.type === 'password' ? '********' : el.value, 80);
+      }
+    }
+    if (el.disabled) e.disabled = true;
+    out.push(e);
+    els.push(el);
+  }
+  Object.defineProperty(window, '__adpElements', { value: els, configurable: true, writable: true, enumerable: false });
+  return {
+    title: document.title || '',
+    url: location.href,
+    text: text.length > maxText ? text.slice(0, maxText) : text,
+    text_len: text.length,
+    elements: out,
+    elements_total: total,
+  };
+}"#;
+
+/// `async (action) => {ok, error?, note?, press_enter?, navigating}`:
+/// performs a DOM action (click, fill, fill_and_submit, select, scroll) on
+/// the page; `navigating` says whether it started a cross-document
+/// navigation (Navigation API `navigate` event), so the caller knows to wait
+/// for it.
+pub const ACT: &str = r#"async (a) => {
+  let nav = false;
+  const watch = (e) => { if (!e.destination.sameDocument && !e.downloadRequest) nav = true; };
+  if (window.navigation) window.navigation.addEventListener('navigate', watch);
+  let r;
+  try {
+  r = await (async () => {
+  const flush = () => new Promise(r => setTimeout(r, 0));
+  const describe = (el) => {
+    const t = (el.innerText || el.value || el.getAttribute('aria-label') || el.name || el.placeholder || '')
+      .replace(/\s+/g, ' ').trim().slice(0, 80);
+    return el.tagName.toLowerCase() + (t ? ' "' + t + '"' : '');
+  };
+  const find = () => {
+    if (a.selector != null) {
+      let el;
+      try { el = document.querySelector(a.selector); }
+      catch (e) { return [null, 'invalid CSS selector ' + JSON.stringify(a.selector)]; }
+      return el ? [el, null] : [null, 'no element matches selector ' + JSON.stringify(a.selector)];
+    }
+    const els = window.__adpElements;
+    if (!els) return [null, 'this page has no numbered elements yet (they come from the observation)'];
+    const el = els[a.element];
+    if (!el) return [null, 'no element [' + a.element + '] in the last observation (it listed ' + els.length + ')'];
+    if (!el.isConnected) return [null, 'element [' + a.element + '] is no longer on the page'];
+    return [el, null];
+  };
+  const setValue = (el, v) => {
+    const proto = el.tagName === 'TEXTAREA' ? HTMLTextAreaElement.prototype
+      : el.tagName === 'SELECT' ? HTMLSelectElement.prototype : HTMLInputElement.prototype;
+    const d = Object.getOwnPropertyDescriptor(proto, 'value');
+    if (d && d.set) d.set.call(el, v); else el.value = v;
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+    el.dispatchEvent(new Event('change', { bubbles: true }));
+  };
+  if (a.type === 'scroll') {
+    const dy = (a.direction === 'up' ? -1 : 1) * Math.round(window.innerHeight * 0.8);
+    window.scrollBy(0, dy);
+    return { ok: true, note: 'scrolled ' + a.direction };
+  }
+  const [el, err] = find();
+  if (err) return { ok: false, error: err };
+  if (el.disabled) return { ok: false, error: describe(el) + ' is disabled' };
+  el.scrollIntoView({ block: 'center', inline: 'nearest' });
+  switch (a.type) {
+    case 'click': {
+      const link = el.closest('a');
+      if (link && link.target && link.target !== '_self') link.target = '_self';
+      const note = 'clicked ' + describe(el);
+      el.click();
+      await flush();
+      return { ok: true, note };
+    }
+    case 'fill':
+    case 'fill_and_submit': {
+      const editable = el.isContentEditable;
+      if (!editable && !(el.tagName === 'TEXTAREA' || (el.tagName === 'INPUT'
+          && !['submit', 'button', 'reset', 'image', 'checkbox', 'radio', 'file'].includes(el.type)))) {
+        return { ok: false, error: describe(el) + ' is not a text field' };
+      }
+      if (el.readOnly) return { ok: false, error: describe(el) + ' is read-only' };
+      el.focus();
+      if (editable) {
+        el.textContent = a.text;
+        el.dispatchEvent(new Event('input', { bubbles: true }));
+      } else {
+        setValue(el, a.text);
+      }
+      const what = describe(el);
+      if (a.type === 'fill') return { ok: true, note: 'filled ' + what };
+      const form = el.form;
+      if (!form) return { ok: true, note: 'filled ' + what, press_enter: true };
+      if (form.target && form.target !== '_self') form.target = '_self';
+      const btn = form.querySelector('button[type=submit], input[type=submit], button:not([type])');
+      try { form.requestSubmit(btn || undefined); } catch (e) { form.submit(); }
+      await flush();
+      return { ok: true, note: 'filled ' + what + ' and submitted its form' };
+    }
+    case 'select': {
+      if (el.tagName !== 'SELECT') return { ok: false, error: describe(el) + ' is not a select' };
+      const want = String(a.value).trim();
+      const opts = Array.from(el.options);
+      const o = opts.find(o => o.value === want) || opts.find(o => o.text.trim() === want)
+        || opts.find(o => o.text.trim().toLowerCase() === want.toLowerCase());
+      if (!o) {
+        return { ok: false, error: 'no option ' + JSON.stringify(want) + ' in ' + describe(el)
+          + ' (options: ' + opts.map(o => JSON.stringify(o.text.trim())).join(', ') + ')' };
+      }
+      setValue(el, o.value);
+      await flush();
+      return { ok: true, note: 'selected ' + JSON.stringify(o.text.trim()) + ' in ' + el.tagName.toLowerCase()
+        + (el.name ? ' ' + el.name : '') };
+    }
+  }
+  return { ok: false, error: 'not a page action: ' + a.type };
+  })();
+  } finally {
+    if (window.navigation) window.navigation.removeEventListener('navigate', watch);
+  }
+  r.navigating = nav;
+  return r;
+}"#;
+
+/// Installed before an action: notes in `window.__adpNavigating` whether
+/// the page started a cross-document navigation (Navigation API `navigate`
+/// event; not fired for same-document and download navigations).
+pub const WATCH_NAVIGATION: &str = r#"(() => {
+  window.__adpNavigating = false;
+  if (window.navigation && !window.__adpNavWatch) {
+    window.__adpNavWatch = (e) => {
+      if (!e.destination.sameDocument && !e.downloadRequest) window.__adpNavigating = true;
+    };
+    window.navigation.addEventListener('navigate', window.__adpNavWatch);
+  }
+  return !!window.navigation;
+})()"#;
+
+/// `(url) => navigating`: a script-initiated navigation to `url`; false only
+/// for a jump within the current document (same URL, a `#fragment`).
+pub const ASSIGN: &str = r#"(url) => {
+  const target = new URL(url, location.href);
+  const strip = (u) => u.split('#')[0];
+  const sameDocument = target.hash !== '' && strip(target.href) === strip(location.href);
+  location.assign(target.href);
+  return !sameDocument;
+}"#;
+
+/// `() => navigating` after a key press (see [`WATCH_NAVIGATION`]).
+pub const NAVIGATING: &str = "!!window.__adpNavigating";
+
+/// `(needle) => bool`: whether the page's whole visible text contains `needle`.
+pub const TEXT_CONTAINS: &str = r#"(needle) => {
+  const t = document.body ? (document.body.innerText || '') : '';
+  const norm = (s) => s.replace(/\s+/g, ' ');
+  return t.includes(needle) || norm(t).includes(norm(needle));
+}"#;

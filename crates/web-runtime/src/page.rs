@@ -1,0 +1,332 @@
+//! What a task's page is doing, from its CDP events: navigations of the main
+//! frame and requests in flight. [`PageEvents::settle`] waits, after an
+//! action, until a navigation it caused has loaded and the network is quiet —
+//! event-driven and bounded, never a fixed sleep.
+//!
+//! Also [`evaluate`]: run JavaScript in the page's main world and get JSON
+//! back, telling "the page navigated away meanwhile" apart from real errors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chromiumoxide::cdp::browser_protocol::network::{
+    EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, ResourceType,
+};
+use chromiumoxide::cdp::browser_protocol::page::{
+    DialogType, EventFrameNavigated, EventFrameRequestedNavigation, EventFrameStartedLoading,
+    EventFrameStoppedLoading, EventJavascriptDialogOpening, HandleJavaScriptDialogParams,
+};
+use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::error::CdpError;
+use chromiumoxide::Page;
+use futures::stream::{BoxStream, StreamExt};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// How long a requested navigation may take to start loading before the
+/// settle wait stops expecting it (e.g. it was cancelled, or was a download).
+const NAV_START_GRACE: Duration = Duration::from_millis(1500);
+/// Longest wait for the network to go quiet once no navigation is pending
+/// (long-polling pages never go quiet).
+const QUIET_CAP: Duration = Duration::from_millis(1500);
+
+/// Main-frame navigation counters and requests in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NavState {
+    /// `Page.frameRequestedNavigation` of the main frame.
+    pub requested: u64,
+    /// `Page.frameStartedLoading` of the main frame.
+    pub started: u64,
+    /// `Page.frameStoppedLoading` of the main frame.
+    pub stopped: u64,
+    /// `Page.frameNavigated` of the main frame (a new document committed).
+    pub committed: u64,
+    /// Requests of this page not yet finished or failed.
+    pub inflight: usize,
+    /// Main-frame document requests that failed (refused, DNS, connection...).
+    pub doc_failed: u64,
+    /// The last of those: URL and Chromium's error text.
+    pub last_doc_failure: Option<(String, String)>,
+    /// JavaScript dialogs (alert, confirm, beforeunload) dismissed so far.
+    pub dialogs: u64,
+    /// The page's event streams ended (page closed or browser gone).
+    pub ended: bool,
+}
+
+impl NavState {
+    fn loading(&self) -> bool {
+        self.started > self.stopped
+    }
+}
+
+/// How a settle wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Nothing was loading and the network was quiet.
+    Quiet,
+    /// A navigation happened and finished loading.
+    Navigated,
+    /// Still loading when the budget ran out.
+    TimedOut,
+    /// The page or the browser went away.
+    Ended,
+}
+
+enum Ev {
+    Requested(Arc<EventFrameRequestedNavigation>),
+    Started(Arc<EventFrameStartedLoading>),
+    Stopped(Arc<EventFrameStoppedLoading>),
+    Navigated(Arc<EventFrameNavigated>),
+    Sent(Arc<EventRequestWillBeSent>),
+    Finished(Arc<EventLoadingFinished>),
+    Failed(Arc<EventLoadingFailed>),
+    Dialog(Arc<EventJavascriptDialogOpening>),
+}
+
+/// Live view of a page's navigation state.
+pub struct PageEvents {
+    rx: watch::Receiver<NavState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PageEvents {
+    /// Subscribes to the page's events; call before the first action.
+    pub async fn start(page: &Page, main_frame: &str) -> Result<Self, CdpError> {
+        let streams: Vec<BoxStream<'static, Ev>> = vec![
+            page.event_listener::<EventFrameRequestedNavigation>()
+                .await?
+                .map(Ev::Requested)
+                .boxed(),
+            page.event_listener::<EventFrameStartedLoading>()
+                .await?
+                .map(Ev::Started)
+                .boxed(),
+            page.event_listener::<EventFrameStoppedLoading>()
+                .await?
+                .map(Ev::Stopped)
+                .boxed(),
+            page.event_listener::<EventFrameNavigated>()
+                .await?
+                .map(Ev::Navigated)
+                .boxed(),
+            page.event_listener::<EventRequestWillBeSent>()
+                .await?
+                .map(Ev::Sent)
+                .boxed(),
+            page.event_listener::<EventLoadingFinished>()
+                .await?
+                .map(Ev::Finished)
+                .boxed(),
+            page.event_listener::<EventLoadingFailed>()
+                .await?
+                .map(Ev::Failed)
+                .boxed(),
+            page.event_listener::<EventJavascriptDialogOpening>()
+                .await?
+                .map(Ev::Dialog)
+                .boxed(),
+        ];
+        let dialog_page = page.clone();
+        let (tx, rx) = watch::channel(NavState::default());
+        let main = main_frame.to_owned();
+        let task = tokio::spawn(async move {
+            let mut all = futures::stream::select_all(streams);
+            // request id → loader id
+            let mut inflight: HashMap<String, String> = HashMap::new();
+            // request id → URL, of main-frame documents
+            let mut docs: HashMap<String, String> = HashMap::new();
+            while let Some(ev) = all.next().await {
+                if let Ev::Dialog(d) = &ev {
+                    // A dialog blocks the page until answered: dismiss it
+                    // (accepting alerts and "leave page?" prompts).
+                    let accept = matches!(d.r#type, DialogType::Alert | DialogType::Beforeunload);
+                    tracing::debug!(kind = ?d.r#type, message = %d.message, "Dismissing a JavaScript dialog.");
+                    let page = dialog_page.clone();
+                    tokio::spawn(async move {
+                        let _ = page
+                            .execute(HandleJavaScriptDialogParams::new(accept))
+                            .await;
+                    });
+                }
+                tx.send_modify(|s| {
+                    match ev {
+                        Ev::Requested(e) if e.frame_id.inner() == &main => s.requested += 1,
+                        Ev::Started(e) if e.frame_id.inner() == &main => s.started += 1,
+                        Ev::Stopped(e) if e.frame_id.inner() == &main => s.stopped += 1,
+                        Ev::Navigated(e) if e.frame.parent_id.is_none() => {
+                            s.committed += 1;
+                            // Requests of the old document are gone with it.
+                            let loader = e.frame.loader_id.inner().clone();
+                            inflight.retain(|_, l| *l == loader);
+                        }
+                        Ev::Sent(e) => {
+                            let long_lived = matches!(
+                                e.r#type,
+                                Some(ResourceType::EventSource | ResourceType::WebSocket)
+                            );
+                            if !long_lived && !e.request.url.starts_with("data:") {
+                                inflight.insert(
+                                    e.request_id.inner().clone(),
+                                    e.loader_id.inner().clone(),
+                                );
+                            }
+                            let main_doc = e.r#type == Some(ResourceType::Document)
+                                && e.frame_id.as_ref().is_some_and(|f| f.inner() == &main);
+                            if main_doc {
+                                docs.insert(e.request_id.inner().clone(), e.request.url.clone());
+                            }
+                        }
+                        Ev::Finished(e) => {
+                            inflight.remove(e.request_id.inner());
+                            docs.remove(e.request_id.inner());
+                        }
+                        Ev::Failed(e) => {
+                            inflight.remove(e.request_id.inner());
+                            if let Some(url) = docs.remove(e.request_id.inner()) {
+                                // A superseded or cancelled navigation is not a failure.
+                                let aborted =
+                                    e.canceled == Some(true) || e.error_text == "net::ERR_ABORTED";
+                                if !aborted {
+                                    s.doc_failed += 1;
+                                    s.last_doc_failure = Some((url, e.error_text.clone()));
+                                }
+                            }
+                        }
+                        Ev::Dialog(_) => s.dialogs += 1,
+                        _ => {}
+                    }
+                    s.inflight = inflight.len();
+                });
+            }
+            tx.send_modify(|s| s.ended = true);
+        });
+        Ok(PageEvents { rx, task })
+    }
+
+    /// The state now (take one before an action, pass it to [`Self::settle`]).
+    pub fn snapshot(&self) -> NavState {
+        self.rx.borrow().clone()
+    }
+
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// Waits until a navigation started since `before` has finished loading
+    /// and the network is quiet, at most `budget`. With `expect_navigation`
+    /// (the action reported that it started one) it first waits for that
+    /// navigation to show up in the events, which may arrive a moment after
+    /// the action's own answer.
+    pub async fn settle(
+        &self,
+        before: &NavState,
+        budget: Duration,
+        expect_navigation: bool,
+        dead: &CancellationToken,
+    ) -> Settled {
+        let t0 = Instant::now();
+        let deadline = t0 + budget;
+        let mut rx = self.rx.clone();
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            let s = rx.borrow_and_update().clone();
+            if s.ended {
+                return Settled::Ended;
+            }
+            let now = Instant::now();
+            let navigated = s.started > before.started
+                || s.committed > before.committed
+                || s.doc_failed > before.doc_failed;
+            let awaiting_start = (expect_navigation || s.requested > before.requested)
+                && !navigated
+                && now < t0 + NAV_START_GRACE;
+            let mut wake = deadline;
+            if s.loading() || awaiting_start {
+                quiet_since = None;
+                if awaiting_start {
+                    wake = wake.min(t0 + NAV_START_GRACE);
+                }
+            } else {
+                let since = *quiet_since.get_or_insert(now);
+                let done = if navigated {
+                    Settled::Navigated
+                } else {
+                    Settled::Quiet
+                };
+                if s.inflight == 0 || now >= since + QUIET_CAP {
+                    return done;
+                }
+                wake = wake.min(since + QUIET_CAP);
+            }
+            if now >= deadline {
+                return if s.loading() || awaiting_start {
+                    Settled::TimedOut
+                } else if navigated {
+                    Settled::Navigated
+                } else {
+                    Settled::Quiet
+                };
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Settled::Ended },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = dead.cancelled() => return Settled::Ended,
+            }
+        }
+    }
+}
+
+impl Drop for PageEvents {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Why an evaluation gave no value.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The document was replaced while the script ran (a navigation).
+    #[error("the page navigated while the script ran")]
+    Navigated,
+    /// The script threw.
+    #[error("script error: {0}")]
+    Exception(String),
+    #[error("{0}")]
+    Cdp(CdpError),
+}
+
+/// Evaluates `expression` in the main frame's main world, awaiting a
+/// returned promise; the result comes back as JSON.
+pub async fn evaluate(page: &Page, expression: String) -> Result<Value, EvalError> {
+    let params = EvaluateParams::builder()
+        .expression(expression)
+        .await_promise(true)
+        .return_by_value(true)
+        .build()
+        .map_err(|e| EvalError::Cdp(CdpError::msg(e)))?;
+    match page.execute(params).await {
+        Ok(resp) => {
+            let r = resp.result;
+            if let Some(ex) = r.exception_details {
+                let detail = ex
+                    .exception
+                    .as_ref()
+                    .and_then(|o| o.description.clone())
+                    .unwrap_or(ex.text);
+                return Err(EvalError::Exception(detail));
+            }
+            Ok(r.result.value.unwrap_or(Value::Null))
+        }
+        Err(CdpError::Chrome(e)) if is_context_gone(&e.message) => Err(EvalError::Navigated),
+        Err(CdpError::ChromeMessage(m)) if is_context_gone(&m) => Err(EvalError::Navigated),
+        Err(e) => Err(EvalError::Cdp(e)),
+    }
+}
+
+fn is_context_gone(message: &str) -> bool {
+    message.contains("Execution context was destroyed")
+        || message.contains("Inspected target navigated or closed")
+        || message.contains("Cannot find default execution context")
+}
