@@ -76,6 +76,9 @@ pub fn duration(secs: f64) -> String {
     if !secs.is_finite() || secs < 0.0 {
         return "-".to_owned();
     }
+    if secs == 0.0 {
+        return "0s".to_owned();
+    }
     if secs < 10.0 {
         return format!("{secs:.1}s");
     }
@@ -154,6 +157,7 @@ mod tests {
 
     #[test]
     fn durations() {
+        assert_eq!(duration(0.0), "0s");
         assert_eq!(duration(0.25), "0.2s");
         assert_eq!(duration(42.0), "42s");
         assert_eq!(duration(95.0), "1m35s");

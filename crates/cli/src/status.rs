@@ -10,7 +10,10 @@
 //!
 //! From the trajectory files (current `<task_id>.json` files, by task type):
 //! `trajectories`, `succeeded`, `failed` and `failed_by_error_type`;
-//! `throughput_per_min` = trajectories created in the last 60 s;
+//! `finished_last_min` = trajectories created in the last 60 s;
+//! `throughput_per_min` = that count over the time it took: from the oldest
+//! of them to now, at least 10 s, at most 60 s (so a run that started 5 s
+//! ago is not rated as if it had been idle for the rest of the minute);
 //! `eta_seconds` = backlog ÷ throughput (`null` when nothing finished lately).
 //!
 //! Plus runtime health (`runtime_health` / `runtime_heartbeat` hashes) and
@@ -109,7 +112,8 @@ pub struct StreamStatus {
     pub succeeded: u64,
     pub failed: u64,
     pub failed_by_error_type: BTreeMap<String, u64>,
-    pub throughput_per_min: u64,
+    pub finished_last_min: u64,
+    pub throughput_per_min: f64,
     pub eta_seconds: Option<f64>,
 }
 
@@ -126,7 +130,8 @@ pub struct Totals {
     pub succeeded: u64,
     pub failed: u64,
     pub failed_by_error_type: BTreeMap<String, u64>,
-    pub throughput_per_min: u64,
+    pub finished_last_min: u64,
+    pub throughput_per_min: f64,
     pub eta_seconds: Option<f64>,
 }
 
@@ -212,6 +217,27 @@ struct TypeSums {
     failed: u64,
     by_error: BTreeMap<String, u64>,
     last_minute: u64,
+    /// `created_at` of the oldest file of the last minute.
+    first_in_minute: Option<f64>,
+}
+
+/// Shortest window a rate is computed over (a burst of files created in
+/// the last second is not a rate of thousands per minute).
+const MIN_RATE_WINDOW_SECS: f64 = 10.0;
+
+impl TypeSums {
+    /// Trajectories per minute over the window the last minute's files span.
+    fn per_min(&self, now: f64) -> f64 {
+        let Some(first) = self.first_in_minute else {
+            return 0.0;
+        };
+        let window = (now - first).clamp(MIN_RATE_WINDOW_SECS, 60.0);
+        round1(self.last_minute as f64 * 60.0 / window)
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 impl TrajIndex {
@@ -274,6 +300,10 @@ impl TrajIndex {
             }
             if s.created_at >= now - 60.0 {
                 e.last_minute += 1;
+                e.first_in_minute = Some(
+                    e.first_in_minute
+                        .map_or(s.created_at, |f| f.min(s.created_at)),
+                );
             }
         }
         (out, counts)
@@ -287,13 +317,13 @@ fn task_type_of_stream(stream: &str) -> TaskType {
         .unwrap_or(TaskType::Code)
 }
 
-fn eta(backlog: u64, per_min: u64) -> Option<f64> {
+fn eta(backlog: u64, per_min: f64) -> Option<f64> {
     if backlog == 0 {
         Some(0.0)
-    } else if per_min == 0 {
+    } else if per_min <= 0.0 {
         None
     } else {
-        Some(backlog as f64 / (per_min as f64 / 60.0))
+        Some(round1(backlog as f64 / (per_min / 60.0)))
     }
 }
 
@@ -430,6 +460,7 @@ pub async fn snapshot(
             0.0
         };
         let s = sums.get(&tt).cloned().unwrap_or_default();
+        let per_min = s.per_min(now);
         streams.push(StreamStatus {
             stream: stream.to_owned(),
             task_type: tt.as_str().to_owned(),
@@ -445,8 +476,9 @@ pub async fn snapshot(
             succeeded: s.succeeded,
             failed: s.failed,
             failed_by_error_type: s.by_error,
-            throughput_per_min: s.last_minute,
-            eta_seconds: eta(backlog, s.last_minute),
+            finished_last_min: s.last_minute,
+            throughput_per_min: per_min,
+            eta_seconds: eta(backlog, per_min),
         });
         consumers.extend(consumers_of(conn, stream).await?);
     }
@@ -461,7 +493,8 @@ pub async fn snapshot(
         totals.trajectories += s.trajectories;
         totals.succeeded += s.succeeded;
         totals.failed += s.failed;
-        totals.throughput_per_min += s.throughput_per_min;
+        totals.finished_last_min += s.finished_last_min;
+        totals.throughput_per_min = round1(totals.throughput_per_min + s.throughput_per_min);
         for (k, v) in &s.failed_by_error_type {
             *totals.failed_by_error_type.entry(k.clone()).or_default() += v;
         }
@@ -511,7 +544,7 @@ pub fn render(s: &Snapshot) -> String {
                ok: u64,
                f: u64,
                dead: u64,
-               r: u64,
+               r: f64,
                e: Option<f64>| {
         vec![
             name.to_owned(),
@@ -522,7 +555,7 @@ pub fn render(s: &Snapshot) -> String {
             ok.to_string(),
             f.to_string(),
             dead.to_string(),
-            r.to_string(),
+            format!("{r:.1}"),
             fmt::opt_duration(e),
         ]
     };
@@ -680,7 +713,10 @@ async fn watch(
     let shutdown = adp_core::config::shutdown_token();
     let tty = !args.json && progress::stdout_is_terminal();
     let bar = tty.then(|| {
-        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
+        // At most 4 draws a second; the steady tick draws the latest state
+        // after a burst of updates was rate-limited.
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout_with_hz(4));
+        bar.enable_steady_tick(Duration::from_millis(250));
         if let Ok(style) = ProgressStyle::with_template(
             "{msg}\n[{wide_bar}] {pos}/{len} acked ({percent}%)  ETA {prefix}  (Ctrl-C to stop)",
         ) {

@@ -62,13 +62,20 @@ fn scenario(f: &Fixture) -> String {
     }
     // ids[6] stays pending with c1; ids[7..10] were never delivered.
 
+    // Finished over the last 30 s: 6 in 30 s = 12 per minute.
+    let now = unix_now();
+    let mut finished = Vec::new();
     for i in 0..3 {
-        f.write_traj(&code_traj(&format!("code{i}"), true, None, 2));
+        finished.push(code_traj(&format!("code{i}"), true, None, 2));
     }
-    f.write_traj(&code_traj("code3", false, Some(ErrorType::RuntimeError), 1));
+    finished.push(code_traj("code3", false, Some(ErrorType::RuntimeError), 1));
     for i in 4..6 {
         let mut t = code_traj(&format!("code{i}"), false, Some(ErrorType::SystemError), 0);
         t.meta("dead_lettered", true);
+        finished.push(t);
+    }
+    for (i, mut t) in finished.into_iter().enumerate() {
+        t.created_at = now - 30.0 + 5.0 * i as f64;
         f.write_traj(&t);
     }
     let mut old = code_traj("r0", true, None, 1);
@@ -83,7 +90,6 @@ fn scenario(f: &Fixture) -> String {
     )
     .expect("write");
 
-    let now = unix_now();
     let _: () = redis::pipe()
         .hset("runtime_health", "sandbox-runtime@h-1", "healthy")
         .hset(
@@ -135,9 +141,15 @@ fn status_numbers_match_the_scenario_exactly() {
         code["failed_by_error_type"],
         serde_json::json!({"runtime_error": 1, "system_error": 2})
     );
-    assert_eq!(code["throughput_per_min"], 6);
-    // backlog 4 at 6 per minute.
-    assert_eq!(code["eta_seconds"], 40.0);
+    assert_eq!(code["finished_last_min"], 6);
+    // 6 over the 30 s since the oldest of them (give or take the test's run time).
+    let rate = code["throughput_per_min"].as_f64().expect("rate");
+    assert!((11.0..=12.0).contains(&rate), "{rate}");
+    let eta = code["eta_seconds"].as_f64().expect("eta");
+    assert!(
+        (4.0 / (rate / 60.0) - eta).abs() < 0.1,
+        "backlog 4 at {rate}/min: {eta}"
+    );
     assert!(code["oldest_unacked_age_s"].as_f64().expect("age") >= 0.0);
 
     let web = stream(&s, "tasks:web");
@@ -160,9 +172,10 @@ fn status_numbers_match_the_scenario_exactly() {
     assert_eq!(reasoning["dispatched"], 0);
     assert_eq!(reasoning["trajectories"], 1);
     assert_eq!(
-        reasoning["throughput_per_min"], 0,
+        reasoning["finished_last_min"], 0,
         "an hour-old file is not recent"
     );
+    assert_eq!(reasoning["throughput_per_min"], 0.0);
     assert_eq!(reasoning["eta_seconds"], 0.0);
 
     let t = &s["totals"];
@@ -207,9 +220,12 @@ fn status_numbers_match_the_scenario_exactly() {
         .split_whitespace()
         .collect();
     assert_eq!(
-        row,
-        ["tasks:code", "10", "3", "1", "6", "3", "3", "2", "6", "40s"]
+        &row[..8],
+        ["tasks:code", "10", "3", "1", "6", "3", "3", "2"]
     );
+    let rate: f64 = row[8].parse().expect("rate");
+    assert!((11.0..=12.0).contains(&rate), "{rate}");
+    assert!(row[9].ends_with('s'), "ETA {}", row[9]);
     assert!(text.contains("runtime_error 1, system_error 2"), "{text}");
     assert!(
         text.contains("web-runtime@h-2") && text.contains("unhealthy (stale)"),
@@ -260,6 +276,7 @@ fn json_schema_is_stable() {
         "succeeded",
         "failed",
         "failed_by_error_type",
+        "finished_last_min",
         "throughput_per_min",
         "eta_seconds",
     ]);
@@ -287,6 +304,7 @@ fn json_schema_is_stable() {
             "succeeded",
             "failed",
             "failed_by_error_type",
+            "finished_last_min",
             "throughput_per_min",
             "eta_seconds",
         ])

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Export memory and speed: writes N synthetic trajectories (default sizes
+# 2000 20000 100000; 4 steps each, code and web mixed, ~4 KiB a file), then runs
+# `adp export` in every format and prints peak RSS and time for each size.
+# Memory that does not grow with N shows that export streams the files.
+#
+#   scripts/bench_export.sh [N ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+SIZES=("$@")
+[[ ${#SIZES[@]} -eq 0 ]] && SIZES=(2000 20000 100000)
+command -v cargo >/dev/null || source "$HOME/.cargo/env"
+cargo build --release --locked --bin adp 2>&1 | grep -Ev '^\s+Compiling' >&2 || true
+TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
+ADP="$TARGET_DIR/release/adp"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+gen() { # gen N DIR
+python3 - "$1" "$2" <<'PY'
+import json, os, sys, time
+n, out = int(sys.argv[1]), sys.argv[2]
+d = os.path.join(out, "trajectories")
+os.makedirs(d, exist_ok=True)
+now = time.time()
+for i in range(n):
+    web = i % 3 == 0
+    tid = f"bench_{i}"
+    if web:
+        task = {"task_id": tid, "task_type": "web", "description": f"Find the answer on page {i}",
+                "expected_tools": [], "constraints": {"start_url": "http://127.0.0.1:8765/"},
+                "max_steps": 10, "timeout": 300, "priority": 1}
+        acts = [{"type": "goto", "url": "http://127.0.0.1:8765/"}, {"type": "click", "element": 3},
+                {"type": "fill_and_submit", "element": 1, "text": f"query {i}"}, {"type": "finish", "answer": str(i)}]
+        steps = [{"step_id": k, "action_type": "browser_action", "action_params": a,
+                  "observation": ("Title: Page\nURL: http://127.0.0.1:8765/\n" + "lorem ipsum " * 60 + "\n[0] link Home\n[1] input q"),
+                  "success": True, "error_type": None, "error_message": None, "timestamp": now, "duration": 0.08}
+                 for k, a in enumerate(acts)]
+        runtime, final = "web-runtime", str(i)
+    else:
+        task = {"task_id": tid, "task_type": "code", "description": f"Compute fibonacci({i % 40})",
+                "expected_tools": ["python_executor"], "constraints": {}, "max_steps": 5, "timeout": 300, "priority": 1}
+        steps = [{"step_id": k, "action_type": "code_execution",
+                  "action_params": {"code": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n" + f"print(fib({i % 40}))\n" * (k + 1)},
+                  "observation": "12345\n" * 40, "success": True, "error_type": None, "error_message": None,
+                  "timestamp": now, "duration": 0.02} for k in range(4)]
+        runtime, final = "sandbox-runtime", "12345\n"
+    t = {"task_id": tid, "runtime_id": runtime, "success": i % 10 != 0, "steps": steps, "final_result": final,
+         "error_type": None if i % 10 else "runtime_error", "error_message": None, "total_duration": 0.4,
+         "metadata": {"policy": "heuristic", "cache_hit": i % 4 == 0, "attempt": 1}, "created_at": now, "task": task}
+    with open(os.path.join(d, tid + ".json"), "w") as f:
+        json.dump(t, f, indent=2)
+PY
+}
+
+echo "machine: $(nproc) cores; adp $("$ADP" --version | cut -d' ' -f2)"
+printf '%-8s %-10s %12s %10s %12s %10s\n' files format "dataset" "time s" "files/s" "peak RSS"
+for n in "${SIZES[@]}"; do
+  rm -rf "$WORK/out"; mkdir -p "$WORK/out"
+  gen "$n" "$WORK/out"
+  for fmt in trajectory messages sharegpt; do
+    /usr/bin/time -f '%e %M' -o "$WORK/time" env OUTPUT_DIR="$WORK/out" "$ADP" export --out "$WORK/data.jsonl" --format "$fmt" >/dev/null
+    read -r secs kib < "$WORK/time"
+    size=$(du -h "$WORK/data.jsonl" | cut -f1)
+    python3 -c "import sys; n,s,k=int(sys.argv[1]),float(sys.argv[3]),int(sys.argv[4]); print(f'{n:<8} {sys.argv[2]:<10} {sys.argv[5]:>12} {s:>10.2f} {n/max(s,0.01):>12,.0f} {k/1024:>8.1f} MiB')" "$n" "$fmt" "$secs" "$kib" "$size"
+  done
+done
