@@ -178,7 +178,9 @@ START=$(date +%s)
 LAST=""
 while :; do
   read -r total done_ <<<"$(stream_state)"
-  line="completed $done_/$total tasks, $(wc -l <"$OUTPUT_DIR/rejected.jsonl" 2>/dev/null || echo 0) lines rejected"
+  rejected=0
+  [[ -f "$OUTPUT_DIR/rejected.jsonl" ]] && rejected=$(wc -l <"$OUTPUT_DIR/rejected.jsonl")
+  line="completed $done_/$total tasks, $rejected lines rejected"
   [[ "$line" != "$LAST" ]] && log "$line" && LAST=$line
   if [[ $KEEP -eq 0 && "$done_" -ge "$total" ]]; then break; fi
   if [[ $KEEP -eq 0 && $(( $(date +%s) - START )) -ge $TIMEOUT ]]; then
