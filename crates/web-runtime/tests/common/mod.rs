@@ -97,6 +97,10 @@ pub fn site_router() -> Router {
                  catch (e) {{ document.getElementById('out').textContent = 'socket threw'; }}</script>"
             ))
         }))
+        .route("/link-to", get(|query: Q| async move {
+            let url = q(&query, "url").replace('"', "");
+            Html(format!("<title>Link</title><p><a id=go href=\"{url}\">go there</a></p>"))
+        }))
         .route("/img-to", get(|query: Q| async move {
             let url = q(&query, "url").replace('"', "");
             Html(format!("<title>Image</title><p>image below</p><img src=\"{url}\" width=10 height=10>"))
@@ -247,6 +251,15 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(policy: Policy, max_pages: usize) -> Self {
+        Self::start_with(policy, max_pages, |_| {}).await
+    }
+
+    /// Like [`Harness::start`], with a chance to change the browser settings.
+    pub async fn start_with(
+        policy: Policy,
+        max_pages: usize,
+        change: impl FnOnce(&mut BrowserSettings),
+    ) -> Self {
         let metrics = Metrics::new();
         let web_metrics = WebMetrics::register(&metrics);
         let stop = CancellationToken::new();
@@ -257,6 +270,7 @@ impl Harness {
         settings.max_pages = max_pages;
         settings.proxy = Some(proxy);
         settings.request_timeout = Duration::from_secs(20);
+        change(&mut settings);
         let browser = BrowserManager::launch(settings, policy, web_metrics.clone())
             .await
             .expect("Chromium launches (scripts/setup.sh web)");

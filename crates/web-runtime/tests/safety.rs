@@ -1,0 +1,146 @@
+//! The destination rules on the host network, with a loopback address put
+//! on the block list (`WEB_BLOCK_EXTRA=127.0.0.2/32`) as the stand-in for a
+//! private address: every packet stays on loopback. A test listener on
+//! 127.0.0.2 proves that no refused request reaches it — not a navigation,
+//! a redirect, a fetch(), an image or a WebSocket. (The real metadata
+//! address is tested in a private network namespace: `ssrf_netns.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run, serve_site, summary, Harness, Recorder};
+use serde_json::json;
+use web_runtime::guard::{parse_cidr_list, Policy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_destinations_are_never_reached() {
+    // Images on, so that the image request is judged by the rules too.
+    let h = Harness::start_with(
+        Policy::new(false, parse_cidr_list("127.0.0.2/32").expect("cidr")),
+        4,
+        |s| s.block_images = false,
+    )
+    .await;
+    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let blocked = Recorder::start("127.0.0.2:0".parse().expect("addr"))
+        .await
+        .expect("listen on 127.0.0.2");
+    let mut settings = h.settings();
+    settings.action_timeout = Duration::from_secs(5);
+    let handler = h.handler(settings, None);
+    let target = blocked.url("/private");
+
+    // A direct navigation.
+    let t = run(
+        &handler,
+        json!({"task_id": "nav", "constraints": {"actions": [{"type": "goto", "url": target}]}}),
+    )
+    .await;
+    assert_eq!(
+        summary(&t),
+        vec![("goto".into(), false, Some("network_error".into()))]
+    );
+    let msg = t.error_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("refused") && msg.contains("127.0.0.2") && msg.contains("WEB_BLOCK_EXTRA"),
+        "{msg}"
+    );
+
+    // A redirect from an allowed page.
+    let t = run(
+        &handler,
+        json!({"task_id": "redir", "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/redirect?to={target}")}
+        ]}}),
+    )
+    .await;
+    assert_eq!(
+        summary(&t),
+        vec![("goto".into(), false, Some("network_error".into()))],
+        "{t:#?}"
+    );
+    let msg = t.error_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("navigation to {target} refused")),
+        "{msg}"
+    );
+
+    // A link click to it.
+    let t = run(
+        &handler,
+        json!({"task_id": "click", "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/link-to?url={target}")},
+            {"type": "click", "selector": "#go"},
+        ]}}),
+    )
+    .await;
+    assert_eq!(
+        summary(&t)[1],
+        ("click".into(), false, Some("network_error".into())),
+        "{t:#?}"
+    );
+    let msg = t.error_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("refused") && msg.contains("127.0.0.2"),
+        "{msg}"
+    );
+
+    // Sub-resources: fetch(), an image, a WebSocket. The page loads; the
+    // requests fail; the listener sees nothing.
+    let ws = format!("ws://{}/socket", blocked.addr);
+    for (id, path, expect) in [
+        ("fetch", format!("/fetch-to?url={target}"), "fetch failed"),
+        ("ws", format!("/ws-to?url={ws}"), "socket error"),
+        ("img", format!("/img-to?url={target}"), "image below"),
+    ] {
+        let t = run(
+            &handler,
+            json!({"task_id": format!("sub_{id}"), "constraints": {"actions": [
+                {"type": "goto", "url": format!("{site}{path}")},
+                {"type": "wait", "ms": 300},
+                {"type": "extract"}
+            ]}}),
+        )
+        .await;
+        let last = &t.steps[2].observation;
+        assert!(last.contains(expect), "{id}: {last}");
+        if id != "ws" {
+            // Fetch interception recorded why (the WebSocket is stopped by
+            // the egress proxy, which Fetch does not see).
+            let blocked_list = t
+                .metadata
+                .get("blocked_requests")
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default();
+            assert!(
+                blocked_list
+                    .iter()
+                    .any(|b| b["url"].as_str().unwrap_or("").contains("127.0.0.2")),
+                "{id}: {:?}",
+                t.metadata
+            );
+        }
+    }
+    assert!(
+        h.web_metrics.egress_refused.get() >= 1,
+        "the WebSocket was refused by the egress proxy"
+    );
+
+    assert_eq!(
+        blocked.count(),
+        0,
+        "no connection may reach the blocked address: {:?}",
+        blocked.requests
+    );
+    assert!(
+        h.web_metrics
+            .requests_blocked
+            .with_label_values(&["navigation"])
+            .get()
+            >= 2
+    );
+    stop_site.cancel();
+    h.stop().await;
+}
