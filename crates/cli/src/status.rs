@@ -14,7 +14,8 @@
 //! `throughput_per_min` = that count over the time it took: from the oldest
 //! of them to now, at least 10 s, at most 60 s (so a run that started 5 s
 //! ago is not rated as if it had been idle for the rest of the minute);
-//! `eta_seconds` = backlog ÷ throughput (`null` when nothing finished lately).
+//! `eta_seconds` = backlog ÷ throughput (`null` when nothing finished lately);
+//! the total ETA is the slowest stream's (each stream has its own runtime).
 //!
 //! Plus runtime health (`runtime_health` / `runtime_heartbeat` hashes) and
 //! the consumers of each stream (`XINFO CONSUMERS`) with the entries they hold.
@@ -499,7 +500,11 @@ pub async fn snapshot(
             *totals.failed_by_error_type.entry(k.clone()).or_default() += v;
         }
     }
-    totals.eta_seconds = eta(totals.backlog, totals.throughput_per_min);
+    // Streams are drained by different runtimes: everything is done when
+    // the slowest stream is.
+    totals.eta_seconds = streams
+        .iter()
+        .try_fold(0.0_f64, |acc, s| s.eta_seconds.map(|e| acc.max(e)));
 
     Ok(Snapshot {
         schema_version: SCHEMA_VERSION,

@@ -186,6 +186,11 @@ fn status_numbers_match_the_scenario_exactly() {
     assert_eq!(t["dead_lettered"], 2);
     assert_eq!(t["succeeded"], 4);
     assert_eq!(t["failed"], 3);
+    assert_eq!(
+        t["eta_seconds"],
+        Value::Null,
+        "the slowest stream (web: backlog, no throughput) decides the total ETA"
+    );
     assert_eq!(s["dead_letters"], 2);
     assert_eq!(s["rejected_lines"], 2);
     assert_eq!(s["trajectory_files"]["read"], 7);
