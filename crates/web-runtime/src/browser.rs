@@ -178,10 +178,15 @@ impl Instance {
     }
 
     pub(crate) fn mark_dead(&self, why: impl Into<String>) {
-        let why = why.into();
+        self.set_dead(why.into(), true);
+    }
+
+    fn set_dead(&self, why: String, unexpected: bool) {
         if let Ok(mut g) = self.why_dead.lock() {
             if g.is_none() {
-                tracing::warn!(generation = self.generation, pid = ?self.pid, reason = %why, "Browser marked dead.");
+                if unexpected {
+                    tracing::warn!(generation = self.generation, pid = ?self.pid, reason = %why, "Browser marked dead.");
+                }
                 *g = Some(why);
             }
         }
@@ -267,7 +272,7 @@ impl Instance {
 
     /// Closes Chromium and reaps the process (kills it if it does not close).
     async fn close(&self) {
-        self.mark_dead("closed by the runtime");
+        self.set_dead("closed by the runtime".to_owned(), false);
         // Users holding the read lock leave within the request timeout.
         let mut browser = match tokio::time::timeout(
             self.request_timeout + Duration::from_secs(1),

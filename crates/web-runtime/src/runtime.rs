@@ -45,11 +45,13 @@ impl Running {
     /// and the helpers.
     pub async fn wait(self) -> anyhow::Result<()> {
         let worker = self.worker.await;
-        self.browser.shutdown().await;
+        // Health reports, watchdog, metrics server and proxy stop first (the
+        // runtime leaves `runtime_health`), then Chromium is closed.
         self.stop_aux.cancel();
         for h in self.background {
             let _ = h.await;
         }
+        self.browser.shutdown().await;
         tracing::info!("web-runtime stopped.");
         match worker {
             Ok(r) => r.context("worker"),

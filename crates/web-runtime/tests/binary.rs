@@ -1,0 +1,168 @@
+//! The `web-runtime` binary as an operator runs it: configuration from the
+//! environment, full `chromium` (not the headless shell) via `CHROME_PATH`,
+//! a task through Redis, `/health` and `/metrics`, SIGTERM → exit 0 with
+//! Chromium closed and reaped. Also: a bad setting exits 64.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use adp_core::names::STREAM_WEB;
+use common::{serve_site, task};
+use serde_json::json;
+use test_support::{eventually, free_port, ChildGuard, RedisServer};
+
+/// Pids whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
+        .env("REDIS_URL", redis.url())
+        .env("OUTPUT_DIR", out.path())
+        .env("METRICS_HOST", "127.0.0.1")
+        .env("METRICS_PORT", port.to_string())
+        .env("MAX_CONCURRENT", "2")
+        .env("CHROME_PATH", "/usr/lib/chromium/chromium")
+        .env("WEB_SCREENSHOTS", "true")
+        .env("READ_BLOCK_MS", "200")
+        .env("HEALTH_INTERVAL_SECS", "1")
+        .env_remove("LLM_BASE_URL")
+        .env_remove("VLLM_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn web-runtime");
+    let mut child = ChildGuard(child);
+    let pid = child.pid();
+
+    let http = reqwest::Client::new();
+    let health_url = format!("http://127.0.0.1:{port}/health");
+    eventually(Duration::from_secs(30), || async {
+        matches!(http.get(&health_url).send().await, Ok(r) if r.status().is_success())
+    })
+    .await
+    .expect("/health answers 200");
+    let body: serde_json::Value = http
+        .get(&health_url)
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["checks"]["browser"]["ok"], true, "{body}");
+    assert_eq!(body["checks"]["redis"]["ok"], true, "{body}");
+    let browsers: Vec<u32> = children(pid);
+    assert!(
+        !browsers.is_empty(),
+        "Chromium runs as a child of the runtime"
+    );
+
+    let spec = task(json!({"task_id": "bin_task", "constraints": {"actions": [
+        {"type": "goto", "url": format!("{site}/order.html")},
+        {"type": "select", "selector": "#size", "value": "Large"},
+    ]}}));
+    let mut c = redis.client();
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM_WEB)
+        .arg("*")
+        .arg("task")
+        .arg(serde_json::to_string(&spec).expect("json"))
+        .arg("submitted_at")
+        .arg("0")
+        .arg("priority")
+        .arg(1)
+        .query(&mut c)
+        .expect("XADD");
+    let path = out.path().join("trajectories/bin_task.json");
+    eventually(Duration::from_secs(60), || async { path.exists() })
+        .await
+        .expect("trajectory written");
+    let t: adp_core::Trajectory =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("parse");
+    assert!(t.success, "{t:#?}");
+    assert!(t.steps[1].observation.contains("selected=\"Large\""));
+    // Screenshots were asked for: one PNG per step, next to the trajectory.
+    for (i, s) in t.steps.iter().enumerate() {
+        let shot = s.action_params["screenshot"]
+            .as_str()
+            .expect("screenshot path");
+        assert!(
+            shot.ends_with(&format!("trajectories/bin_task/step_{i}.png")),
+            "{shot}"
+        );
+        let png = std::fs::read(shot).expect("png");
+        assert_eq!(&png[..4], b"\x89PNG");
+    }
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for needle in [
+        "tasks_completed_total{runtime=\"web-runtime\",status=\"success\"} 1",
+        "active_tasks{runtime=\"web-runtime\"} 0",
+        "runtime_health{runtime=\"web-runtime\"} 1",
+        "web_pages_open 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing");
+    }
+
+    child.signal(15);
+    let code = child.wait_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "exit code after SIGTERM");
+    for b in browsers {
+        assert!(
+            !Path::new(&format!("/proc/{b}")).exists(),
+            "Chromium {b} left behind"
+        );
+    }
+    stop_site.cancel();
+}
+
+#[test]
+fn bad_setting_exits_64() {
+    let status = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
+        .env("WEB_BLOCK_EXTRA", "not-a-cidr")
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(64));
+    let status = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
+        .env("MAX_CONCURRENT", "0")
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(status.code(), Some(64));
+}

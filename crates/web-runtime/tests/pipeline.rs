@@ -1,0 +1,310 @@
+//! The whole runtime in-process against a real redis-server: the Worker on
+//! `tasks:web`, page concurrency from the runtime's own gauges, Chromium
+//! killed mid-task (relaunch + retry as an infrastructure failure), and the
+//! plan cache replayed for real.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use adp_core::names::STREAM_WEB;
+use adp_core::Trajectory;
+use common::{serve_site, task};
+use serde_json::{json, Value};
+use test_support::{eventually, RedisServer};
+use tokio_util::sync::CancellationToken;
+use web_runtime::config::Config;
+use web_runtime::Running;
+
+fn config(redis: &RedisServer, out: &Path, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "web-runtime".to_owned(),
+        format!("--redis-url={}", redis.url()),
+        format!("--output-dir={}", out.display()),
+        "--metrics-host=127.0.0.1".to_owned(),
+        "--metrics-port=0".to_owned(),
+        "--retry-backoff-ms=200".to_owned(),
+        "--read-block-ms=200".to_owned(),
+        "--health-interval-secs=1".to_owned(),
+        "--browser-ping-secs=1".to_owned(),
+        format!("--chrome-path={}", common::chrome_path().display()),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    <Config as clap::Parser>::try_parse_from(args).expect("valid config")
+}
+
+fn dispatch(redis: &RedisServer, t: Value) {
+    let spec = task(t);
+    let mut c = redis.client();
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM_WEB)
+        .arg("*")
+        .arg("task")
+        .arg(serde_json::to_string(&spec).expect("json"))
+        .arg("submitted_at")
+        .arg(format!("{:.3}", adp_core::types::unix_now()))
+        .arg("priority")
+        .arg(spec.priority)
+        .query(&mut c)
+        .expect("XADD");
+}
+
+fn trajectory(out: &Path, id: &str) -> Option<Trajectory> {
+    let raw = std::fs::read_to_string(out.join("trajectories").join(format!("{id}.json"))).ok()?;
+    serde_json::from_str(&raw).ok()
+}
+
+async fn wait_for(out: &Path, ids: &[String], within: Duration) -> Vec<Trajectory> {
+    eventually(within, || async {
+        ids.iter().all(|id| trajectory(out, id).is_some())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("trajectories {ids:?}: {e}"));
+    ids.iter().filter_map(|id| trajectory(out, id)).collect()
+}
+
+async fn start(cfg: Config) -> (Running, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let running = web_runtime::start(cfg, shutdown.clone())
+        .await
+        .expect("runtime starts")
+        .expect("not cancelled");
+    (running, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_tasks_never_more_than_four_pages() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=4"])).await;
+
+    // Sample the runtime's own gauges while the tasks run.
+    let pages = running.web_metrics.pages_open.clone();
+    let active = running
+        .metrics
+        .active_tasks
+        .with_label_values(&["web-runtime"]);
+    let (max_pages, max_active) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
+    let sampling = CancellationToken::new();
+    let sampler = {
+        let (mp, ma, stop) = (max_pages.clone(), max_active.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                mp.fetch_max(pages.get(), Ordering::SeqCst);
+                ma.fetch_max(active.get(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+
+    let ids: Vec<String> = (0..8).map(|i| format!("conc_{i}")).collect();
+    for id in &ids {
+        dispatch(
+            &redis,
+            json!({"task_id": id, "constraints": {"actions": [
+                {"type": "goto", "url": format!("{site}/index.html")},
+                {"type": "wait", "ms": 600},
+                {"type": "fill_and_submit", "selector": "input[name=q]", "text": "garden"},
+            ], "expected_text": "Garden Hose"}}),
+        );
+    }
+    let done = wait_for(out.path(), &ids, Duration::from_secs(60)).await;
+    sampling.cancel();
+    let _ = sampler.await;
+    assert!(done.iter().all(|t| t.success), "{done:#?}");
+
+    let peak = running.web_metrics.pages_peak.get();
+    assert!(peak <= 4, "peak pages {peak}");
+    assert!(max_pages.load(Ordering::SeqCst) <= 4);
+    assert!(max_active.load(Ordering::SeqCst) <= 4);
+    // And the four slots were used (the tasks overlap for 600 ms each).
+    assert_eq!(peak, 4, "pages never reached 4 at once");
+    assert_eq!(running.web_metrics.pages_open.get(), 0);
+    let metrics = running.metrics.render();
+    assert!(
+        metrics.contains("tasks_completed_total{runtime=\"web-runtime\",status=\"success\"} 8"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("web_pages_peak 4"));
+
+    shutdown.cancel();
+    running.wait().await.expect("clean stop");
+    stop_site.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=1"])).await;
+    let first = running.browser.current().expect("browser");
+    let pid = first.pid().expect("pid");
+
+    dispatch(
+        &redis,
+        json!({"task_id": "interrupted", "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/list.html")},
+            {"type": "wait", "ms": 1500},
+            {"type": "click", "selector": "a[href='item.html?id=7']"},
+        ], "expected_text": "Cast Iron Pan"}}),
+    );
+    // Kill it while the task holds its page (in the 1.5 s wait).
+    let pages = running.web_metrics.pages_open.clone();
+    eventually(Duration::from_secs(20), || async { pages.get() == 1 })
+        .await
+        .expect("task started");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+
+    dispatch(
+        &redis,
+        json!({"task_id": "after_crash", "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/index.html")}
+        ], "expected_text": "Demo Catalogue"}}),
+    );
+    let ids = ["interrupted".to_owned(), "after_crash".to_owned()];
+    let done = wait_for(out.path(), &ids, Duration::from_secs(60)).await;
+    let (interrupted, after) = (&done[0], &done[1]);
+    assert!(interrupted.success, "{interrupted:#?}");
+    assert_eq!(
+        interrupted.metadata["attempt"], 2,
+        "{:?}",
+        interrupted.metadata
+    );
+    let infra = interrupted.metadata["infra_errors"]
+        .as_array()
+        .expect("infra errors recorded");
+    assert_eq!(infra.len(), 1, "{infra:?}");
+    assert_eq!(infra[0]["component"], "browser");
+    assert!(interrupted.metadata["browser_generation"].as_u64() >= Some(2));
+    assert!(after.success, "{after:#?}");
+    assert!(after.metadata["browser_generation"].as_u64() >= Some(2));
+    assert!(running.web_metrics.browser_restarts.get() >= 1);
+    let metrics = running.metrics.render();
+    assert!(
+        metrics.contains("infra_failures_total{component=\"browser\",runtime=\"web-runtime\"} 1"),
+        "{metrics}"
+    );
+    // The killed Chromium was reaped: no zombie left.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} still present"
+    );
+    let second = running.browser.current().expect("relaunched");
+    assert_ne!(second.pid(), Some(pid));
+
+    shutdown.cancel();
+    running.wait().await.expect("clean stop");
+    let new_pid = second.pid().expect("pid");
+    assert!(
+        !Path::new(&format!("/proc/{new_pid}")).exists(),
+        "Chromium reaped at shutdown"
+    );
+    stop_site.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_cache_replays_the_actions_for_real() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=2"])).await;
+
+    let description = "Search for \"pan\" and open the first result";
+    dispatch(
+        &redis,
+        json!({"task_id": "plan_1", "description": description,
+               "constraints": {"start_url": format!("{site}/index.html"), "expected_text": "Cast Iron Pan"}}),
+    );
+    let first = wait_for(out.path(), &["plan_1".to_owned()], Duration::from_secs(30)).await;
+    assert!(first[0].success, "{:#?}", first[0]);
+    assert_eq!(first[0].metadata["cache_hit"], false);
+
+    dispatch(
+        &redis,
+        json!({"task_id": "plan_2", "description": description,
+               "constraints": {"start_url": format!("{site}/index.html"), "expected_text": "Cast Iron Pan"}}),
+    );
+    let second = wait_for(out.path(), &["plan_2".to_owned()], Duration::from_secs(30)).await;
+    let (a, b) = (&first[0], &second[0]);
+    assert!(b.success, "{b:#?}");
+    assert_eq!(b.metadata["cache_hit"], true);
+    // The same actions, performed again: real observations, never a cached result.
+    let params = |t: &Trajectory| {
+        t.steps
+            .iter()
+            .map(|s| s.action_params.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(params(a), params(b));
+    for s in &b.steps {
+        assert!(!s.observation.contains("[Cached result]"));
+        assert!(s.observation.starts_with("Title: "), "{}", s.observation);
+    }
+    assert!(b.steps[2]
+        .observation
+        .contains("Title: Cast Iron Pan - Demo Catalogue"));
+    let metrics = running.metrics.render();
+    assert!(
+        metrics.contains("cache_hits_total{cache_type=\"web\"} 1"),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    running.wait().await.expect("clean stop");
+    stop_site.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_chromium_is_detected_and_replaced() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=1"])).await;
+    let pid = running
+        .browser
+        .current()
+        .and_then(|i| i.pid())
+        .expect("pid");
+
+    dispatch(
+        &redis,
+        json!({"task_id": "hung", "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/list.html")},
+            {"type": "wait", "ms": 800},
+            {"type": "extract"},
+        ], "expected_text": "Watering Can"}}),
+    );
+    let pages = running.web_metrics.pages_open.clone();
+    eventually(Duration::from_secs(20), || async { pages.get() == 1 })
+        .await
+        .expect("task started");
+    // Freeze the browser process: it stops answering CDP but does not exit.
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .expect("kill -STOP");
+    let done = wait_for(out.path(), &["hung".to_owned()], Duration::from_secs(90)).await;
+    let t = &done[0];
+    assert!(t.success, "{t:#?}");
+    assert_eq!(t.metadata["attempt"], 2, "{:?}", t.metadata);
+    assert_eq!(t.metadata["infra_errors"][0]["component"], "browser");
+    assert!(running.web_metrics.browser_restarts.get() >= 1);
+    // The frozen process was killed and reaped.
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} still present"
+    );
+
+    shutdown.cancel();
+    running.wait().await.expect("clean stop");
+    stop_site.cancel();
+}
