@@ -9,6 +9,7 @@
 //! `final_result` is the model's final answer if it gave one, else the last
 //! step's stdout.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adp_core::cache::TemplateCache;
@@ -17,6 +18,7 @@ use adp_core::queue::{TaskContext, TaskHandler};
 use adp_core::types::unix_now;
 use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, Trajectory};
 use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
 
 use crate::executor::{Execution, Sandbox};
 use crate::policy::openai::{self, OpenAiSession, PromptLimits};
@@ -29,6 +31,10 @@ pub struct CodeAgent {
     sandbox: Sandbox,
     llm: Option<LlmClient>,
     cache: TemplateCache,
+    /// One permit per jail allowed at once (`SANDBOX_CONCURRENCY`). The
+    /// worker may hold more tasks than this; they wait here for a jail, so a
+    /// task writing its trajectory or waiting for the model frees its jail.
+    jail_slots: Arc<Semaphore>,
 }
 
 /// How the loop ended.
@@ -44,11 +50,18 @@ enum Ending {
 }
 
 impl CodeAgent {
-    pub fn new(sandbox: Sandbox, llm: Option<LlmClient>, cache: TemplateCache) -> Self {
+    /// An agent running at most `jails` pieces of code at once.
+    pub fn new(
+        sandbox: Sandbox,
+        llm: Option<LlmClient>,
+        cache: TemplateCache,
+        jails: usize,
+    ) -> Self {
         CodeAgent {
             sandbox,
             llm,
             cache,
+            jail_slots: Arc::new(Semaphore::new(jails.max(1))),
         }
     }
 
@@ -116,12 +129,24 @@ impl CodeAgent {
                 Decision::Finish(answer) => break Ending::Finished(answer),
                 Decision::GiveUp(why) => break Ending::GaveUp(why),
             };
+            let slot = match tokio::time::timeout_at(
+                deadline.into(),
+                self.jail_slots.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_)) => return Err(InfraError::new("sandbox", "jail slots closed")),
+                Err(_) => break Ending::TimedOut,
+            };
             let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
                 break Ending::TimedOut;
             };
             let wall = self.sandbox.config().step_timeout.min(remaining);
             let timestamp = unix_now();
-            let exec = self.sandbox.run(&code, wall).await?;
+            let exec = self.sandbox.run(&code, wall).await;
+            drop(slot);
+            let exec = exec?;
             trajectory
                 .steps
                 .push(step(trajectory.steps.len(), code, &exec, timestamp));

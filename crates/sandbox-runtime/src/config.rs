@@ -32,9 +32,15 @@ pub struct Config {
     pub llm: LlmArgs,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
-    /// Tasks run at once (default: the number of CPUs).
+    /// Tasks running code at once: jails at the same time (default: the number of CPUs).
     #[arg(long, env = "SANDBOX_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub sandbox_concurrency: Option<u16>,
+    /// Tasks taken from the streams beyond SANDBOX_CONCURRENCY. They wait for
+    /// a free jail, so writing a trajectory, acking or waiting for the LLM
+    /// never leaves a jail idle. Default: 1 (2 x SANDBOX_CONCURRENCY when an
+    /// LLM is configured, since its tasks mostly wait for the model).
+    #[arg(long, env = "SANDBOX_PREFETCH", value_parser = clap::value_parser!(u16).range(0..=4096))]
+    pub sandbox_prefetch: Option<u16>,
     /// Port of `/metrics` and `/health` (0: any free port, logged).
     #[arg(long, env = "METRICS_PORT", default_value_t = 8001)]
     pub metrics_port: u16,
@@ -54,12 +60,22 @@ pub struct Config {
 }
 
 impl Config {
-    /// Tasks run at once.
+    /// Jails at once (tasks running code at once).
     pub fn concurrency(&self) -> usize {
         self.sandbox_concurrency.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             usize::from,
         )
+    }
+
+    /// Tasks held at once: the jails plus the prefetch.
+    pub fn tasks_in_flight(&self) -> usize {
+        let prefetch = match self.sandbox_prefetch {
+            Some(p) => usize::from(p),
+            None if self.llm.base_url().is_some() => 2 * self.concurrency(),
+            None => 1,
+        };
+        self.concurrency() + prefetch
     }
 }
 
@@ -135,6 +151,20 @@ mod tests {
         assert_eq!(s.memory_mb, 512);
         assert_eq!(s.output_cap, 65536);
         assert!(c.concurrency() >= 1);
+        assert_eq!(c.tasks_in_flight(), c.concurrency() + 1);
+        let c = Config::try_parse_from([
+            "x",
+            "--sandbox-concurrency",
+            "3",
+            "--llm-base-url",
+            "http://127.0.0.1:9",
+        ])
+        .expect("llm");
+        assert_eq!(c.tasks_in_flight(), 9);
+        let c =
+            Config::try_parse_from(["x", "--sandbox-concurrency", "3", "--sandbox-prefetch", "0"])
+                .expect("no prefetch");
+        assert_eq!(c.tasks_in_flight(), 3);
     }
 
     #[test]

@@ -74,9 +74,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         None => "heuristic (offline; set LLM_BASE_URL for a model)".to_owned(),
     };
     let concurrency = config.concurrency();
+    let in_flight = config.tasks_in_flight();
     tracing::info!(
         redis_url = %redact_url(redis_url),
         concurrency,
+        in_flight,
         policy = %policy,
         cache = ?config.cache_mode,
         nsjail = %sandbox.config().nsjail_path.display(),
@@ -103,7 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let worker_config = WorkerConfig::from_args(
         RUNTIME,
         vec![STREAM_CODE, STREAM_REASONING],
-        concurrency,
+        in_flight,
         &config.common,
         &config.worker,
     );
@@ -116,7 +118,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Duration::from_secs(config.health_interval_secs),
         shutdown.clone(),
     );
-    let agent = CodeAgent::new(sandbox, llm, cache);
+    let agent = CodeAgent::new(sandbox, llm, cache, concurrency);
     let worker = Worker::new(
         worker_config,
         agent,

@@ -217,6 +217,7 @@ async fn heuristic_intents_compute_the_right_answers() {
         Sandbox::new(SandboxConfig::default()),
         None,
         TemplateCache::new(None, Duration::from_secs(60), Metrics::new(), "code"),
+        2,
     );
     let cases = [
         ("Compute fibonacci(7)", "13"),
