@@ -253,7 +253,12 @@ impl Dispatcher {
                     if let Some(task) = self.validate(line) {
                         batch.push(task);
                     }
-                    if batch.len() < batch_limit {
+                    // Rejection records are flushed (and the checkpoint
+                    // moved) every REJECTS_FLUSH_BYTES too: a long run of bad
+                    // lines must not pile up in memory.
+                    if batch.len() < batch_limit
+                        && self.rejects.pending_bytes() < rejects::REJECTS_FLUSH_BYTES
+                    {
                         continue;
                     }
                     false

@@ -8,6 +8,10 @@ use serde_json::json;
 /// Longest `raw` kept in a record.
 pub const RAW_LIMIT: usize = 4096;
 
+/// Queued records are written out (with a checkpoint) once they reach this
+/// size, even when no batch of tasks is ready.
+pub const REJECTS_FLUSH_BYTES: usize = 1024 * 1024;
+
 /// Appends rejection records.
 pub struct RejectLog {
     path: PathBuf,
@@ -33,6 +37,11 @@ impl RejectLog {
         self.pending
             .extend_from_slice(record.to_string().as_bytes());
         self.pending.push(b'\n');
+    }
+
+    /// Bytes of records queued and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
     }
 
     /// Appends every queued record and syncs the file.
