@@ -231,6 +231,15 @@ impl Dispatcher {
                     "Resuming the task file after its checkpoint."
                 );
             }
+            if (c.dev, c.ino, c.offset) == (r.dev, r.ino, r.offset) {
+                self.rewind_rejects(r.rejected_bytes);
+            }
+        }
+        // Save where we start (and how long rejected.jsonl is) before the
+        // first line: a crash in the first batch then rewinds correctly too.
+        let start = file.checkpoint();
+        if !self.flush(&mut Vec::new(), start, shutdown).await? {
+            return Ok(self.summary);
         }
         tracing::info!(task_file = %self.cfg.task_file.display(), follow = self.cfg.follow, max_backlog = self.cfg.max_backlog, "Dispatcher started.");
 
@@ -303,6 +312,23 @@ impl Dispatcher {
         Ok(self.summary)
     }
 
+    /// Drops rejection records written after the checkpoint `rejected_bytes`
+    /// belongs to (their lines are read again), so each rejected line keeps
+    /// exactly one record across crashes.
+    fn rewind_rejects(&mut self, rejected_bytes: Option<u64>) {
+        let Some(len) = rejected_bytes else {
+            return;
+        };
+        match self.rejects.rewind(len) {
+            Ok(0) => {}
+            Ok(dropped) => tracing::warn!(
+                bytes = dropped,
+                "rejected.jsonl held records past the checkpoint (a run stopped before saving it); dropped them, their lines are read again."
+            ),
+            Err(e) => tracing::warn!(error = %e, "Cannot cut rejected.jsonl back to the checkpoint; some rejections may be recorded twice."),
+        }
+    }
+
     /// Validates one line; rejected lines are recorded here.
     fn validate(&mut self, line: Line) -> Option<Prepared> {
         let (number, result, raw): (u64, Result<_, RejectReason>, Vec<u8>) = match line {
@@ -347,6 +373,10 @@ impl Dispatcher {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
         self.rejects.flush().context("writing rejected.jsonl")?;
+        let checkpoint = checkpoint.map(|c| Checkpoint {
+            rejected_bytes: Some(self.rejects.file_len()),
+            ..c
+        });
         let checkpoint_json = checkpoint.map(|c| serde_json::to_string(&c).unwrap_or_default());
         if batch.is_empty() {
             // Nothing to send, but rejected/blank lines may have moved the checkpoint.

@@ -39,6 +39,26 @@ impl RejectLog {
         self.pending.push(b'\n');
     }
 
+    /// Length of the file on disk (0 when it does not exist).
+    pub fn file_len(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Cuts the file back to `len` bytes: records past it were written by a
+    /// run that stopped before saving the checkpoint that covers them, and
+    /// their lines are about to be read (and rejected) again. Returns the
+    /// bytes removed.
+    pub fn rewind(&mut self, len: u64) -> std::io::Result<u64> {
+        let current = self.file_len();
+        if current <= len {
+            return Ok(0);
+        }
+        let f = std::fs::OpenOptions::new().write(true).open(&self.path)?;
+        f.set_len(len)?;
+        f.sync_all()?;
+        Ok(current - len)
+    }
+
     /// Bytes of records queued and not yet written.
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()

@@ -17,6 +17,10 @@ pub struct Checkpoint {
     pub ino: u64,
     pub offset: u64,
     pub line: u64,
+    /// Length of `rejected.jsonl` when the checkpoint was saved: the records
+    /// of the lines before it end there (set by the dispatcher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_bytes: Option<u64>,
 }
 
 /// What the next poll of the file found.
@@ -62,6 +66,7 @@ impl TaskFile {
             ino: self.ino,
             offset: r.offset(),
             line: r.line_number(),
+            rejected_bytes: None,
         })
     }
 
