@@ -14,6 +14,10 @@
 
 OPS_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+# A signal ends the script through its EXIT trap (which stops the stack).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 ops_log() { printf '[%s] %s\n' "${OPS_NAME:-ops}" "$*" >&2; }
 ops_die() { printf '[%s] ERROR: %s\n' "${OPS_NAME:-ops}" "$*" >&2; exit 1; }
 

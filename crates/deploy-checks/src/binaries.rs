@@ -276,6 +276,11 @@ pub fn spawn(
     }
 }
 
+/// Files the Dockerfile copies from the repository into the images:
+/// (path in the image, path in the repository).
+pub const IMAGE_FILES: [(&str, &str); 1] =
+    [("/usr/local/bin/nsjail-docker", "docker/nsjail-docker.sh")];
+
 /// The environment a compose service gives its binary, made runnable here:
 /// Redis, output dir, task file and metrics port point at the test's own,
 /// the metrics server binds to loopback; every other value is the compose
@@ -298,6 +303,12 @@ pub fn local_env(
         ("METRICS_PORT", port.to_string()),
         ("METRICS_HOST", "127.0.0.1".to_owned()),
     ];
+    // Files the image installs, found in the repository here.
+    for (_, v) in env.iter_mut() {
+        if let Some((_, repo_file)) = IMAGE_FILES.iter().find(|(image_path, _)| v == image_path) {
+            *v = crate::root().join(repo_file).display().to_string();
+        }
+    }
     for (k, v) in overrides {
         let present = env.iter().any(|(name, _)| name == k);
         if present || k == "METRICS_HOST" {

@@ -183,6 +183,18 @@ fn ports_and_health_paths_match_the_binaries() {
         );
     }
 
+    // Files the compose environment names inside the image are copied there.
+    for (image_path, repo_file) in binaries::IMAGE_FILES {
+        assert!(
+            dockerfile.contains(&format!("{repo_file} {image_path}\n")),
+            "docker/Dockerfile must COPY {repo_file} to {image_path}"
+        );
+        assert!(
+            root_file_is_executable(repo_file),
+            "{repo_file} must be executable"
+        );
+    }
+
     // Prometheus scrapes every replica of every service on its port.
     let jobs: BTreeMap<String, &Value> = prometheus["scrape_configs"]
         .as_sequence()
@@ -208,6 +220,13 @@ fn ports_and_health_paths_match_the_binaries() {
         assert_eq!(scalar(&sd["port"]), port.to_string(), "job {name}: port");
         assert_eq!(scalar(&job["metrics_path"]), "/metrics");
     }
+}
+
+fn root_file_is_executable(rel: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(deploy_checks::root().join(rel))
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 #[test]
