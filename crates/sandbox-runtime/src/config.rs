@@ -112,7 +112,7 @@ pub struct SandboxArgs {
     /// Bytes of stdout and of stderr kept per step (the cut is marked).
     #[arg(long, env = "SANDBOX_OUTPUT_CAP_BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(256..=67_108_864))]
     pub sandbox_output_cap_bytes: u64,
-    /// Directory for nsjail's per-step log files (default: the system temp dir).
+    /// Directory for nsjail's per-step log files (default: /dev/shm, else the system temp dir).
     #[arg(long, env = "SANDBOX_LOG_DIR")]
     pub sandbox_log_dir: Option<PathBuf>,
 }
@@ -133,7 +133,7 @@ impl SandboxArgs {
             log_dir: self
                 .sandbox_log_dir
                 .clone()
-                .unwrap_or_else(std::env::temp_dir),
+                .unwrap_or_else(crate::executor::default_log_dir),
         }
     }
 }

@@ -82,8 +82,20 @@ impl Default for SandboxConfig {
             open_files: 64,
             tmpfs_mb: 64,
             output_cap: 64 * 1024,
-            log_dir: std::env::temp_dir(),
+            log_dir: default_log_dir(),
         }
+    }
+}
+
+/// `/dev/shm` when it is there (tmpfs: no disk work for the per-step log
+/// files), else the system temp dir.
+pub fn default_log_dir() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    let writable = std::fs::metadata(&shm).is_ok_and(|m| m.is_dir() && !m.permissions().readonly());
+    if writable {
+        shm
+    } else {
+        std::env::temp_dir()
     }
 }
 

@@ -91,15 +91,22 @@ impl Num {
 
 /// The parsed description.
 struct Text {
+    /// As written, trimmed.
+    original: String,
     lower: String,
     nums: Vec<Num>,
 }
 
 impl Text {
     fn new(description: &str) -> Self {
-        let lower = description.trim().to_lowercase();
+        let original = description.trim().to_owned();
+        let lower = original.to_lowercase();
         let nums = find_numbers(&lower);
-        Text { lower, nums }
+        Text {
+            original,
+            lower,
+            nums,
+        }
     }
 
     fn has(&self, words: &[&str]) -> bool {
@@ -369,7 +376,7 @@ fn intent(name: &'static str, code: String) -> Option<Intent> {
 
 /// The description is itself one `print(...)` call.
 fn literal_print(t: &Text, _: Option<&str>) -> Option<Intent> {
-    let d = t.lower.trim();
+    let d = t.original.as_str();
     (d.starts_with("print(") && d.ends_with(')') && !d.contains('\n'))
         .then(|| Intent {
             name: "print",
@@ -1022,6 +1029,13 @@ fn arithmetic(t: &Text, _: Option<&str>) -> Option<Intent> {
     if !has_op || digit_groups < 2 {
         return None;
     }
+    // "2024-01-15" is a date, not a subtraction (and 01 is no Python literal).
+    let leading_zero = best
+        .split(|c: char| !c.is_ascii_digit() && c != '.')
+        .any(|g| g.len() > 1 && g.starts_with('0') && !g.starts_with("0."));
+    if leading_zero {
+        return None;
+    }
     let expr = best.replace('^', "**").replace('×', "*").replace('÷', "/");
     let expr = expr
         .trim_end_matches(['+', '-', '*', '/', '%', '.', ' '])
@@ -1162,7 +1176,9 @@ mod tests {
         assert_eq!(name("Is 7 even or odd?"), Some("even_odd"));
         assert_eq!(name("print the numbers from 1 to 10"), Some("print_range"));
         assert_eq!(name("print hello world"), Some("hello_world"));
-        assert_eq!(name("print('Hello World')"), Some("print"));
+        let i = plan_for("print('Hello World')").expect("plan");
+        assert_eq!(i.code, "print('Hello World')\n");
+        assert_eq!(name("What day of the week was 2024-01-15?"), None);
         let i = plan_for("Compute 12 * (3 + 4)").expect("plan");
         assert_eq!(i.name, "arithmetic");
         assert!(i.code.starts_with("result = 12 * (3 + 4)\n"), "{}", i.code);
