@@ -2,6 +2,13 @@
 //! each `task_id` in the dispatched set and XADDs only the new ones, and
 //! saves the file checkpoint in the same step. A crash at any point leaves
 //! Redis either before or after the whole batch: nothing is doubled or skipped.
+//!
+//! The checkpoint is saved compare-and-set: the call fails with
+//! [`CHECKPOINT_MOVED`] when Redis no longer holds the checkpoint this
+//! dispatcher saved last. That happens when Redis lost its last writes (a
+//! crash with `appendfsync everysec`, a restore from an older snapshot): the
+//! lost entries, their ids and the checkpoint went back together, and the
+//! dispatcher must read the file again from the checkpoint Redis has.
 
 use std::sync::LazyLock;
 
@@ -10,15 +17,23 @@ use adp_core::types::{unix_now, TaskSpec, TaskType};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
+/// Error code of a batch refused because the checkpoint in Redis is not the
+/// one this dispatcher saved last.
+pub const CHECKPOINT_MOVED: &str = "CHECKPOINT_MOVED";
+
 /// KEYS: dispatched set, checkpoint key, tasks:code, tasks:web, tasks:reasoning.
-/// ARGV: checkpoint JSON (or ""), submitted_at, then per task: stream index
-/// (1-3), task_id, task JSON, priority. Returns one 1 (dispatched) or 0
-/// (duplicate) per task.
+/// ARGV: checkpoint JSON (or ""), submitted_at, the checkpoint JSON this
+/// dispatcher saved last ("" = none), then per task: stream index (1-3),
+/// task_id, task JSON, priority. Returns one 1 (dispatched) or 0 (duplicate)
+/// per task, or the error CHECKPOINT_MOVED (nothing written).
 static DISPATCH_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then
+  return redis.error_reply('CHECKPOINT_MOVED the checkpoint in Redis is not the one this dispatcher saved')
+end
 local out = {}
-local i = 3
+local i = 4
 while i <= #ARGV do
   local stream = KEYS[2 + tonumber(ARGV[i])]
   if redis.call('SADD', KEYS[1], ARGV[i + 1]) == 1 then
@@ -62,11 +77,14 @@ impl Prepared {
     }
 }
 
-/// Sends one batch atomically; returns, per task, whether it was new.
+/// Sends one batch atomically (an empty one just moves the checkpoint);
+/// returns, per task, whether it was new. `expected` is the checkpoint JSON
+/// saved last (None: none yet); see [`CHECKPOINT_MOVED`].
 pub async fn send_batch(
     conn: &mut ConnectionManager,
     checkpoint_key: &str,
     checkpoint: Option<&str>,
+    expected: Option<&str>,
     batch: &[Prepared],
 ) -> redis::RedisResult<Vec<bool>> {
     let mut inv = DISPATCH_BATCH.prepare_invoke();
@@ -76,7 +94,8 @@ pub async fn send_batch(
         .key(names::STREAM_WEB)
         .key(names::STREAM_REASONING)
         .arg(checkpoint.unwrap_or(""))
-        .arg(format!("{:.6}", unix_now()));
+        .arg(format!("{:.6}", unix_now()))
+        .arg(expected.unwrap_or(""));
     for t in batch {
         inv.arg(stream_index(t.task_type))
             .arg(&t.task_id)

@@ -183,6 +183,10 @@ struct Dispatcher {
     backpressure: stats::Backpressure,
     checkpoint_key: String,
     saved_checkpoint: Option<Checkpoint>,
+    /// The checkpoint JSON Redis holds as far as we know (None: no key).
+    saved_json: Option<String>,
+    /// Redis no longer holds our checkpoint: read the file again from its.
+    moved_back: bool,
 }
 
 impl Dispatcher {
@@ -197,15 +201,21 @@ impl Dispatcher {
             summary: Summary::default(),
             checkpoint_key,
             saved_checkpoint: None,
+            saved_json: None,
+            moved_back: false,
         }
     }
 
-    async fn load_checkpoint(&self, shutdown: &CancellationToken) -> Option<Checkpoint> {
+    async fn load_checkpoint(&mut self, shutdown: &CancellationToken) -> Option<Checkpoint> {
         let mut delay = Duration::from_millis(100);
         loop {
             let mut conn = self.queue.conn();
             match conn.get::<_, Option<String>>(&self.checkpoint_key).await {
-                Ok(raw) => return raw.and_then(|r| serde_json::from_str(&r).ok()),
+                Ok(raw) => {
+                    self.saved_json = raw.clone();
+                    self.saved_checkpoint = None;
+                    return raw.and_then(|r| serde_json::from_str(&r).ok());
+                }
                 Err(e) => tracing::warn!(error = %e, "Cannot read the checkpoint yet; retrying."),
             }
             if sleep_or_cancel(delay, shutdown).await {
@@ -288,6 +298,23 @@ impl Dispatcher {
             // A full batch, or nothing more to read right now: send what we have.
             if !self.flush(&mut batch, file.checkpoint(), shutdown).await? {
                 break;
+            }
+            if self.moved_back {
+                self.moved_back = false;
+                let resume = self.load_checkpoint(shutdown).await;
+                file = TaskFile::new(&self.cfg.task_file, self.cfg.follow);
+                file.open(resume)?;
+                let at = file.checkpoint();
+                if let (Some(r), Some(c)) = (resume, at) {
+                    if (c.dev, c.ino, c.offset) == (r.dev, r.ino, r.offset) {
+                        self.rewind_rejects(r.rejected_bytes);
+                    }
+                }
+                tracing::warn!(
+                    line = at.map_or(0, |c| c.line),
+                    "The checkpoint in Redis moved back (Redis lost its latest writes, or another dispatcher reads this file); reading the file again from there. Tasks Redis still has are skipped as duplicates, the lost ones are dispatched again."
+                );
+                continue;
             }
             if last_progress.elapsed() >= Duration::from_secs(5) {
                 last_progress = Instant::now();
@@ -382,11 +409,23 @@ impl Dispatcher {
             // Nothing to send, but rejected/blank lines may have moved the checkpoint.
             if checkpoint.is_some() && checkpoint != self.saved_checkpoint {
                 let mut conn = self.queue.conn();
-                let saved: redis::RedisResult<()> = conn
-                    .set(&self.checkpoint_key, checkpoint_json.unwrap_or_default())
-                    .await;
-                if saved.is_ok() {
-                    self.saved_checkpoint = checkpoint;
+                match dispatch::send_batch(
+                    &mut conn,
+                    &self.checkpoint_key,
+                    checkpoint_json.as_deref(),
+                    self.saved_json.as_deref(),
+                    batch,
+                )
+                .await
+                {
+                    Ok(_) => {
+                        self.saved_checkpoint = checkpoint;
+                        self.saved_json = checkpoint_json;
+                    }
+                    Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
+                        self.moved_back = true;
+                    }
+                    Err(_) => {} // saved with the next batch
                 }
             }
             return Ok(true);
@@ -408,11 +447,18 @@ impl Dispatcher {
                 &mut conn,
                 &self.checkpoint_key,
                 checkpoint_json.as_deref(),
+                self.saved_json.as_deref(),
                 batch,
             )
             .await
             {
                 Ok(flags) => break flags,
+                Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
+                    // Nothing was written; these lines are read again.
+                    batch.clear();
+                    self.moved_back = true;
+                    return Ok(true);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, batch = batch.len(), retry_in_ms = delay.as_millis() as u64, "Sending a batch to Redis failed; retrying (nothing is lost).");
                 }
@@ -442,6 +488,9 @@ impl Dispatcher {
         }
         batch.clear();
         self.saved_checkpoint = checkpoint;
+        if checkpoint_json.is_some() {
+            self.saved_json = checkpoint_json;
+        }
         Ok(true)
     }
 }
