@@ -88,9 +88,25 @@ fn main() {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "raw_tasks_per_sec={:.1} ok={} seconds={:.3}",
+        "raw_tasks_per_sec={:.1} ok={} seconds={:.3} launcher_cpu_ms_per_task={:.2}",
         tasks as f64 / secs,
         ok.load(Ordering::Relaxed),
-        secs
+        secs,
+        own_cpu_secs() * 1000.0 / tasks as f64
     );
+}
+
+/// CPU seconds (user + system) this process used itself, children excluded.
+fn own_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }

@@ -317,9 +317,9 @@ impl Sandbox {
         let duration = started.elapsed();
         let status =
             status.map_err(|e| InfraError::new("sandbox", format!("waiting for nsjail: {e}")))?;
-        let log_text = tokio::fs::read_to_string(log_file.path())
-            .await
-            .unwrap_or_default();
+        // A few hundred bytes, normally on tmpfs: read in place rather than
+        // hopping to the blocking pool.
+        let log_text = std::fs::read_to_string(log_file.path()).unwrap_or_default();
         let log = JailLog::parse(&log_text);
         let stdout = out.map_err(|e| InfraError::new("sandbox", format!("reading stdout: {e}")))?;
         let stderr = err.map_err(|e| InfraError::new("sandbox", format!("reading stderr: {e}")))?;
