@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use deploy_checks::root;
 use deploy_checks::tools::require;
 
-const SCRIPTS: [&str; 6] = [
+const SCRIPTS: [&str; 7] = [
     "scripts/ops-common.sh",
+    "scripts/image_rootfs_check.sh",
     "scripts/build.sh",
     "scripts/deploy.sh",
     "scripts/smoke_test.sh",
