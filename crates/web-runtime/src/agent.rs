@@ -127,7 +127,9 @@ impl WebHandler {
             traj.meta("heuristic_intent", h.intent());
         }
 
+        let opening = Instant::now();
         let session = self.browser.open_session().await.map_err(infra)?;
+        let opened_ms = opening.elapsed().as_millis() as u64;
         traj.meta("browser_generation", session.instance.generation);
         let outcome = tokio::select! {
             r = self.drive(&task, &session, &mut policy, &mut traj, started) => r,
@@ -144,7 +146,9 @@ impl WebHandler {
             (Ok(_), Some(text)) => Some(exec::page_text_contains(&session, text).await),
             _ => None,
         };
+        let closing = Instant::now();
         session.close().await;
+        tracing::debug!(task_id = %task.task_id, open_ms = opened_ms, close_ms = closing.elapsed().as_millis() as u64, total_ms = started.elapsed().as_millis() as u64, "Browser session closed.");
         let (final_obs, finish_answer, stop) = outcome?;
 
         policy.record(&mut traj);
@@ -318,6 +322,7 @@ impl WebHandler {
         let performed = exec::perform(session, action, budget)
             .await
             .map_err(infra)?;
+        let acted_ms = t0.elapsed().as_millis() as u64;
         let obs = match self.observe(session).await? {
             Some(o) => o,
             None => Observation {
@@ -353,7 +358,7 @@ impl WebHandler {
             timestamp,
             duration: t0.elapsed().as_secs_f64(),
         });
-        tracing::debug!(task_id = %task.task_id, step_id, action = action.kind(), ok = performed.error.is_none(), "Step done.");
+        tracing::debug!(task_id = %task.task_id, step_id, action = action.kind(), ok = performed.error.is_none(), act_ms = acted_ms, total_ms = t0.elapsed().as_millis() as u64, "Step done.");
         Ok((performed, obs))
     }
 

@@ -3,13 +3,36 @@
 use adp_core::config::{init_tracing, parse_or_exit, shutdown_token};
 use web_runtime::config::Config;
 
-#[tokio::main]
-async fn main() {
+/// chromiumoxide logs every CDP event its (older) protocol revision cannot
+/// parse at WARN ("WS Invalid message"); harmless (PITFALLS.md) and noisy.
+const QUIET_CDP: &str = "chromiumoxide::handler=error,chromiumoxide::conn=error";
+
+fn main() {
+    // Before any thread exists: keep the operator's RUST_LOG, add the quiet
+    // CDP directives unless it already says something about chromiumoxide.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if f.contains("chromiumoxide") => f,
+        Ok(f) if !f.trim().is_empty() => format!("{f},{QUIET_CDP}"),
+        _ => format!("info,{QUIET_CDP}"),
+    };
+    std::env::set_var("RUST_LOG", filter);
     let config: Config = parse_or_exit();
-    init_tracing(config.common.log_format);
-    let shutdown = shutdown_token();
-    if let Err(e) = web_runtime::run(config, shutdown).await {
-        tracing::error!(error = format!("{e:#}"), "web-runtime failed.");
-        std::process::exit(1);
-    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("web-runtime: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async {
+        init_tracing(config.common.log_format);
+        let shutdown = shutdown_token();
+        if let Err(e) = web_runtime::run(config, shutdown).await {
+            tracing::error!(error = format!("{e:#}"), "web-runtime failed.");
+            std::process::exit(1);
+        }
+    });
 }

@@ -6,7 +6,7 @@
 //! Also [`evaluate`]: run JavaScript in the page's main world and get JSON
 //! back, telling "the page navigated away meanwhile" apart from real errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,10 +133,17 @@ impl PageEvents {
         let main = main_frame.to_owned();
         let task = tokio::spawn(async move {
             let mut all = futures::stream::select_all(streams);
-            // request id → loader id
+            // Each event type comes on its own channel, so events of one
+            // request can be seen out of order (its end before its start):
+            // the bookkeeping below does not depend on the order.
+            // request id → loader id, of requests in flight
             let mut inflight: HashMap<String, String> = HashMap::new();
-            // request id → URL, of main-frame documents
+            // requests that finished or failed (a later "sent" is stale)
+            let mut ended: HashSet<String> = HashSet::new();
+            // request id → URL, of main-frame documents in flight
             let mut docs: HashMap<String, String> = HashMap::new();
+            // failures seen before their request: id → error (None: aborted)
+            let mut early_failures: HashMap<String, Option<String>> = HashMap::new();
             while let Some(ev) = all.next().await {
                 if let Ev::Dialog(d) = &ev {
                     // A dialog blocks the page until answered: dismiss it
@@ -151,6 +158,13 @@ impl PageEvents {
                     });
                 }
                 tx.send_modify(|s| {
+                    let doc_failure = |s: &mut NavState, url: String, error: Option<String>| {
+                        // A superseded or cancelled navigation is not a failure.
+                        if let Some(error) = error {
+                            s.doc_failed += 1;
+                            s.last_doc_failure = Some((url, error));
+                        }
+                    };
                     match ev {
                         Ev::Requested(e) if e.frame_id.inner() == &main => s.requested += 1,
                         Ev::Started(e) if e.frame_id.inner() == &main => s.started += 1,
@@ -162,36 +176,45 @@ impl PageEvents {
                             inflight.retain(|_, l| *l == loader);
                         }
                         Ev::Sent(e) => {
-                            let long_lived = matches!(
-                                e.r#type,
-                                Some(ResourceType::EventSource | ResourceType::WebSocket)
-                            );
-                            if !long_lived && !e.request.url.starts_with("data:") {
-                                inflight.insert(
-                                    e.request_id.inner().clone(),
-                                    e.loader_id.inner().clone(),
-                                );
-                            }
+                            let id = e.request_id.inner();
                             let main_doc = e.r#type == Some(ResourceType::Document)
                                 && e.frame_id.as_ref().is_some_and(|f| f.inner() == &main);
-                            if main_doc {
-                                docs.insert(e.request_id.inner().clone(), e.request.url.clone());
+                            if ended.contains(id) {
+                                if let (true, Some(error)) = (main_doc, early_failures.remove(id)) {
+                                    doc_failure(s, e.request.url.clone(), error);
+                                }
+                            } else {
+                                let long_lived = matches!(
+                                    e.r#type,
+                                    Some(ResourceType::EventSource | ResourceType::WebSocket)
+                                );
+                                if !long_lived && !e.request.url.starts_with("data:") {
+                                    inflight.insert(id.clone(), e.loader_id.inner().clone());
+                                }
+                                if main_doc {
+                                    docs.insert(id.clone(), e.request.url.clone());
+                                }
                             }
                         }
                         Ev::Finished(e) => {
-                            inflight.remove(e.request_id.inner());
-                            docs.remove(e.request_id.inner());
+                            let id = e.request_id.inner();
+                            inflight.remove(id);
+                            docs.remove(id);
+                            ended.insert(id.clone());
                         }
                         Ev::Failed(e) => {
-                            inflight.remove(e.request_id.inner());
-                            if let Some(url) = docs.remove(e.request_id.inner()) {
-                                // A superseded or cancelled navigation is not a failure.
-                                let aborted =
-                                    e.canceled == Some(true) || e.error_text == "net::ERR_ABORTED";
-                                if !aborted {
-                                    s.doc_failed += 1;
-                                    s.last_doc_failure = Some((url, e.error_text.clone()));
+                            let id = e.request_id.inner();
+                            inflight.remove(id);
+                            ended.insert(id.clone());
+                            let aborted =
+                                e.canceled == Some(true) || e.error_text == "net::ERR_ABORTED";
+                            let error = (!aborted).then(|| e.error_text.clone());
+                            match docs.remove(id) {
+                                Some(url) => doc_failure(s, url, error),
+                                None if e.r#type == ResourceType::Document => {
+                                    early_failures.insert(id.clone(), error);
                                 }
+                                None => {}
                             }
                         }
                         Ev::Dialog(_) => s.dialogs += 1,
@@ -256,6 +279,9 @@ impl PageEvents {
                     Settled::Quiet
                 };
                 if s.inflight == 0 || now >= since + QUIET_CAP {
+                    if s.inflight > 0 {
+                        tracing::debug!(inflight = s.inflight, state = ?s, "Network not quiet; going on.");
+                    }
                     return done;
                 }
                 wake = wake.min(since + QUIET_CAP);

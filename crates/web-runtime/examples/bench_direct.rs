@@ -1,0 +1,155 @@
+//! The baseline of `scripts/bench_web.sh`: the same 3-step tasks the
+//! pipeline runs, driven directly over CDP with chromiumoxide — no Redis, no
+//! worker, no observations, no trajectory files, no request interception.
+//!
+//! Each task: a fresh browser context and page; `goto index.html`; fill the
+//! search box and submit the form; click the first result; dispose the
+//! context. Navigations are awaited on the load event (subscribed before
+//! the action).
+//!
+//!     bench_direct <base-url> <tasks> <concurrency> [chrome-path]
+//!
+//! Prints `direct_tasks_per_sec=<rate> ok=<n> failed=<n> seconds=<s>`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::page::EventLoadEventFired;
+use chromiumoxide::cdp::browser_protocol::target::{
+    CreateBrowserContextParams, CreateTargetParams, DisposeBrowserContextParams,
+};
+use chromiumoxide::Page;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use web_runtime::browser::{BrowserSettings, DEFAULT_CHROME_PATH};
+
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn act_and_wait_load(page: &Page, js: &str) -> Result<(), String> {
+    let mut loads = page
+        .event_listener::<EventLoadEventFired>()
+        .await
+        .map_err(|e| e.to_string())?;
+    page.evaluate_expression(js)
+        .await
+        .map_err(|e| format!("{js}: {e}"))?;
+    tokio::time::timeout(STEP_TIMEOUT, loads.next())
+        .await
+        .map_err(|_| format!("no load event after {js}"))?;
+    Ok(())
+}
+
+async fn one_task(browser: &Browser, base: &str, i: usize) -> Result<(), String> {
+    let ctx = browser
+        .create_browser_context(CreateBrowserContextParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let page = browser
+            .new_page(
+                CreateTargetParams::builder()
+                    .url("about:blank")
+                    .browser_context_id(ctx.clone())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        page.goto(format!("{base}/index.html"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let term = ["rust", "garden", "kettle", "pan"][i % 4];
+        act_and_wait_load(
+            &page,
+            &format!(
+                "(() => {{ const q = document.querySelector('input[name=q]'); q.value = '{term}'; \
+                 q.dispatchEvent(new Event('input', {{bubbles: true}})); q.form.requestSubmit(); }})()"
+            ),
+        )
+        .await?;
+        act_and_wait_load(&page, "document.querySelector('#results a').click()").await?;
+        let title: String = page
+            .evaluate_expression("document.title")
+            .await
+            .map_err(|e| e.to_string())?
+            .into_value()
+            .map_err(|e| e.to_string())?;
+        if title.ends_with("- Demo Catalogue") && !title.starts_with("Search results") {
+            Ok(())
+        } else {
+            Err(format!("unexpected final page {title:?}"))
+        }
+    }
+    .await;
+    let _ = browser.execute(DisposeBrowserContextParams::new(ctx)).await;
+    result
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let base = args
+        .get(1)
+        .ok_or("usage: bench_direct <base-url> <tasks> <concurrency> [chrome]")?
+        .clone();
+    let n: usize = args.get(2).map_or(Ok(200), |s| s.parse())?;
+    let p: usize = args.get(3).map_or(Ok(4), |s| s.parse())?;
+    let chrome = args
+        .get(4)
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_CHROME_PATH.to_owned());
+
+    // The runtime's own Chromium flags (without its egress proxy).
+    let mut settings = BrowserSettings::new(&chrome);
+    settings.proxy = None;
+    let profile = tempfile::tempdir()?;
+    let config = BrowserConfig::builder()
+        .chrome_executable(&chrome)
+        .no_sandbox()
+        .user_data_dir(profile.path())
+        .request_timeout(Duration::from_secs(30))
+        .args(settings.args())
+        .build()?;
+    let (browser, mut handler) = Browser::launch(config).await?;
+    let pump = tokio::spawn(async move { while handler.next().await.is_some() {} });
+
+    let browser = Arc::new(browser);
+    let slots = Arc::new(Semaphore::new(p));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = slots.clone().acquire_owned().await?;
+        let (b, base) = (browser.clone(), base.clone());
+        tasks.spawn(async move {
+            let r = one_task(&b, &base, i).await;
+            drop(permit);
+            r
+        });
+    }
+    let (mut ok, mut failed) = (0usize, 0usize);
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                eprintln!("task failed: {e}");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("task panicked: {e}");
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "direct_tasks_per_sec={:.3} ok={ok} failed={failed} seconds={secs:.3}",
+        n as f64 / secs
+    );
+    if let Ok(mut browser) = Arc::try_unwrap(browser) {
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+    }
+    pump.abort();
+    Ok(())
+}

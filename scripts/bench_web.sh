@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Throughput of the web pipeline against the same page actions driven
+# directly over CDP, and the memory of Chromium + runtime.
+#
+#   scripts/bench_web.sh                 # 200 tasks, 4 at a time
+#   BENCH_TASKS=100 BENCH_CONCURRENCY=2 scripts/bench_web.sh
+#   BENCH_ROUNDS=3 ...                   # direct/pipeline rounds (default 2)
+#   BENCH_EGRESS=false ...               # pipeline without the egress proxy
+#   CHROME_PATH=/usr/lib/chromium/chromium ...   # full chromium instead of the headless shell
+#   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
+#
+# The demo site (demo-site/) is served by `python3 -m http.server` on
+# 127.0.0.1; a private redis-server runs on a free port. Each task is 3 steps:
+# goto index.html, fill the search box and submit, click the first result.
+# Each round:
+#   direct    crates/web-runtime/examples/bench_direct.rs: one Chromium, the
+#             same actions over CDP (chromiumoxide), P tasks at once, a fresh
+#             context per task; no Redis, no observations, no interception;
+#   pipeline  dispatcher (FOLLOW=false) -> Redis stream tasks:web ->
+#             web-runtime (MAX_CONCURRENT=P) -> trajectory files, timed from
+#             the dispatcher's start to the newest trajectory file (a fresh
+#             runtime and an emptied Redis each round). Peak RSS and PSS of the
+#             runtime plus all its Chromium processes are sampled every 200 ms.
+# Rounds alternate so background load hits both alike; figures are medians.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+N=${BENCH_TASKS:-200}
+P=${BENCH_CONCURRENCY:-4}
+ROUNDS=${BENCH_ROUNDS:-2}
+TIMEOUT=${BENCH_TIMEOUT_SECS:-900}
+CHROME=${CHROME_PATH:-/usr/lib/chromium/chromium-headless-shell}
+EGRESS=${BENCH_EGRESS:-true}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+[[ -x "$CHROME" ]] || { log "no Chromium at $CHROME (run scripts/setup.sh web)"; exit 1; }
+log "building release binaries"
+(cd "$ROOT" && cargo build --release -q -p web-runtime --bin web-runtime --example bench_direct \
+  && cargo build --release -q -p dispatcher --bin dispatcher)
+BIN="$ROOT/target/release"
+
+WORK=$(mktemp -d /tmp/bench-web.XXXXXX)
+REDIS_PID=""
+SITE_PID=""
+RT_PID=""
+stop_pid() { [[ -n "$1" ]] && { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }; }
+cleanup() {
+  stop_pid "$RT_PID"
+  stop_pid "$SITE_PID"
+  stop_pid "$REDIS_PID"
+  if [[ -n "${BENCH_KEEP:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --save "" \
+  --appendonly yes --appendfsync everysec >"$WORK/redis.log" 2>&1 &
+REDIS_PID=$!
+for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+
+SITE_PORT=$(free_port)
+(cd "$ROOT/demo-site" && exec python3 -m http.server "$SITE_PORT" --bind 127.0.0.1) >"$WORK/site.log" 2>&1 &
+SITE_PID=$!
+SITE="http://127.0.0.1:$SITE_PORT"
+for _ in $(seq 100); do curl -fs "$SITE/index.html" >/dev/null 2>&1 && break; sleep 0.05; done
+
+TASKS="$WORK/tasks.jsonl"
+python3 - "$N" "$SITE" >"$TASKS" <<'EOF'
+import json, sys
+n, site = int(sys.argv[1]), sys.argv[2]
+terms = ["rust", "garden", "kettle", "pan"]
+for i in range(n):
+    print(json.dumps({
+        "task_id": f"webbench_{i}", "task_type": "web",
+        "description": f"bench web task {i}",
+        "constraints": {
+            "actions": [
+                {"type": "goto", "url": f"{site}/index.html"},
+                {"type": "fill_and_submit", "selector": "input[name=q]", "text": terms[i % 4]},
+                {"type": "click", "selector": "#results a"},
+            ],
+            "expected_text": "Category:",
+        },
+        "max_steps": 3, "timeout": 120}))
+EOF
+
+direct_run() {
+  "$BIN/examples/bench_direct" "$SITE" "$N" "$P" "$CHROME" 2>"$WORK/direct.log" \
+    | sed -n 's/^direct_tasks_per_sec=\([0-9.]*\).*/\1/p'
+}
+
+# Samples the memory of process $1 and its descendants until file $3 exists;
+# writes "<peak RSS sum kB> <peak PSS sum kB> <peak runtime RSS kB> <max processes>" to $2.
+SAMPLER='
+import os, sys, time
+root, out, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def tree(pid):
+    kids = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(d))
+            except Exception:
+                pass
+    res, i = [pid], 0
+    while i < len(res):
+        res += kids.get(res[i], []); i += 1
+    return res
+def mem(pid):
+    rss = pss = 0
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Rss:"): rss = int(line.split()[1])
+            elif line.startswith("Pss:"): pss = int(line.split()[1])
+    except Exception:
+        pass
+    return rss, pss
+peak = [0, 0, 0, 0]
+while not os.path.exists(stop):
+    pids = tree(root)
+    m = [mem(p) for p in pids]
+    peak = [max(peak[0], sum(r for r, _ in m)), max(peak[1], sum(s for _, s in m)),
+            max(peak[2], m[0][0]), max(peak[3], len(pids))]
+    time.sleep(0.2)
+open(out, "w").write(" ".join(map(str, peak)))
+'
+
+# One pipeline round into dir $1; writes "<start> <end> <rss> <pss> <rt rss> <procs> <exit>" to $1/result.
+pipeline_run() {
+  local out=$1 mport dport start end deadline done_count code
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  mkdir -p "$out/trajectories"
+  mport=$(free_port)
+  env REDIS_URL="$REDIS_URL" OUTPUT_DIR="$out" MAX_CONCURRENT="$P" METRICS_HOST=127.0.0.1 \
+    METRICS_PORT="$mport" CHROME_PATH="$CHROME" WEB_EGRESS_PROXY="$EGRESS" RUST_LOG=warn \
+    "$BIN/web-runtime" 2>"$out/runtime.log" &
+  RT_PID=$!
+  for _ in $(seq 300); do
+    curl -fs "http://127.0.0.1:$mport/health" >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  curl -fs "http://127.0.0.1:$mport/health" >/dev/null \
+    || { log "runtime not healthy"; cat "$out/runtime.log" >&2; exit 1; }
+  python3 -c "$SAMPLER" "$RT_PID" "$out/mem" "$out/mem.stop" &
+  local spid=$!
+  dport=$(free_port)
+  start=$(date +%s.%N)
+  REDIS_URL="$REDIS_URL" TASK_FILE="$TASKS" OUTPUT_DIR="$out" FOLLOW=false METRICS_HOST=127.0.0.1 \
+    METRICS_PORT="$dport" RUST_LOG=warn "$BIN/dispatcher" >"$out/dispatcher.log" 2>&1 &
+  local dpid=$!
+  deadline=$(( $(date +%s) + TIMEOUT ))
+  while :; do
+    done_count=$(ls -f "$out/trajectories" | grep -c '\.json$' || true)
+    [[ "$done_count" -ge "$N" ]] && break
+    if [[ $(date +%s) -gt $deadline ]]; then log "timed out with $done_count/$N trajectories"; exit 1; fi
+    sleep 0.5
+  done
+  end=$(find "$out/trajectories" -maxdepth 1 -name '*.json' -printf '%T@\n' | sort -n | tail -1)
+  touch "$out/mem.stop"
+  wait "$spid" || true
+  wait "$dpid" || log "dispatcher exited non-zero"
+  kill -TERM "$RT_PID"
+  code=0
+  wait "$RT_PID" || code=$?
+  RT_PID=""
+  echo "$start $end $(cat "$out/mem") $code" >"$out/result"
+}
+
+log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS"
+log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+DIRECTS=()
+PIPES=()
+for r in $(seq "$ROUNDS"); do
+  log "round $r/$ROUNDS: direct CDP, $N tasks, $P at a time"
+  DIRECTS+=("$(direct_run)")
+  log "round $r/$ROUNDS: pipeline (dispatcher -> Redis -> web-runtime -> files)"
+  pipeline_run "$WORK/round$r"
+  PIPES+=("$(cat "$WORK/round$r/result")")
+done
+log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 - "$WORK" "$N" "$P" "${DIRECTS[*]}" "${PIPES[@]}" <<'EOF'
+import json, os, statistics, sys
+work, n, p, directs, *pipes = sys.argv[1:]
+n, p = int(n), int(p)
+directs = [float(x) for x in directs.split() if x]
+rates, rss, pss, rt, procs, codes, steps, totals, ok = [], [], [], [], [], [], [], [], 0
+for r, line in enumerate(pipes, 1):
+    start, end, a, b, c, d, code = line.split()
+    rates.append(n / (float(end) - float(start)))
+    rss.append(int(a) / 1024); pss.append(int(b) / 1024); rt.append(int(c) / 1024); procs.append(int(d))
+    codes.append(int(code))
+    t_dir = os.path.join(work, f"round{r}", "trajectories")
+    for name in os.listdir(t_dir):
+        if name.endswith(".json"):
+            t = json.load(open(os.path.join(t_dir, name)))
+            ok += bool(t["success"])
+            totals.append(t["total_duration"])
+            steps.extend(s["duration"] for s in t["steps"])
+direct, pipe = statistics.median(directs), statistics.median(rates)
+q = lambda xs, f: sorted(xs)[min(len(xs) - 1, int(f * len(xs)))] * 1000
+fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
+print(f"tasks={n} (3 steps each) concurrency={p} cpus={os.cpu_count()} rounds={len(rates)}")
+print(f"direct CDP        : {direct:6.2f} tasks/s  (median of {fmt(directs)})")
+print(f"pipeline          : {pipe:6.2f} tasks/s  (median of {fmt(rates)}; {ok}/{n * len(rates)} tasks succeeded)")
+print(f"ratio             : {100 * pipe / direct:6.1f} %  (target >= 85 %)")
+print(f"peak memory       : RSS sum {max(rss):.0f} MiB, PSS sum {max(pss):.0f} MiB "
+      f"(runtime + Chromium, {max(procs)} processes at most); runtime alone RSS {max(rt):.0f} MiB")
+print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")
+print(f"task duration     : p50 {q(totals, .5):.0f} ms, p90 {q(totals, .9):.0f} ms")
+print(f"runtime exit codes after SIGTERM: {codes}")
+EOF
