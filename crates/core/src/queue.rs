@@ -514,6 +514,9 @@ impl<H: TaskHandler> Worker<H> {
 
         loop {
             while tasks.try_join_next().is_some() {}
+            if shutdown.is_cancelled() {
+                break;
+            }
             let first = tokio::select! {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.cancelled() => break,
@@ -533,10 +536,19 @@ impl<H: TaskHandler> Worker<H> {
             }
             if entries.is_empty() {
                 let block = cfg.read_block.min(claim_every);
-                let read = tokio::select! {
-                    r = read_new(&mut read_conn, &streams, &cfg.consumer, permits.len(), block) => r,
-                    _ = shutdown.cancelled() => break,
-                };
+                // Not raced against shutdown: what XREADGROUP returns is
+                // already delivered to this consumer in Redis, and a dropped
+                // reply would leave those entries pending, un-run, until
+                // another consumer re-claims them (costing them a delivery).
+                // The read ends within `block`; its entries run within the grace.
+                let read = read_new(
+                    &mut read_conn,
+                    &streams,
+                    &cfg.consumer,
+                    permits.len(),
+                    block,
+                )
+                .await;
                 match read {
                     Ok(found) => {
                         error_delay = Duration::from_millis(100);
