@@ -298,6 +298,9 @@ impl WebHandler {
             }
             last = Some((action, performed));
         }
+        if acted >= task.max_steps {
+            traj.meta("max_steps_reached", true);
+        }
         Ok((obs, None, None))
     }
 

@@ -20,10 +20,11 @@
 //! address it actually connects to, which closes the gap between this check
 //! and Chromium's own resolution (DNS rebinding) and covers WebSockets.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use url::Url;
 
@@ -219,6 +220,11 @@ impl Policy {
     /// Checks a URL about to be loaded: scheme, then every address its host
     /// resolves to. `Ok(())` = allowed; `Err(reason)` = refused.
     pub async fn check_url(&self, raw: &str) -> Result<(), String> {
+        self.check_url_with(raw, &DnsCache::off()).await
+    }
+
+    /// [`Self::check_url`] with lookups answered from `dns` while fresh.
+    pub async fn check_url_with(&self, raw: &str, dns: &DnsCache) -> Result<(), String> {
         let url = Url::parse(raw).map_err(|e| format!("invalid URL ({e})"))?;
         match url.scheme() {
             "http" | "https" | "ws" | "wss" => {}
@@ -229,7 +235,15 @@ impl Policy {
         match url.host() {
             Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)).map_or(Ok(()), Err),
             Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)).map_or(Ok(()), Err),
-            Some(url::Host::Domain(name)) => self.check_host(name, port).await,
+            Some(url::Host::Domain(name)) => {
+                let addrs = dns.resolve(name, port).await?;
+                for ip in &addrs {
+                    if let Some(why) = self.check_ip(*ip) {
+                        return Err(format!("{name} resolves to {why}"));
+                    }
+                }
+                Ok(())
+            }
             None => Err("URL has no host".to_owned()),
         }
     }
@@ -243,6 +257,57 @@ impl Policy {
             }
         }
         Ok(())
+    }
+}
+
+/// Recent DNS answers, so that a page with a hundred requests to one host
+/// does not cost a hundred lookups. Only the request check uses it; the
+/// egress proxy resolves afresh for every connection it makes.
+#[derive(Debug, Clone)]
+pub struct DnsCache {
+    ttl: Duration,
+    entries: std::sync::Arc<std::sync::Mutex<HashMap<(String, u16), DnsAnswer>>>,
+}
+
+/// When a lookup was made, and what it said.
+type DnsAnswer = (Instant, Result<Vec<IpAddr>, String>);
+
+/// Entries a [`DnsCache`] keeps at most (it is emptied when full).
+const DNS_CACHE_MAX: usize = 4096;
+
+impl DnsCache {
+    pub fn new(ttl: Duration) -> Self {
+        DnsCache {
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    /// No caching.
+    pub fn off() -> Self {
+        Self::new(Duration::ZERO)
+    }
+
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<IpAddr>, String> {
+        if self.ttl.is_zero() {
+            return resolve(host, port).await;
+        }
+        let key = (host.to_ascii_lowercase(), port);
+        if let Ok(m) = self.entries.lock() {
+            if let Some((at, answer)) = m.get(&key) {
+                if at.elapsed() < self.ttl {
+                    return answer.clone();
+                }
+            }
+        }
+        let answer = resolve(host, port).await;
+        if let Ok(mut m) = self.entries.lock() {
+            if m.len() >= DNS_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(key, (Instant::now(), answer.clone()));
+        }
+        answer
     }
 }
 
@@ -386,5 +451,14 @@ mod tests {
         assert!(e.starts_with("localhost resolves to"), "{e}");
         assert!(p.check_url("file:///etc/passwd").await.is_err());
         assert!(p.check_url("data:text/plain,hi").await.is_ok());
+        // Cached answers give the same verdicts.
+        let dns = DnsCache::new(Duration::from_secs(10));
+        for _ in 0..2 {
+            assert!(closed
+                .check_url_with("http://localhost:1/", &dns)
+                .await
+                .is_err());
+            assert!(p.check_url_with("http://localhost:1/", &dns).await.is_ok());
+        }
     }
 }

@@ -17,7 +17,10 @@ use chromiumoxide::cdp::browser_protocol::network::{ErrorReason, ResourceType};
 use futures::StreamExt;
 
 use crate::browser::{BrowserError, Instance};
-use crate::guard::Policy;
+use crate::guard::{DnsCache, Policy};
+
+/// How long a DNS answer is reused by the request check.
+const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::metrics::WebMetrics;
 
 /// Refusals kept per page, at most (older ones are dropped).
@@ -116,6 +119,7 @@ pub(crate) async fn start(
         .build();
     instance.execute("enable Fetch", enable).await?;
     let dead = instance.dead_token().clone();
+    let dns = DnsCache::new(DNS_TTL);
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -126,6 +130,7 @@ pub(crate) async fn start(
             tokio::spawn(decide(
                 instance.clone(),
                 policy.clone(),
+                dns.clone(),
                 refusals.clone(),
                 metrics.clone(),
                 block_images,
@@ -139,6 +144,7 @@ pub(crate) async fn start(
 async fn decide(
     instance: Arc<Instance>,
     policy: Arc<Policy>,
+    dns: DnsCache,
     refusals: Refusals,
     metrics: WebMetrics,
     block_images: bool,
@@ -149,7 +155,7 @@ async fn decide(
     let verdict = if block_images && event.resource_type == ResourceType::Image {
         Err(None)
     } else {
-        policy.check_url(url).await.map_err(Some)
+        policy.check_url_with(url, &dns).await.map_err(Some)
     };
     let result = match verdict {
         Ok(()) => instance
