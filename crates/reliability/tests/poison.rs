@@ -35,7 +35,7 @@ use reliability::service::{poll, Service, SIGSTOP};
 use reliability::tasks::{append_lines, code_line, sum_task};
 use reliability::watch::WriteWatch;
 use reliability::{env_or, report};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const POISON: &str = "poison-1";
 
