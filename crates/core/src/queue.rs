@@ -894,6 +894,18 @@ impl<H: TaskHandler> Inner<H> {
     /// Writes the trajectory durably, then acks. False if the write failed.
     async fn finish(&self, entry: &Entry, trajectory: &Trajectory, started: Instant) -> bool {
         let runtime = self.config.runtime;
+        // A consumer that was presumed dead (paused or starved past
+        // CLAIM_IDLE_SECS) and whose entry another consumer re-claimed (or
+        // already finished) does not write: the newer delivery's trajectory
+        // is the one that stays. If Redis cannot answer, write anyway.
+        if let Ok(None) = self
+            .queue
+            .claim_own(&entry.stream, &entry.id, &self.config.consumer, false)
+            .await
+        {
+            tracing::warn!(task_id = %trajectory.task_id, entry_id = %entry.id, "Entry was re-claimed by another consumer while this run went on; discarding this result (the newer delivery writes the trajectory).");
+            return true;
+        }
         if let Err(e) = self.writer.write(trajectory).await {
             tracing::error!(task_id = %trajectory.task_id, error = %e, "Could not write the trajectory.");
             return false;
