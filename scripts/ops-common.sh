@@ -103,7 +103,7 @@ local_stack_up() { # minimal|full: which services must be healthy (run-local sta
   DISPATCHER_PORT=$(free_port); SANDBOX_PORT=$(free_port); WEB_PORT=$(free_port)
   local demo_port; demo_port=$(free_port)
   export DISPATCHER_PORT SANDBOX_PORT WEB_PORT
-  ops_log "starting the local stack (scripts/run-local.sh --keep-running; builds release binaries)"
+  ops_log "starting the local stack (scripts/run-local.sh --keep-running; builds ${ADP_PROFILE:-release} binaries)"
   # run-local.sh owns the processes; it stops them all when it gets SIGTERM.
   TASK_FILE="$OPS_WORK/tasks.jsonl" OUTPUT_DIR="$OPS_WORK/output" REDIS_URL="" \
     DEMO_SITE_PORT=$demo_port \

@@ -18,7 +18,8 @@
 #
 # Environment: TASK_FILE (tasks.jsonl), OUTPUT_DIR (output), REDIS_URL (a
 # private server when unset), DEMO_SITE_PORT (8765), DISPATCHER_PORT (8000),
-# SANDBOX_PORT (8001), WEB_PORT (8002), and any setting of the binaries
+# SANDBOX_PORT (8001), WEB_PORT (8002), ADP_PROFILE (release; `debug` reuses
+# the test suite's build), and any setting of the binaries
 # (SANDBOX_CONCURRENCY, MAX_CONCURRENT, LLM_BASE_URL, ...), passed through.
 # While running, $OUTPUT_DIR/run-local.env holds REDIS_URL and the ports.
 set -euo pipefail
@@ -65,12 +66,17 @@ BINS=(dispatcher)
 [[ -d crates/sandbox-runtime ]] && BINS+=(sandbox-runtime)
 [[ -d crates/web-runtime ]] && BINS+=(web-runtime)
 [[ -d crates/cli ]] && BINS+=(adp)
-log "building release binaries: ${BINS[*]}"
-build_args=()
-for b in "${BINS[@]}"; do build_args+=(--bin "$b"); done
-cargo build --release --locked "${build_args[@]}" 2>&1 | grep -Ev '^\s+(Compiling|Downloaded|Downloading)' >&2 || true
+ADP_PROFILE=${ADP_PROFILE:-release}
+case "$ADP_PROFILE" in
+  release) profile_args=(--release) ;;
+  debug) profile_args=() ;;
+  *) echo "run-local.sh: ADP_PROFILE must be release or debug, not '$ADP_PROFILE'" >&2; exit 2 ;;
+esac
+log "building $ADP_PROFILE binaries: ${BINS[*]}"
+# The same package selection as scripts/test.sh, so a build done there is reused.
+cargo build "${profile_args[@]}" --locked --workspace --bins 2>&1 | grep -Ev '^\s+(Compiling|Downloaded|Downloading)' >&2 || true
 TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
-BIN="$TARGET_DIR/release"
+BIN="$TARGET_DIR/$ADP_PROFILE"
 for b in "${BINS[@]}"; do [[ -x "$BIN/$b" ]] || { echo "run-local.sh: build did not produce $BIN/$b" >&2; exit 1; }; done
 
 PIDS=()

@@ -28,5 +28,8 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo build (the binaries the process-level tests start)"
+cargo build --workspace --bins --locked
+
 step "cargo test"
 cargo test --workspace --locked "$@"

@@ -85,12 +85,13 @@ pub fn service_binaries() -> &'static [Binary] {
     })
 }
 
-/// Runs `cargo build --bin name` (debug, the profile of this test).
+/// Builds the binaries (debug, the profile of this test) with the same
+/// package selection as `scripts/test.sh`, so that build is reused.
 pub fn build(name: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
         .current_dir(crate::root())
-        .args(["build", "--quiet", "--bin", name])
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .output()
         .expect("run cargo build");
     assert!(

@@ -74,6 +74,9 @@ fn run_local(args: &[&str], limit_secs: u64) {
     let out = Command::new("timeout")
         .current_dir(root())
         .env("MODE", "local")
+        // Reuse the debug binaries scripts/test.sh built (run-local.sh builds
+        // the same selection), instead of a second, release build.
+        .env("ADP_PROFILE", "debug")
         .args(["--kill-after=60", &limit_secs.to_string(), "bash"])
         .args(args)
         .output()
@@ -103,7 +106,6 @@ fn run_local(args: &[&str], limit_secs: u64) {
 fn smoke_test_passes_in_local_mode() {
     require("redis-server");
     require("jq");
-    // The first script run builds the release binaries (run-local.sh).
     run_local(&["scripts/smoke_test.sh", "--timeout", "120"], 1500);
 }
 
