@@ -10,6 +10,10 @@
 //!     bench_direct <base-url> <tasks> <concurrency> [chrome-path]
 //!
 //! Prints `direct_tasks_per_sec=<rate> ok=<n> failed=<n> seconds=<s>`.
+//!
+//! `BENCH_DIRECT_INTERCEPT=1` adds a pass-through `Fetch` interception on the
+//! browser target (every request paused and continued, nothing checked), to
+//! measure what the interception alone costs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,6 +119,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pump = tokio::spawn(async move { while handler.next().await.is_some() {} });
 
     let browser = Arc::new(browser);
+    if std::env::var("BENCH_DIRECT_INTERCEPT").is_ok_and(|v| v == "1") {
+        use chromiumoxide::cdp::browser_protocol::fetch::{
+            ContinueRequestParams, EnableParams, EventRequestPaused, RequestPattern,
+        };
+        let mut paused = browser.event_listener::<EventRequestPaused>().await?;
+        browser
+            .execute(
+                EnableParams::builder()
+                    .pattern(RequestPattern::builder().url_pattern("*").build())
+                    .build(),
+            )
+            .await?;
+        let b = browser.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = paused.next().await {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let _ = b
+                        .execute(ContinueRequestParams::new(ev.request_id.clone()))
+                        .await;
+                });
+            }
+        });
+        eprintln!("pass-through Fetch interception on");
+    }
     let slots = Arc::new(Semaphore::new(p));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

@@ -515,6 +515,7 @@ impl BrowserManager {
             .acquire_owned()
             .await
             .map_err(|_| BrowserError::Dead("runtime is shutting down".to_owned()))?;
+        let t0 = Instant::now();
         let instance = self.instance().await?;
         let context = instance
             .execute(
@@ -535,6 +536,7 @@ impl BrowserManager {
                 return Err(e);
             }
         };
+        let t_page = t0.elapsed();
         let frame_id = page.target_id().inner().clone();
         let events = match PageEvents::start(&page, &frame_id).await {
             Ok(e) => e,
@@ -545,6 +547,11 @@ impl BrowserManager {
         };
         self.shared.refusals.register(&frame_id);
         self.shared.metrics.page_opened();
+        tracing::debug!(
+            context_and_page_ms = t_page.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "Browser session opened."
+        );
         Ok(Session {
             instance,
             context: Some(context),

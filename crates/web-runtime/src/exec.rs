@@ -391,6 +391,13 @@ async fn go_back(session: &Session) -> ActResult {
     Ok(Ok((format!("went back to {url}"), true)))
 }
 
+/// Whether `text` contains `needle`, as [`js::TEXT_CONTAINS`] judges it
+/// (also with runs of white space made single spaces).
+pub fn text_contains(text: &str, needle: &str) -> bool {
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    text.contains(needle) || norm(text).contains(&norm(needle))
+}
+
 /// Whether the page's whole visible text contains `needle`.
 pub async fn page_text_contains(session: &Session, needle: &str) -> Result<bool, BrowserError> {
     let expr = format!("({})({})", js::TEXT_CONTAINS, json!(needle));

@@ -94,39 +94,27 @@ pub struct PageEvents {
 impl PageEvents {
     /// Subscribes to the page's events; call before the first action.
     pub async fn start(page: &Page, main_frame: &str) -> Result<Self, CdpError> {
+        // Subscribed all at once: each subscription is a message to the CDP
+        // handler task, and in sequence they wait for it one after another.
+        let (requested, started, stopped, navigated, sent, finished, failed, dialog) = futures::try_join!(
+            page.event_listener::<EventFrameRequestedNavigation>(),
+            page.event_listener::<EventFrameStartedLoading>(),
+            page.event_listener::<EventFrameStoppedLoading>(),
+            page.event_listener::<EventFrameNavigated>(),
+            page.event_listener::<EventRequestWillBeSent>(),
+            page.event_listener::<EventLoadingFinished>(),
+            page.event_listener::<EventLoadingFailed>(),
+            page.event_listener::<EventJavascriptDialogOpening>(),
+        )?;
         let streams: Vec<BoxStream<'static, Ev>> = vec![
-            page.event_listener::<EventFrameRequestedNavigation>()
-                .await?
-                .map(Ev::Requested)
-                .boxed(),
-            page.event_listener::<EventFrameStartedLoading>()
-                .await?
-                .map(Ev::Started)
-                .boxed(),
-            page.event_listener::<EventFrameStoppedLoading>()
-                .await?
-                .map(Ev::Stopped)
-                .boxed(),
-            page.event_listener::<EventFrameNavigated>()
-                .await?
-                .map(Ev::Navigated)
-                .boxed(),
-            page.event_listener::<EventRequestWillBeSent>()
-                .await?
-                .map(Ev::Sent)
-                .boxed(),
-            page.event_listener::<EventLoadingFinished>()
-                .await?
-                .map(Ev::Finished)
-                .boxed(),
-            page.event_listener::<EventLoadingFailed>()
-                .await?
-                .map(Ev::Failed)
-                .boxed(),
-            page.event_listener::<EventJavascriptDialogOpening>()
-                .await?
-                .map(Ev::Dialog)
-                .boxed(),
+            requested.map(Ev::Requested).boxed(),
+            started.map(Ev::Started).boxed(),
+            stopped.map(Ev::Stopped).boxed(),
+            navigated.map(Ev::Navigated).boxed(),
+            sent.map(Ev::Sent).boxed(),
+            finished.map(Ev::Finished).boxed(),
+            failed.map(Ev::Failed).boxed(),
+            dialog.map(Ev::Dialog).boxed(),
         ];
         let dialog_page = page.clone();
         let (tx, rx) = watch::channel(NavState::default());

@@ -225,7 +225,13 @@ fn parse_intent(description: &str) -> Intent {
         "visit ",
     ];
     if let Some(rest) = after_keyword(d, &SEARCH) {
-        let terms = quoted(rest).unwrap_or_else(|| clause(rest));
+        // "search the catalogue for X": the terms follow "for".
+        let said_for = d.to_lowercase().contains("search for ");
+        let subject = match after_keyword(rest, &[" for "]) {
+            Some(after) if !said_for && quoted(rest).is_none() => after,
+            _ => rest,
+        };
+        let terms = quoted(rest).unwrap_or_else(|| clause(subject));
         if !terms.is_empty() {
             let then = after_keyword(rest, &OPEN).map(|r| quoted(r).unwrap_or_else(|| clause(r)));
             return Intent::Search {
@@ -393,6 +399,26 @@ mod tests {
             parse_intent("Select 'green' in the colour form"),
             Intent::Select {
                 value: "green".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("Search the catalogue for rust"),
+            Intent::Search {
+                terms: "rust".into(),
+                then: None
+            }
+        );
+        assert_eq!(
+            parse_intent("Open the Stainless Tea Kettle page"),
+            Intent::Open {
+                target: "Stainless Tea Kettle page".into()
+            }
+        );
+        assert_eq!(
+            parse_intent("Search for books for children"),
+            Intent::Search {
+                terms: "books for children".into(),
+                then: None
             }
         );
         assert_eq!(parse_intent("Summarise the page"), Intent::Read);
