@@ -152,11 +152,8 @@ fn a_file_of_bad_lines_keeps_memory_bounded_and_records_each_line_once() {
         .collect();
     append_lines(&cluster.task_file(), &lines);
     let rejected = cluster.output_dir().join("rejected.jsonl");
-    let records = || {
-        std::fs::read(&rejected)
-            .map(|b| b.iter().filter(|c| **c == b'\n').count())
-            .unwrap_or(0)
-    };
+    // Progress by file size (cheap to poll): each record is a bit over 4 KiB.
+    let records = || std::fs::metadata(&rejected).map_or(0, |m| m.len() as usize / 4200);
 
     let mut d = cluster.dispatcher(false, &[]);
     let mut peak_kib = 0u64;
@@ -166,7 +163,7 @@ fn a_file_of_bad_lines_keeps_memory_bounded_and_records_each_line_once() {
         }
     };
     let mut points: Vec<usize> = (0..kills)
-        .map(|_| rng.random_range(n / 10..=n * 9 / 10))
+        .map(|_| rng.random_range(n / 10..=n * 8 / 10))
         .collect();
     points.sort_unstable();
     let mut kill_log = Vec::new();
@@ -200,7 +197,7 @@ fn a_file_of_bad_lines_keeps_memory_bounded_and_records_each_line_once() {
     let result = json!({
         "bad_lines": n,
         "line_bytes": 4000,
-        "records_at_kills": kill_log,
+        "approx_records_at_kills": kill_log,
         "rejection_records": total,
         "lines_recorded_twice": twice.len(),
         "dispatcher_peak_rss_kib": peak_kib,
