@@ -4,7 +4,7 @@
 #
 #   scripts/bench_web.sh                 # 200 tasks, 4 at a time
 #   BENCH_TASKS=100 BENCH_CONCURRENCY=2 scripts/bench_web.sh
-#   BENCH_ROUNDS=3 ...                   # direct/pipeline rounds (default 2)
+#   BENCH_ROUNDS=5 ...                   # direct/pipeline rounds (default 3)
 #   BENCH_EGRESS=false ...               # pipeline without the egress proxy
 #   CHROME_PATH=/usr/lib/chromium/chromium ...   # full chromium instead of the headless shell
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
@@ -27,7 +27,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${BENCH_TASKS:-200}
 P=${BENCH_CONCURRENCY:-4}
-ROUNDS=${BENCH_ROUNDS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
 TIMEOUT=${BENCH_TIMEOUT_SECS:-900}
 CHROME=${CHROME_PATH:-/usr/lib/chromium/chromium-headless-shell}
 EGRESS=${BENCH_EGRESS:-true}

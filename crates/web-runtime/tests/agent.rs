@@ -437,3 +437,43 @@ async fn step_failures_are_typed_never_crashes() {
     stop_site.cancel();
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_reach_pages_running_side_by_side() {
+    let h = Harness::start(policy(), 4).await;
+    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let handler = h.handler(h.settings(), None);
+    // Three tasks at once (background pages): key events are delivered to
+    // each, and Enter in a field without a form is pressed for real.
+    let runs = (0..3).map(|i| {
+        let handler = handler.clone();
+        let site = site.clone();
+        async move {
+            run(
+                &handler,
+                json!({"task_id": format!("keys_{i}"), "constraints": {"actions": [
+                    {"type": "goto", "url": format!("{site}/keys")},
+                    {"type": "fill", "selector": "#box", "text": format!("hello {i}")},
+                    {"type": "press", "key": "Tab"},
+                    {"type": "fill_and_submit", "selector": "#box", "text": format!("value {i}")},
+                ], "expected_text": format!("submitted by Enter: value {i}")}}),
+            )
+            .await
+        }
+    });
+    for t in futures::future::join_all(runs).await {
+        assert!(t.success, "{t:#?}");
+        assert!(t.steps[2].observation.contains("last key: Tab"), "{}", t.steps[2].observation);
+    }
+    let t = run(
+        &handler,
+        json!({"task_id": "bad_key", "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/keys")},
+            {"type": "press", "key": "NoSuchKey"},
+        ]}}),
+    )
+    .await;
+    assert_eq!(summary(&t)[1].2.as_deref(), Some("browser_error"));
+    stop_site.cancel();
+    h.stop().await;
+}

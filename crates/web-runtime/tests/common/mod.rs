@@ -97,6 +97,18 @@ pub fn site_router() -> Router {
                  catch (e) {{ document.getElementById('out').textContent = 'socket threw'; }}</script>"
             ))
         }))
+        .route("/keys", get(|| async {
+            Html(
+                "<title>Keys</title><p id=log>no key yet</p><input id=box name=box placeholder=\"Type and press Enter\">\
+                 <script>document.getElementById('box').addEventListener('keydown', (e) => {\
+                 if (e.key === 'Enter') location.href = '/keys-done?v=' + encodeURIComponent(e.target.value);\
+                 else document.getElementById('log').textContent = 'last key: ' + e.key; });</script>",
+            )
+        }))
+        .route("/keys-done", get(|query: Q| async move {
+            let v = q(&query, "v").replace(['<', '>', '&'], "");
+            Html(format!("<title>Done</title><p>submitted by Enter: {v}</p>"))
+        }))
         .route("/link-to", get(|query: Q| async move {
             let url = q(&query, "url").replace('"', "");
             Html(format!("<title>Link</title><p><a id=go href=\"{url}\">go there</a></p>"))
