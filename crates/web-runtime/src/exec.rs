@@ -143,10 +143,28 @@ fn navigation_failure(
             .unwrap_or_else(|| ("the page".to_owned(), "unknown error".to_owned()));
         return Some(Performed::failed(
             ErrorType::NetworkError,
-            format!("navigation to {url} failed: {error}"),
+            format!("navigation to {url} failed: {}", explain_net_error(&error)),
         ));
     }
     None
+}
+
+/// Chromium's error name, with a word on the ones that read oddly.
+fn explain_net_error(error: &str) -> String {
+    let why = match error {
+        // Everything goes through the egress proxy, so a refused or
+        // unreachable server shows up as a SOCKS failure.
+        "net::ERR_SOCKS_CONNECTION_FAILED" | "net::ERR_PROXY_CONNECTION_FAILED" => {
+            "could not connect to the server (refused or unreachable)"
+        }
+        "net::ERR_SOCKS_CONNECTION_HOST_UNREACHABLE" => {
+            "the host name does not resolve or is unreachable"
+        }
+        "net::ERR_NAME_NOT_RESOLVED" => "the host name does not resolve",
+        "net::ERR_CONNECTION_REFUSED" => "the server refused the connection",
+        _ => return error.to_owned(),
+    };
+    format!("{error} ({why})")
 }
 
 /// What an action did (and whether it started a navigation to wait for),

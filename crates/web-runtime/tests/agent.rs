@@ -10,6 +10,8 @@ use adp_core::llm::{LlmClient, LlmConfig};
 use common::{run, serve_site, summary, Harness};
 use serde_json::json;
 use test_support::fake_llm::{FakeLlm, Reply};
+use web_runtime::actions::Action;
+use web_runtime::exec;
 use web_runtime::guard::{parse_cidr_list, Policy};
 
 fn policy() -> Policy {
@@ -426,6 +428,35 @@ async fn step_failures_are_typed_never_crashes() {
     .await;
     assert_eq!(summary(&t)[0].2.as_deref(), Some("network_error"), "{t:#?}");
 
+    // After a failed navigation (an error page), the same page goes on.
+    let session = h.browser.open_session().await.expect("session");
+    let budget = Duration::from_secs(5);
+    let failed_nav = Action::Goto {
+        url: format!("http://127.0.0.1:{closed}/"),
+    };
+    let p = exec::perform(&session, &failed_nav, budget)
+        .await
+        .expect("alive");
+    assert_eq!(
+        p.error.map(|e| e.0),
+        Some(adp_core::ErrorType::NetworkError)
+    );
+    let ok_nav = Action::Goto {
+        url: format!("{site}/list.html"),
+    };
+    let p = exec::perform(&session, &ok_nav, budget)
+        .await
+        .expect("alive");
+    assert_eq!(p.error, None, "goto from an error page");
+    // Back to the failed entry tries that URL again, and says so.
+    let back = exec::perform(&session, &Action::Back, budget)
+        .await
+        .expect("alive");
+    let (kind, msg) = back.error.expect("the old URL still fails");
+    assert_eq!(kind, adp_core::ErrorType::NetworkError);
+    assert!(msg.contains("could not connect"), "{msg}");
+    session.close().await;
+
     // The browser is fine after all that.
     let t = run(
         &handler,
@@ -463,7 +494,11 @@ async fn keys_reach_pages_running_side_by_side() {
     });
     for t in futures::future::join_all(runs).await {
         assert!(t.success, "{t:#?}");
-        assert!(t.steps[2].observation.contains("last key: Tab"), "{}", t.steps[2].observation);
+        assert!(
+            t.steps[2].observation.contains("last key: Tab"),
+            "{}",
+            t.steps[2].observation
+        );
     }
     let t = run(
         &handler,
