@@ -82,6 +82,9 @@ pub struct BrowserSettings {
     pub proxy: Option<String>,
     /// More Chromium flags (without the leading `--`).
     pub extra_args: Vec<String>,
+    /// Kill Chromium when the runtime dies, even by SIGKILL (parent-death
+    /// signal, via `setpriv`).
+    pub die_with_runtime: bool,
 }
 
 impl BrowserSettings {
@@ -96,6 +99,7 @@ impl BrowserSettings {
             ping_every: Duration::from_secs(5),
             proxy: None,
             extra_args: Vec::new(),
+            die_with_runtime: true,
         }
     }
 
@@ -315,6 +319,28 @@ fn cdp_error(what: &'static str, e: CdpError) -> BrowserError {
     }
 }
 
+/// `setpriv` of util-linux, which can set the parent-death signal.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// Writes `<dir>/chromium.sh`, which runs Chromium with SIGKILL as its
+/// parent-death signal (`setpriv --pdeathsig KILL`): if the runtime itself is
+/// killed (SIGKILL, OOM), Chromium goes with it instead of living on as an
+/// orphan. Without `setpriv`, Chromium is started directly.
+fn launcher(dir: &std::path::Path, chrome: &std::path::Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if !std::path::Path::new(SETPRIV).exists() {
+        return Ok(chrome.to_path_buf());
+    }
+    let quoted = chrome.display().to_string().replace('\'', "'\\''");
+    let script = dir.join("chromium.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nexec {SETPRIV} --pdeathsig KILL -- '{quoted}' \"$@\"\n"),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    Ok(script)
+}
+
 /// Whether a process exists and is not a zombie (Linux `/proc`).
 pub fn process_alive(pid: Option<u32>) -> bool {
     let Some(pid) = pid else { return true };
@@ -423,10 +449,17 @@ impl BrowserManager {
             .prefix("adp-chromium-")
             .tempdir()
             .map_err(|e| BrowserError::Launch(format!("cannot create a user-data-dir: {e}")))?;
+        let user_data = profile.path().join("profile");
+        let executable = if s.die_with_runtime {
+            launcher(profile.path(), &s.chrome_path)
+                .map_err(|e| BrowserError::Launch(format!("cannot write the launcher: {e}")))?
+        } else {
+            s.chrome_path.clone()
+        };
         let config = BrowserConfig::builder()
-            .chrome_executable(&s.chrome_path)
+            .chrome_executable(&executable)
             .no_sandbox()
-            .user_data_dir(profile.path())
+            .user_data_dir(&user_data)
             .launch_timeout(s.launch_timeout)
             .request_timeout(s.request_timeout)
             .args(s.args())

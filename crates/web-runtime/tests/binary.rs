@@ -151,6 +151,44 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
     stop_site.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_dies_with_a_killed_runtime() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
+        .env("REDIS_URL", redis.url())
+        .env("OUTPUT_DIR", out.path())
+        .env("METRICS_HOST", "127.0.0.1")
+        .env("METRICS_PORT", port.to_string())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn web-runtime");
+    let mut child = ChildGuard(child);
+    let http = reqwest::Client::new();
+    let health_url = format!("http://127.0.0.1:{port}/health");
+    eventually(Duration::from_secs(30), || async {
+        matches!(http.get(&health_url).send().await, Ok(r) if r.status().is_success())
+    })
+    .await
+    .expect("/health answers 200");
+    let browsers = children(child.pid());
+    assert!(!browsers.is_empty());
+    // SIGKILL: the runtime cannot clean up; Chromium's parent-death signal does.
+    child.signal(9);
+    child.wait_exit(Duration::from_secs(10));
+    eventually(Duration::from_secs(10), || async {
+        browsers.iter().all(|b| {
+            std::fs::read_to_string(format!("/proc/{b}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        })
+    })
+    .await
+    .expect("Chromium went with the killed runtime");
+}
+
 #[test]
 fn bad_setting_exits_64() {
     let status = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
