@@ -122,22 +122,23 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
         let png = std::fs::read(shot).expect("png");
         assert_eq!(&png[..4], b"\x89PNG");
     }
-    let metrics = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    for needle in [
+    // The counters move right after the file is written (then acked).
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let needles = [
         "tasks_completed_total{runtime=\"web-runtime\",status=\"success\"} 1",
         "active_tasks{runtime=\"web-runtime\"} 0",
         "runtime_health{runtime=\"web-runtime\"} 1",
         "web_pages_open 0",
-    ] {
-        assert!(metrics.contains(needle), "{needle} missing");
-    }
+    ];
+    eventually(Duration::from_secs(10), || async {
+        let text = match http.get(&metrics_url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        needles.iter().all(|n| text.contains(n))
+    })
+    .await
+    .expect("metrics show the finished task");
 
     child.signal(15);
     let code = child.wait_exit(Duration::from_secs(30));

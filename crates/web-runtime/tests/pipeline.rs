@@ -124,12 +124,15 @@ async fn eight_tasks_never_more_than_four_pages() {
     // And the four slots were used (the tasks overlap for 600 ms each).
     assert_eq!(peak, 4, "pages never reached 4 at once");
     assert_eq!(running.web_metrics.pages_open.get(), 0);
-    let metrics = running.metrics.render();
-    assert!(
-        metrics.contains("tasks_completed_total{runtime=\"web-runtime\",status=\"success\"} 8"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("web_pages_peak 4"));
+    // Counted right after each file is written.
+    let m = running.metrics.clone();
+    eventually(Duration::from_secs(5), || async {
+        m.render()
+            .contains("tasks_completed_total{runtime=\"web-runtime\",status=\"success\"} 8")
+    })
+    .await
+    .expect("8 successes counted");
+    assert!(running.metrics.render().contains("web_pages_peak 4"));
 
     shutdown.cancel();
     running.wait().await.expect("clean stop");
