@@ -26,5 +26,5 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
 fi
 cd "$ROOT"
 echo "[soak] building release binaries" >&2
-cargo build --release -q --bin dispatcher --bin sandbox-runtime --bin soak
+cargo build --release -q --locked --workspace --bins
 ADP_BIN_DIR="$ROOT/target/release" exec "$ROOT/target/release/soak" "$1"

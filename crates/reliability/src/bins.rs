@@ -1,9 +1,10 @@
 //! The binaries under test. Cargo gives a test only the binaries of its own
-//! package (`CARGO_BIN_EXE_*`), so the suite runs `cargo build --bin
-//! dispatcher --bin sandbox-runtime` once per test process, in the profile
-//! of the test executable itself (debug under `cargo test`), and takes them
-//! from that profile's directory. With `ADP_BIN_DIR` set (scripts/soak.sh
-//! builds release binaries first) nothing is built.
+//! package (`CARGO_BIN_EXE_*`), so the suite runs `cargo build --workspace
+//! --bins` once per test process (the same selection as `scripts/test.sh`,
+//! so that build is reused rather than redone with other feature sets), in
+//! the profile of the test executable itself (debug under `cargo test`),
+//! and takes them from that profile's directory. With `ADP_BIN_DIR` set
+//! (scripts/soak.sh builds release binaries first) nothing is built.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,8 +56,12 @@ fn profile_dir() -> PathBuf {
 fn build(profile_dir: &Path) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(test_support::workspace_root())
-        .args(["build", "--quiet"]);
+    cmd.current_dir(test_support::workspace_root()).args([
+        "build",
+        "--quiet",
+        "--workspace",
+        "--bins",
+    ]);
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {
@@ -65,9 +70,6 @@ fn build(profile_dir: &Path) {
         Some(other) => {
             cmd.args(["--profile", other]);
         }
-    }
-    for name in BINARIES {
-        cmd.args(["--bin", name]);
     }
     let out = cmd.output().expect("run cargo build");
     assert!(
