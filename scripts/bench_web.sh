@@ -6,6 +6,7 @@
 #   BENCH_TASKS=100 BENCH_CONCURRENCY=2 scripts/bench_web.sh
 #   BENCH_ROUNDS=5 ...                   # direct/pipeline rounds (default 3)
 #   BENCH_EGRESS=false ...               # pipeline without the egress proxy
+#   BENCH_COMPARE_EGRESS=1 ...           # each round also runs the pipeline without it
 #   CHROME_PATH=/usr/lib/chromium/chromium ...   # full chromium instead of the headless shell
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
 #
@@ -129,14 +130,15 @@ while not os.path.exists(stop):
 open(out, "w").write(" ".join(map(str, peak)))
 '
 
-# One pipeline round into dir $1; writes "<start> <end> <rss> <pss> <rt rss> <procs> <exit>" to $1/result.
+# One pipeline round into dir $1 (egress proxy on/off: $2); writes
+# "<start> <end> <rss> <pss> <rt rss> <procs> <exit>" to $1/result.
 pipeline_run() {
-  local out=$1 mport dport start end deadline done_count code
+  local out=$1 egress=${2:-$EGRESS} mport dport start end deadline done_count code
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   mkdir -p "$out/trajectories"
   mport=$(free_port)
   env REDIS_URL="$REDIS_URL" OUTPUT_DIR="$out" MAX_CONCURRENT="$P" METRICS_HOST=127.0.0.1 \
-    METRICS_PORT="$mport" CHROME_PATH="$CHROME" WEB_EGRESS_PROXY="$EGRESS" RUST_LOG=warn \
+    METRICS_PORT="$mport" CHROME_PATH="$CHROME" WEB_EGRESS_PROXY="$egress" RUST_LOG=warn \
     "$BIN/web-runtime" 2>"$out/runtime.log" &
   RT_PID=$!
   for _ in $(seq 300); do
@@ -174,18 +176,24 @@ log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress 
 log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 DIRECTS=()
 PIPES=()
+NOEGRESS=()
 for r in $(seq "$ROUNDS"); do
   log "round $r/$ROUNDS: direct CDP, $N tasks, $P at a time"
   DIRECTS+=("$(direct_run)")
   log "round $r/$ROUNDS: pipeline (dispatcher -> Redis -> web-runtime -> files)"
   pipeline_run "$WORK/round$r"
   PIPES+=("$(cat "$WORK/round$r/result")")
+  if [[ -n "${BENCH_COMPARE_EGRESS:-}" ]]; then
+    log "round $r/$ROUNDS: pipeline without the egress proxy"
+    pipeline_run "$WORK/noegress$r" false
+    NOEGRESS+=("$(cut -d' ' -f1-2 "$WORK/noegress$r/result" | awk -v n="$N" '{printf "%.3f", n / ($2 - $1)}')")
+  fi
 done
 log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-python3 - "$WORK" "$N" "$P" "${DIRECTS[*]}" "${PIPES[@]}" <<'EOF'
+python3 - "$WORK" "$N" "$P" "${DIRECTS[*]}" "${NOEGRESS[*]:-}" "${PIPES[@]}" <<'EOF'
 import json, os, statistics, sys
-work, n, p, directs, *pipes = sys.argv[1:]
+work, n, p, directs, noegress, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
 rates, rss, pss, rt, procs, codes, steps, totals, ok = [], [], [], [], [], [], [], [], 0
@@ -208,6 +216,10 @@ print(f"tasks={n} (3 steps each) concurrency={p} cpus={os.cpu_count()} rounds={l
 print(f"direct CDP        : {direct:6.2f} tasks/s  (median of {fmt(directs)})")
 print(f"pipeline          : {pipe:6.2f} tasks/s  (median of {fmt(rates)}; {ok}/{n * len(rates)} tasks succeeded)")
 print(f"ratio             : {100 * pipe / direct:6.1f} %  (target >= 85 %)")
+if noegress.strip():
+    ne = [float(x) for x in noegress.split()]
+    print(f"pipeline, no egress proxy: {statistics.median(ne):6.2f} tasks/s  (median of {fmt(ne)}; "
+          f"{100 * statistics.median(ne) / direct:.1f} % of direct)")
 print(f"peak memory       : RSS sum {max(rss):.0f} MiB, PSS sum {max(pss):.0f} MiB "
       f"(runtime + Chromium, {max(procs)} processes at most); runtime alone RSS {max(rt):.0f} MiB")
 print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")

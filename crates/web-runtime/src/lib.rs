@@ -14,6 +14,8 @@
 //! * [`page`]: a page's navigation/network state and settle waits.
 //! * [`actions`]: the action grammar; [`exec`]: performing an action.
 //! * [`observe`]: observations (title, URL, text, numbered elements).
+//! * [`js`]: the JavaScript run in pages (observe, act, navigate).
+//! * [`metrics`]: the runtime's metrics beyond CONTRACT §7.
 //! * [`policy`]: scripted, openai and heuristic policies.
 //! * [`agent`]: one task from start to trajectory ([`agent::WebHandler`]).
 //! * [`runtime`]: `run(config, shutdown)`: worker, metrics, health.
