@@ -1,0 +1,73 @@
+//! One task's browser context and page: closed after the task, or in the
+//! background if the task was dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
+use chromiumoxide::Page;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::{BrowserManager, Instance};
+use crate::intercept::Refusals;
+use crate::page::PageEvents;
+
+pub(super) async fn dispose_context(instance: &Instance, context: BrowserContextId) {
+    use chromiumoxide::cdp::browser_protocol::target::DisposeBrowserContextParams;
+    if instance.is_dead() {
+        return;
+    }
+    if let Err(e) = instance
+        .execute(
+            "dispose browser context",
+            DisposeBrowserContextParams::new(context),
+        )
+        .await
+    {
+        tracing::debug!(error = %e, "Could not dispose a browser context.");
+    }
+}
+
+/// One task's browser context and page.
+pub struct Session {
+    pub instance: Arc<Instance>,
+    pub(super) context: Option<BrowserContextId>,
+    pub page: Page,
+    /// The page's main frame id (= its target id).
+    pub frame_id: String,
+    pub events: PageEvents,
+    pub(super) manager: BrowserManager,
+    pub(super) _permit: OwnedSemaphorePermit,
+}
+
+impl Session {
+    pub fn refusals(&self) -> &Refusals {
+        &self.manager.shared.refusals
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.manager.shared.settings.request_timeout
+    }
+
+    /// Disposes the browser context (and with it the page, cookies, storage).
+    pub async fn close(mut self) {
+        if let Some(context) = self.context.take() {
+            dispose_context(&self.instance, context).await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.events.stop();
+        self.manager.shared.refusals.unregister(&self.frame_id);
+        self.manager.shared.metrics.page_closed();
+        // Dropped without close() (the task was cancelled): dispose in the background.
+        if let Some(context) = self.context.take() {
+            let instance = self.instance.clone();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move { dispose_context(&instance, context).await });
+            }
+        }
+    }
+}
