@@ -492,9 +492,7 @@ impl<H: TaskHandler> Worker<H> {
         else {
             return Ok(());
         };
-        self.inner
-            .writer
-            .remove_stale_temp_files(Duration::from_secs(600));
+        self.remove_abandoned_temp_files();
         tracing::info!(
             runtime = cfg.runtime,
             consumer = %cfg.consumer,
@@ -529,6 +527,7 @@ impl<H: TaskHandler> Worker<H> {
             let mut entries = Vec::new();
             if Instant::now() >= next_claim {
                 next_claim = Instant::now() + claim_every;
+                self.remove_abandoned_temp_files();
                 match self.autoclaim(&mut claim_cursors, permits.len()).await {
                     Ok(claimed) => entries = claimed,
                     Err(e) => tracing::warn!(error = %e, "XAUTOCLAIM failed; will retry."),
@@ -603,6 +602,24 @@ impl<H: TaskHandler> Worker<H> {
         }
         tracing::info!(runtime = cfg.runtime, "Worker stopped.");
         Ok(())
+    }
+
+    /// Removes trajectory temp files older than `claim_idle`: a write takes
+    /// milliseconds, so such a file belongs to a process killed mid-write
+    /// (its entry is re-claimed after the same idle time). Runs off the
+    /// async threads.
+    fn remove_abandoned_temp_files(&self) {
+        let writer = self.inner.writer.clone();
+        let age = self.inner.config.claim_idle;
+        tokio::task::spawn_blocking(move || {
+            let removed = writer.remove_stale_temp_files(age);
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    "Removed temp files of writes interrupted by a crash."
+                );
+            }
+        });
     }
 
     /// Re-claims entries idle past `claim_idle` on every stream, at most `max`.
