@@ -157,7 +157,10 @@ async fn chromium_dies_with_a_killed_runtime() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tempdir");
     let port = free_port();
+    // Its temporary files (Chromium's profile) go under our temp dir: a
+    // SIGKILLed runtime cannot remove them itself.
     let child = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
+        .env("TMPDIR", out.path())
         .env("REDIS_URL", redis.url())
         .env("OUTPUT_DIR", out.path())
         .env("METRICS_HOST", "127.0.0.1")

@@ -203,6 +203,10 @@ async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
     );
     let second = running.browser.current().expect("relaunched");
     assert_ne!(second.pid(), Some(pid));
+    assert!(
+        !first.profile_dir().exists(),
+        "the crashed instance's profile is removed"
+    );
 
     shutdown.cancel();
     running.wait().await.expect("clean stop");

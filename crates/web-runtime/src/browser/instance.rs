@@ -27,13 +27,19 @@ pub struct Instance {
     pub(super) why_dead: Mutex<Option<String>>,
     pub(super) request_timeout: Duration,
     /// The fresh user-data-dir; removed once the instance is gone.
-    pub(super) _profile: tempfile::TempDir,
+    pub(super) profile: tempfile::TempDir,
 }
 
 impl Instance {
     /// The Chromium process id.
     pub fn pid(&self) -> Option<u32> {
         self.pid
+    }
+
+    /// The launch's temporary directory (user-data-dir and launcher);
+    /// removed when Chromium is closed.
+    pub fn profile_dir(&self) -> &std::path::Path {
+        self.profile.path()
     }
 
     pub fn is_dead(&self) -> bool {
@@ -173,6 +179,9 @@ impl Instance {
             // Crashed, hung or refusing to close: kill and reap.
             let _ = tokio::time::timeout(Duration::from_secs(5), browser.kill()).await;
         }
+        // The profile goes now, not when the last holder of this instance
+        // lets go (which may be never, if the process is exiting).
+        let _ = std::fs::remove_dir_all(self.profile.path());
         tracing::info!(generation = self.generation, pid = ?self.pid, graceful = waited, elapsed_ms = started.elapsed().as_millis() as u64, "Chromium stopped.");
     }
 }

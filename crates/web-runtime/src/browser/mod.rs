@@ -283,7 +283,7 @@ impl BrowserManager {
             dead: CancellationToken::new(),
             why_dead: Mutex::new(None),
             request_timeout: s.request_timeout,
-            _profile: profile,
+            profile,
         };
         let dead = instance.dead.clone();
 
