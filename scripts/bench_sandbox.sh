@@ -6,6 +6,7 @@
 #   BENCH_ROUNDS=3 ...                   # raw/pipeline rounds (default 2)
 #   BENCH_PREFETCH=N ...                 # SANDBOX_PREFETCH of the runtime (default: its own)
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
+#   BENCH_WORK_BASE=/dev/shm ...         # where the work dir (and trajectories) go (default /tmp)
 #
 # Each round, on a private redis-server (127.0.0.1, free port):
 #   raw       the same nsjail + python commands the runtime runs (same
@@ -35,7 +36,7 @@ log "building release binaries"
   && cargo build --release -q -p dispatcher --bin dispatcher)
 BIN="$ROOT/target/release"
 
-WORK=$(mktemp -d /tmp/bench-sandbox.XXXXXX)
+WORK=$(mktemp -d "${BENCH_WORK_BASE:-/tmp}/bench-sandbox.XXXXXX")
 REDIS_PID=""
 RT_PID=""
 stop_pid() { [[ -n "$1" ]] && { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }; }
