@@ -39,8 +39,11 @@ BIN="$ROOT/target/release"
 WORK=$(mktemp -d "${BENCH_WORK_BASE:-/tmp}/bench-sandbox.XXXXXX")
 REDIS_PID=""
 RT_PID=""
-stop_pid() { [[ -n "$1" ]] && { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }; }
+stop_pid() {
+  if [[ -n "$1" ]]; then kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; fi
+}
 cleanup() {
+  set +e
   stop_pid "$RT_PID"
   stop_pid "$REDIS_PID"
   if [[ -n "${BENCH_KEEP:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
