@@ -129,7 +129,9 @@ want=$(( $(wc -l <"$OPS_WORK/batch1.ids") + 1 ))
 ops_log "ok  tasks_submitted_total = $submitted"
 for svc in $(ops_services); do
   ops_get "$svc" /health | jq -e '.status == "healthy"' >/dev/null || ops_die "$svc unhealthy"
-  ops_get "$svc" /metrics | grep -q '^process_' || ops_die "$svc /metrics lacks process metrics"
+  # Capture first: `curl | grep -q` fails under pipefail when grep exits early.
+  metrics=$(ops_get "$svc" /metrics) || ops_die "$svc /metrics unreachable"
+  grep -q '^process_' <<<"$metrics" || ops_die "$svc /metrics lacks process metrics"
 done
 ops_log "ok  /health and /metrics of: $(ops_services | tr '\n' ' ')"
 

@@ -35,7 +35,7 @@ APT_UPDATED=0
 apt_install() {
   local missing=()
   for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == *"install ok installed"* ]] || missing+=("$pkg")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   if [[ $APT_UPDATED -eq 0 ]]; then
