@@ -754,6 +754,9 @@ impl<H: TaskHandler> Inner<H> {
         permit: Option<OwnedSemaphorePermit>,
         slots: Arc<Semaphore>,
     ) {
+        // When the entry was last handed to this consumer (its Redis idle
+        // time started a little earlier, at delivery).
+        let received = Instant::now();
         let _heartbeat = self.spawn_heartbeat(&entry);
         let _permit = match permit {
             Some(p) => p,
@@ -819,7 +822,7 @@ impl<H: TaskHandler> Inner<H> {
                     if trajectory.task.is_none() {
                         trajectory.task = Some(task.clone());
                     }
-                    if self.finish(&entry, &trajectory, started).await {
+                    if self.finish(&entry, &trajectory, received, started).await {
                         return;
                     }
                     // Could not write the trajectory: an infrastructure failure.
@@ -909,16 +912,29 @@ impl<H: TaskHandler> Inner<H> {
     }
 
     /// Writes the trajectory durably, then acks. False if the write failed.
-    async fn finish(&self, entry: &Entry, trajectory: &Trajectory, started: Instant) -> bool {
+    async fn finish(
+        &self,
+        entry: &Entry,
+        trajectory: &Trajectory,
+        received: Instant,
+        started: Instant,
+    ) -> bool {
         let runtime = self.config.runtime;
         // A consumer that was presumed dead (paused or starved past
         // CLAIM_IDLE_SECS) and whose entry another consumer re-claimed (or
         // already finished) does not write: the newer delivery's trajectory
         // is the one that stays. If Redis cannot answer, write anyway.
-        if let Ok(None) = self
-            .queue
-            .claim_own(&entry.stream, &entry.id, &self.config.consumer, false)
-            .await
+        // An entry received less than claim_idle/2 ago cannot have been
+        // re-claimed (XAUTOCLAIM takes only entries idle past claim_idle),
+        // so the check, a Redis round trip per task, is skipped for it.
+        let surely_ours = received.elapsed() < self.config.claim_idle / 2;
+        if !surely_ours
+            && matches!(
+                self.queue
+                    .claim_own(&entry.stream, &entry.id, &self.config.consumer, false)
+                    .await,
+                Ok(None)
+            )
         {
             tracing::warn!(task_id = %trajectory.task_id, entry_id = %entry.id, "Entry was re-claimed by another consumer while this run went on; discarding this result (the newer delivery writes the trajectory).");
             return true;

@@ -17,6 +17,9 @@
 //! agent. nsjail's `--time_limit` kills the jail at the wall limit; a backstop
 //! timer a little later kills nsjail itself (its child dies with it:
 //! `PR_SET_PDEATHSIG`), as does dropping the future (`kill_on_drop`).
+//! Every nsjail joins the runtime's [`JailGroup`], whose guardian kills
+//! them all when the runtime dies (even by `kill -9`), instead of leaving
+//! them to run out their wall limit.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -29,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::classify::{classify, JailLog, RunFacts, RunLimits, Verdict};
+use crate::jail_group::JailGroup;
 
 /// Extra time after the wall limit before the runtime kills nsjail itself
 /// (nsjail checks its own limit about once a second).
@@ -178,12 +182,14 @@ impl Execution {
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     config: Arc<SandboxConfig>,
+    group: Arc<JailGroup>,
 }
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
         Sandbox {
             config: Arc::new(config),
+            group: Arc::new(JailGroup::default()),
         }
     }
 
@@ -279,6 +285,9 @@ impl Sandbox {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(pgid) = self.group.pgid_or_warn() {
+            cmd.process_group(pgid as i32);
+        }
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|e| {
             InfraError::new(

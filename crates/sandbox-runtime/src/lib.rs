@@ -8,6 +8,8 @@
 //! * [`config`]: the clap settings (`SANDBOX_*`, `NSJAIL_PATH`, `LLM_*`, ...).
 //! * [`executor`]: one nsjail run: namespaces, binds, rlimits, capped output.
 //! * [`classify`]: nsjail's log + exit + stderr → CONTRACT error types.
+//! * [`jail_group`]: the process group whose guardian kills the jails when
+//!   the runtime dies.
 //! * [`policy`]: scripted, openai, heuristic, cached-plan replay.
 //! * [`agent`]: the loop of one task and the success rule; the `TaskHandler`.
 //! * [`health`]: `/health` checks (Redis, nsjail probe).
@@ -19,6 +21,7 @@ pub mod classify;
 pub mod config;
 pub mod executor;
 pub mod health;
+pub mod jail_group;
 pub mod policy;
 
 use std::net::SocketAddr;

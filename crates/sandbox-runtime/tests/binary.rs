@@ -154,3 +154,70 @@ fn sigterm_past_the_grace_hands_the_task_to_another_consumer() {
     second.signal(15);
     assert_eq!(second.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+/// Pids of the children of `pid` (all its threads').
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// Alive and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        // The state follows the parenthesised command name.
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+#[test]
+fn kill_9_of_the_runtime_takes_its_running_jails_with_it() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tempdir");
+    let url = redis.url();
+    let out_s = out.path().to_string_lossy().into_owned();
+    let port = free_port().to_string();
+    let envs = env_config(&url, &out_s, &port);
+    let mut child = spawn_binary(&["sandbox-runtime".to_owned()], &envs);
+    let code = "import time\ntime.sleep(120)\n";
+    let mut task = code_task("orphan", code);
+    task.timeout = 300;
+    enqueue(&redis, &task);
+    wait_until(Duration::from_secs(20), || {
+        pending_count(&redis, "tasks:code") == 1
+    })
+    .expect("task in flight");
+    // The runtime's nsjail, and nsjail's jailed python.
+    let mut jail = Vec::new();
+    wait_until(Duration::from_secs(30), || {
+        let nsjails = children_of(child.pid());
+        let pythons: Vec<u32> = nsjails.iter().flat_map(|&p| children_of(p)).collect();
+        jail = nsjails.into_iter().chain(pythons.iter().copied()).collect();
+        !pythons.is_empty()
+    })
+    .expect("a running jail");
+    child.signal(9);
+    child.wait_exit(Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), || {
+        jail.iter().all(|&p| !running(p))
+    })
+    .unwrap_or_else(|_| {
+        let alive: Vec<u32> = jail.iter().copied().filter(|&p| running(p)).collect();
+        panic!("jail processes {alive:?} outlived the killed runtime")
+    });
+    assert_eq!(
+        pending_count(&redis, "tasks:code"),
+        1,
+        "the task stays pending for another consumer"
+    );
+}
