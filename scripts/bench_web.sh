@@ -156,7 +156,7 @@ pipeline_run() {
   local dpid=$!
   deadline=$(( $(date +%s) + TIMEOUT ))
   while :; do
-    done_count=$(ls -f "$out/trajectories" | grep -c '\.json$' || true)
+    done_count=$(find "$out/trajectories" -maxdepth 1 -name '*.json' | wc -l)
     [[ "$done_count" -ge "$N" ]] && break
     if [[ $(date +%s) -gt $deadline ]]; then log "timed out with $done_count/$N trajectories"; exit 1; fi
     sleep 0.5

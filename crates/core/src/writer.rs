@@ -79,17 +79,42 @@ impl TrajectoryWriter {
 }
 
 /// Temp file in `dir`, write, fsync, rename onto `path`, fsync `dir`.
+/// `dir` is created when missing (also when it was removed while running).
 pub fn write_atomic(dir: &Path, path: &Path, body: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
     // 0644 (less the umask) like any other output file, not tempfile's 0600:
     // trajectories written by a root container stay readable by the host user.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)?;
+    let temp_in = |dir: &Path| {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .tempfile_in(dir)
+    };
+    let mut tmp = match temp_in(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            temp_in(dir)?
+        }
+        other => other?,
+    };
     tmp.write_all(body)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| Error::Io(e.error))?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_removed_directory_is_created() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("out").join("trajectories");
+        write_atomic(&dir, &dir.join("a.json"), b"{}\n").expect("first write");
+        std::fs::remove_dir_all(&dir).expect("remove");
+        write_atomic(&dir, &dir.join("b.json"), b"{}\n").expect("after removal");
+        assert_eq!(std::fs::read(dir.join("b.json")).expect("read"), b"{}\n");
+        assert!(!dir.join("a.json").exists());
+    }
 }
