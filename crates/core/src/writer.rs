@@ -54,28 +54,36 @@ impl TrajectoryWriter {
 
     /// Removes temp files older than `age` left by a process killed mid-write.
     pub fn remove_stale_temp_files(&self, age: Duration) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return 0;
-        };
-        let now = SystemTime::now();
-        let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !name.to_string_lossy().starts_with(TEMP_PREFIX) {
-                continue;
-            }
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| now.duration_since(t).ok())
-                .is_some_and(|d| d >= age);
-            if old && std::fs::remove_file(entry.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        removed
+        remove_old_files(&self.dir, TEMP_PREFIX, age)
     }
+}
+
+/// Removes the files in `dir` whose names start with `prefix` and that were
+/// last modified at least `age` ago; returns how many. For leftovers of a
+/// process killed mid-work: `age` must exceed how long a live writer keeps
+/// such a file. A missing directory or a file that cannot be removed is
+/// skipped.
+pub fn remove_old_files(dir: &Path, prefix: &str, age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|d| d >= age);
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Temp file in `dir`, write, fsync, rename onto `path`, fsync `dir`.
@@ -106,6 +114,33 @@ pub fn write_atomic(dir: &Path, path: &Path, body: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_old_files_with_the_prefix_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["x-old", "x-new", "other"] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for name in ["x-old", "other"] {
+            std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(name))
+                .and_then(|f| f.set_modified(hour_ago))
+                .expect("set mtime");
+        }
+        assert_eq!(
+            remove_old_files(dir.path(), "x-", Duration::from_secs(600)),
+            1
+        );
+        assert!(!dir.path().join("x-old").exists());
+        assert!(dir.path().join("x-new").exists());
+        assert!(dir.path().join("other").exists());
+        assert_eq!(
+            remove_old_files(&dir.path().join("missing"), "x-", Duration::ZERO),
+            0
+        );
+    }
 
     #[test]
     fn a_missing_or_removed_directory_is_created() {

@@ -45,7 +45,7 @@ fn main() {
                     return;
                 }
                 let log = tempfile::Builder::new()
-                    .prefix("nsjail-")
+                    .prefix(sandbox_runtime::executor::LOG_PREFIX)
                     .suffix(".log")
                     .tempfile_in(&log_dir)
                     .expect("log file");

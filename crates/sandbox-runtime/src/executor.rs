@@ -34,6 +34,9 @@ use tokio::process::Command;
 use crate::classify::{classify, JailLog, RunFacts, RunLimits, Verdict};
 use crate::jail_group::JailGroup;
 
+/// Name prefix of nsjail's per-run log files in `log_dir`.
+pub const LOG_PREFIX: &str = "nsjail-";
+
 /// Extra time after the wall limit before the runtime kills nsjail itself
 /// (nsjail checks its own limit about once a second).
 pub const BACKSTOP_MARGIN: Duration = Duration::from_secs(2);
@@ -267,7 +270,7 @@ impl Sandbox {
         let c = &self.config;
         let wall_secs = wall.as_secs_f64().ceil().max(1.0) as u64;
         let log_file = tempfile::Builder::new()
-            .prefix("nsjail-")
+            .prefix(LOG_PREFIX)
             .suffix(".log")
             .tempfile_in(&c.log_dir)
             .map_err(|e| {
@@ -352,6 +355,17 @@ impl Sandbox {
         })
     }
 
+    /// Removes nsjail log files left in `log_dir` by a runtime that was
+    /// killed mid-run (a live one deletes each as its run ends). Only files
+    /// older than any run can last (twice the step limit, at least 10
+    /// minutes) go, so the logs of other live runtimes sharing the directory
+    /// stay. Returns how many were removed.
+    pub fn remove_abandoned_logs(&self) -> usize {
+        let c = &self.config;
+        let age = (c.step_timeout * 2).max(Duration::from_secs(600));
+        adp_core::writer::remove_old_files(&c.log_dir, LOG_PREFIX, age)
+    }
+
     /// Health probe: nsjail runs `print('ok')` within 10 s.
     pub async fn probe(&self) -> Result<(), String> {
         match self.run("print('ok')", Duration::from_secs(10)).await {
@@ -412,6 +426,27 @@ fn utf8_cut(mut bytes: Vec<u8>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abandoned_logs_older_than_any_run_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sandbox = Sandbox::new(SandboxConfig {
+            log_dir: dir.path().to_owned(),
+            ..SandboxConfig::default()
+        });
+        let old = dir.path().join(format!("{LOG_PREFIX}old.log"));
+        let live = dir.path().join(format!("{LOG_PREFIX}live.log"));
+        std::fs::write(&old, b"").expect("write");
+        std::fs::write(&live, b"").expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
+            .expect("set mtime");
+        assert_eq!(sandbox.remove_abandoned_logs(), 1);
+        assert!(!old.exists());
+        assert!(live.exists(), "a live run's log stays");
+    }
 
     #[test]
     fn utf8_cut_drops_a_split_character() {

@@ -87,6 +87,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         nsjail = %sandbox.config().nsjail_path.display(),
         "Starting sandbox-runtime."
     );
+    let removed = sandbox.remove_abandoned_logs();
+    if removed > 0 {
+        tracing::info!(removed, dir = %sandbox.config().log_dir.display(), "Removed nsjail log files left by a killed runtime.");
+    }
     if let Err(e) = sandbox.probe().await {
         tracing::warn!(error = %e, "nsjail probe failed at start-up; tasks will be retried until it works.");
     }
