@@ -59,6 +59,30 @@ pub struct WorkerArgs {
     pub read_block_ms: u64,
 }
 
+/// Settings both agent runtimes share: the template cache's entry lifetime
+/// and the health report interval.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RuntimeArgs {
+    /// Lifetime of a cache entry in seconds.
+    #[arg(long, env = "CACHE_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub cache_ttl: u64,
+    /// Seconds between two health reports to the `runtime_health` hash.
+    #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub health_interval_secs: u64,
+}
+
+impl RuntimeArgs {
+    /// Lifetime of a template cache entry.
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl)
+    }
+
+    /// Time between two health reports.
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_secs(self.health_interval_secs)
+    }
+}
+
 /// Parses `T` from the command line and environment. `--help`/`--version`
 /// print and exit 0; a bad value prints a one-line error and exits 64.
 pub fn parse_or_exit<T: Parser>() -> T {

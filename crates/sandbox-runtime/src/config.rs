@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use adp_core::config::{CommonArgs, WorkerArgs};
+use adp_core::config::{CommonArgs, RuntimeArgs, WorkerArgs};
 use adp_core::llm::LlmArgs;
 use clap::{Parser, ValueEnum};
 
@@ -47,12 +47,8 @@ pub struct Config {
     /// Template cache: `plan` (keep the code, re-execute on a hit) or `off`.
     #[arg(long, env = "CACHE_MODE", value_enum, default_value = "plan")]
     pub cache_mode: CacheMode,
-    /// Lifetime of a cache entry in seconds.
-    #[arg(long, env = "CACHE_TTL", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
-    pub cache_ttl: u64,
-    /// Seconds between two health reports to the `runtime_health` hash.
-    #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub health_interval_secs: u64,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Print the nsjail command line of one step (one argument a line, the
     /// code goes on stdin) and exit. Used by scripts/bench_sandbox.sh.
     #[arg(long, hide = true)]

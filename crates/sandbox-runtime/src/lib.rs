@@ -26,7 +26,6 @@ pub mod policy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use adp_core::cache::TemplateCache;
 use adp_core::config::{connect_retrying, consumer_name, redact_url, COMMAND_TIMEOUT};
@@ -68,7 +67,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cache_conn = (config.cache_mode == CacheMode::Plan).then(|| conn.clone());
     let cache = TemplateCache::new(
         cache_conn,
-        Duration::from_secs(config.cache_ttl),
+        config.runtime.cache_ttl(),
         metrics.clone(),
         "code",
     );
@@ -122,7 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         runtime_id(RUNTIME, &consumer_name()),
         metrics.clone(),
         health,
-        Duration::from_secs(config.health_interval_secs),
+        config.runtime.health_interval(),
         shutdown.clone(),
     );
     let agent = CodeAgent::new(sandbox, llm, cache, concurrency);

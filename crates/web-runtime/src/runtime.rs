@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use adp_core::cache::TemplateCache;
 use adp_core::config::{connect_retrying, consumer_name, COMMAND_TIMEOUT};
@@ -144,7 +143,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         runtime_id(RUNTIME, &consumer),
         metrics.clone(),
         health,
-        Duration::from_secs(config.health_interval_secs),
+        config.runtime.health_interval(),
         stop_aux.clone(),
     );
 
@@ -163,7 +162,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let cache_conn = (config.cache_mode == CacheMode::Plan).then(|| conn.clone());
     let cache = TemplateCache::new(
         cache_conn,
-        Duration::from_secs(config.cache_ttl),
+        config.runtime.cache_ttl(),
         metrics.clone(),
         "web",
     );
