@@ -390,6 +390,24 @@ impl Dispatcher {
         }
     }
 
+    /// One attempt to add the batch and move the checkpoint from the saved
+    /// one to `checkpoint` (atomically); the flags say which tasks were new.
+    async fn send(
+        &self,
+        checkpoint: Option<&str>,
+        batch: &[Prepared],
+    ) -> redis::RedisResult<Vec<bool>> {
+        let mut conn = self.queue.conn();
+        dispatch::send_batch(
+            &mut conn,
+            &self.checkpoint_key,
+            checkpoint,
+            self.saved_json.as_deref(),
+            batch,
+        )
+        .await
+    }
+
     /// Sends the batch (waiting out backpressure and Redis outages). Returns
     /// false when shutdown interrupted it (the batch is not sent; the
     /// checkpoint is not moved, so a restart reads those lines again).
@@ -408,16 +426,7 @@ impl Dispatcher {
         if batch.is_empty() {
             // Nothing to send, but rejected/blank lines may have moved the checkpoint.
             if checkpoint.is_some() && checkpoint != self.saved_checkpoint {
-                let mut conn = self.queue.conn();
-                match dispatch::send_batch(
-                    &mut conn,
-                    &self.checkpoint_key,
-                    checkpoint_json.as_deref(),
-                    self.saved_json.as_deref(),
-                    batch,
-                )
-                .await
-                {
+                match self.send(checkpoint_json.as_deref(), batch).await {
                     Ok(_) => {
                         self.saved_checkpoint = checkpoint;
                         self.saved_json = checkpoint_json;
@@ -442,16 +451,7 @@ impl Dispatcher {
         }
         let mut delay = Duration::from_millis(100);
         let flags = loop {
-            let mut conn = self.queue.conn();
-            match dispatch::send_batch(
-                &mut conn,
-                &self.checkpoint_key,
-                checkpoint_json.as_deref(),
-                self.saved_json.as_deref(),
-                batch,
-            )
-            .await
-            {
+            match self.send(checkpoint_json.as_deref(), batch).await {
                 Ok(flags) => break flags,
                 Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
                     // Nothing was written; these lines are read again.
