@@ -3,21 +3,22 @@
 
 use std::collections::BTreeSet;
 
-/// Words that are PromQL syntax, not metric names.
-const KEYWORDS: [&str; 12] = [
+/// PromQL keywords followed by a list of label names.
+const GROUPING_KEYWORDS: [&str; 6] = [
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "inf",
 ];
+
+/// The other words that are PromQL syntax, not metric names.
+const OTHER_KEYWORDS: [&str; 6] = ["and", "or", "unless", "bool", "offset", "inf"];
+
+fn is_keyword(word: &str) -> bool {
+    GROUPING_KEYWORDS.contains(&word) || OTHER_KEYWORDS.contains(&word)
+}
 
 /// Metrics Prometheus makes up itself (not exported by any binary).
 pub const SYNTHETIC: [&str; 5] = [
@@ -53,7 +54,7 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
             }
             let is_call = j < chars.len() && chars[j] == '(';
             let lower = word.to_ascii_lowercase();
-            if !is_call && !KEYWORDS.contains(&lower.as_str()) {
+            if !is_call && !is_keyword(&lower) {
                 names.insert(word);
             }
         } else if c.is_ascii_digit() || c == '.' {
@@ -109,14 +110,7 @@ fn strip(expr: &str) -> String {
     }
     // Drop grouping label lists.
     let mut result = out;
-    for kw in [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-    ] {
+    for kw in GROUPING_KEYWORDS {
         result = drop_group_lists(&result, kw);
     }
     result
