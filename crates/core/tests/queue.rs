@@ -76,29 +76,112 @@ fn config(redis: &RedisServer, consumer: &str) -> WorkerConfig {
     }
 }
 
+/// A worker running in a task of its own.
+struct RunningWorker {
+    stop: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    /// Cancels the worker and waits until `run` returned.
+    async fn stop(self) {
+        self.stop.cancel();
+        self.join.await.expect("join");
+    }
+}
+
 async fn start_worker(
     redis: &RedisServer,
     consumer: &str,
     handler: TestHandler,
     out: &std::path::Path,
     metrics: Metrics,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let conn = adp_core::config::connect(&redis.url())
-        .await
-        .expect("connect");
+) -> RunningWorker {
+    start_worker_with(config(redis, consumer), handler, out, metrics).await
+}
+
+async fn start_worker_with(
+    config: WorkerConfig,
+    handler: TestHandler,
+    out: &std::path::Path,
+    metrics: Metrics,
+) -> RunningWorker {
     let worker = Worker::new(
-        config(redis, consumer),
+        config.clone(),
         handler,
-        Queue::new(conn),
+        Queue::new(connect(&config.redis_url).await),
         TrajectoryWriter::new(out),
         metrics,
     );
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let h = tokio::spawn(async move {
+    let join = tokio::spawn(async move {
         worker.run(s).await.expect("worker run");
     });
-    (stop, h)
+    RunningWorker { stop, join }
+}
+
+async fn connect(redis_url: &str) -> redis::aio::ConnectionManager {
+    adp_core::config::connect(redis_url).await.expect("connect")
+}
+
+/// Creates the consumer group, then lets `consumers` take the one entry of
+/// the code stream in turn and die without acking (delivery count =
+/// `consumers.len()`).
+async fn deliver_to_dead_consumers(redis: &RedisServer, id: &str, consumers: &[&str]) {
+    let mut c = redis.client();
+    let (first, others) = consumers.split_first().expect("a consumer");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(names::GROUP)
+        .arg(*first)
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(names::STREAM_CODE)
+        .arg(">")
+        .query(&mut c)
+        .expect("read");
+    for who in others {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(names::STREAM_CODE)
+            .arg(names::GROUP)
+            .arg(*who)
+            .arg(0)
+            .arg(id)
+            .query(&mut c)
+            .expect("claim");
+    }
+}
+
+async fn ensure_group(redis: &RedisServer) {
+    Queue::new(connect(&redis.url()).await)
+        .ensure_groups(&[names::STREAM_CODE])
+        .await
+        .expect("group");
+}
+
+/// Waits until the trajectory of `id` is on disk; `what` names the condition.
+async fn wait_for_trajectory(
+    out: &std::path::Path,
+    id: &str,
+    within: Duration,
+    what: &str,
+) -> Trajectory {
+    eventually(within, || async { read_trajectory(out, id).is_some() })
+        .await
+        .expect(what);
+    read_trajectory(out, id).expect("trajectory")
+}
+
+/// Waits until `tasks:dead` holds one entry.
+async fn wait_for_dead_letter(redis: &RedisServer, within: Duration) {
+    eventually(within, || async {
+        let mut c = redis.client();
+        c.xlen::<_, usize>(names::STREAM_DEAD).unwrap_or(0) == 1
+    })
+    .await
+    .expect("dead-lettered");
 }
 
 fn pending_count(redis: &RedisServer, stream: &str) -> usize {
@@ -139,7 +222,7 @@ async fn acks_only_after_the_trajectory_is_written() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tmp");
     let (h, calls) = handler(0);
-    let (stop, join) = start_worker(&redis, "w1", h, out.path(), Metrics::new()).await;
+    let worker = start_worker(&redis, "w1", h, out.path(), Metrics::new()).await;
     for i in 0..5 {
         enqueue(&redis, &task(&format!("t{i}")));
     }
@@ -154,46 +237,29 @@ async fn acks_only_after_the_trajectory_is_written() {
     assert_eq!(t.metadata["attempt"], 1);
     assert_eq!(t.metadata["worker"], "w1");
     assert!(t.task.is_some(), "the task is recorded with its trajectory");
-    stop.cancel();
-    join.await.expect("join");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entry_of_a_dead_consumer_is_reclaimed_after_the_visibility_timeout() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tmp");
-    let conn = adp_core::config::connect(&redis.url())
-        .await
-        .expect("connect");
-    Queue::new(conn)
-        .ensure_groups(&[names::STREAM_CODE])
-        .await
-        .expect("group");
-    enqueue(&redis, &task("orphan"));
+    ensure_group(&redis).await;
+    let id = enqueue(&redis, &task("orphan"));
     // A consumer takes the entry and dies without acking.
-    let mut c = redis.client();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(names::GROUP)
-        .arg("dead-consumer")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(names::STREAM_CODE)
-        .arg(">")
-        .query(&mut c)
-        .expect("read");
+    deliver_to_dead_consumers(&redis, &id, &["dead-consumer"]).await;
     assert_eq!(pending_count(&redis, names::STREAM_CODE), 1);
 
     let metrics = Metrics::new();
     let (h, _) = handler(0);
-    let (stop, join) = start_worker(&redis, "w2", h, out.path(), metrics.clone()).await;
-    eventually(Duration::from_secs(10), || async {
-        read_trajectory(out.path(), "orphan").is_some()
-    })
-    .await
-    .expect("re-claimed and completed");
-    let t = read_trajectory(out.path(), "orphan").expect("trajectory");
+    let worker = start_worker(&redis, "w2", h, out.path(), metrics.clone()).await;
+    let t = wait_for_trajectory(
+        out.path(),
+        "orphan",
+        Duration::from_secs(10),
+        "re-claimed and completed",
+    )
+    .await;
     assert_eq!(t.metadata["attempt"], 2, "second delivery");
     assert_eq!(
         metrics
@@ -207,8 +273,7 @@ async fn entry_of_a_dead_consumer_is_reclaimed_after_the_visibility_timeout() {
     })
     .await
     .expect("acked");
-    stop.cancel();
-    join.await.expect("join");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,14 +281,15 @@ async fn infra_failure_is_retried_and_recorded() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tmp");
     let (h, calls) = handler(1);
-    let (stop, join) = start_worker(&redis, "w3", h, out.path(), Metrics::new()).await;
+    let worker = start_worker(&redis, "w3", h, out.path(), Metrics::new()).await;
     enqueue(&redis, &task("flaky"));
-    eventually(Duration::from_secs(10), || async {
-        read_trajectory(out.path(), "flaky").is_some()
-    })
-    .await
-    .expect("completed on retry");
-    let t = read_trajectory(out.path(), "flaky").expect("trajectory");
+    let t = wait_for_trajectory(
+        out.path(),
+        "flaky",
+        Duration::from_secs(10),
+        "completed on retry",
+    )
+    .await;
     assert!(
         t.success,
         "an infra failure is not recorded as the agent's failure"
@@ -233,8 +299,7 @@ async fn infra_failure_is_retried_and_recorded() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     let mut c = redis.client();
     assert_eq!(c.xlen::<_, usize>(names::STREAM_DEAD).expect("xlen"), 0);
-    stop.cancel();
-    join.await.expect("join");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,14 +308,9 @@ async fn persistent_infra_failure_is_dead_lettered_after_max_deliveries() {
     let out = tempfile::tempdir().expect("tmp");
     let (h, calls) = handler(u32::MAX);
     let metrics = Metrics::new();
-    let (stop, join) = start_worker(&redis, "w4", h, out.path(), metrics.clone()).await;
+    let worker = start_worker(&redis, "w4", h, out.path(), metrics.clone()).await;
     let id = enqueue(&redis, &task("poison"));
-    eventually(Duration::from_secs(15), || async {
-        let mut c = redis.client();
-        c.xlen::<_, usize>(names::STREAM_DEAD).unwrap_or(0) == 1
-    })
-    .await
-    .expect("dead-lettered");
+    wait_for_dead_letter(&redis, Duration::from_secs(15)).await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
         3,
@@ -288,51 +348,20 @@ async fn persistent_infra_failure_is_dead_lettered_after_max_deliveries() {
         !infra_key_exists,
         "bookkeeping removed with the dead letter"
     );
-    stop.cancel();
-    join.await.expect("join");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entry_that_crashed_every_consumer_is_dead_lettered_without_running() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tmp");
-    let conn = adp_core::config::connect(&redis.url())
-        .await
-        .expect("connect");
-    Queue::new(conn)
-        .ensure_groups(&[names::STREAM_CODE])
-        .await
-        .expect("group");
+    ensure_group(&redis).await;
     let id = enqueue(&redis, &task("crasher"));
-    let mut c = redis.client();
     // Three consumers took it in turn and died (delivery count 3).
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(names::GROUP)
-        .arg("dead-1")
-        .arg("STREAMS")
-        .arg(names::STREAM_CODE)
-        .arg(">")
-        .query(&mut c)
-        .expect("read");
-    for who in ["dead-2", "dead-3"] {
-        let _: redis::Value = redis::cmd("XCLAIM")
-            .arg(names::STREAM_CODE)
-            .arg(names::GROUP)
-            .arg(who)
-            .arg(0)
-            .arg(&id)
-            .query(&mut c)
-            .expect("claim");
-    }
+    deliver_to_dead_consumers(&redis, &id, &["dead-1", "dead-2", "dead-3"]).await;
     let (h, calls) = handler(0);
-    let (stop, join) = start_worker(&redis, "w5", h, out.path(), Metrics::new()).await;
-    eventually(Duration::from_secs(10), || async {
-        let mut c = redis.client();
-        c.xlen::<_, usize>(names::STREAM_DEAD).unwrap_or(0) == 1
-    })
-    .await
-    .expect("dead-lettered");
+    let worker = start_worker(&redis, "w5", h, out.path(), Metrics::new()).await;
+    wait_for_dead_letter(&redis, Duration::from_secs(10)).await;
     assert_eq!(
         calls.load(Ordering::SeqCst),
         0,
@@ -344,8 +373,7 @@ async fn entry_that_crashed_every_consumer_is_dead_lettered_without_running() {
         .error_message
         .unwrap_or_default()
         .contains("delivered 4 times"));
-    stop.cancel();
-    join.await.expect("join");
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,63 +381,47 @@ async fn worker_survives_a_redis_restart() {
     let mut redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tmp");
     let (h, _) = handler(0);
-    let (stop, join) = start_worker(&redis, "w6", h, out.path(), Metrics::new()).await;
+    let worker = start_worker(&redis, "w6", h, out.path(), Metrics::new()).await;
     enqueue(&redis, &task("before"));
-    eventually(Duration::from_secs(10), || async {
-        read_trajectory(out.path(), "before").is_some()
-    })
-    .await
-    .expect("before restart");
+    wait_for_trajectory(
+        out.path(),
+        "before",
+        Duration::from_secs(10),
+        "before restart",
+    )
+    .await;
     redis.stop();
     tokio::time::sleep(Duration::from_millis(700)).await;
     redis.start_again();
     enqueue(&redis, &task("after"));
-    eventually(Duration::from_secs(20), || async {
-        read_trajectory(out.path(), "after").is_some()
-    })
-    .await
-    .expect("worker reconnected without a restart");
-    stop.cancel();
-    join.await.expect("join");
+    wait_for_trajectory(
+        out.path(),
+        "after",
+        Duration::from_secs(20),
+        "worker reconnected without a restart",
+    )
+    .await;
+    worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_leaves_unfinished_entries_pending() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tmp");
-    let calls = Arc::new(AtomicU32::new(0));
-    let slow = TestHandler {
-        calls: calls.clone(),
-        infra_failures: 0,
-        delay: Duration::from_secs(60),
-    };
-    let conn = adp_core::config::connect(&redis.url())
-        .await
-        .expect("connect");
+    let (mut slow, calls) = handler(0);
+    slow.delay = Duration::from_secs(60);
     let mut cfg = config(&redis, "w7");
     cfg.grace = Duration::from_millis(300);
-    let worker = Worker::new(
-        cfg,
-        slow,
-        Queue::new(conn),
-        TrajectoryWriter::new(out.path()),
-        Metrics::new(),
-    );
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let join = tokio::spawn(async move { worker.run(s).await });
+    let worker = start_worker_with(cfg, slow, out.path(), Metrics::new()).await;
     enqueue(&redis, &task("long"));
     eventually(Duration::from_secs(5), || async {
         calls.load(Ordering::SeqCst) == 1
     })
     .await
     .expect("started");
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), join)
+    tokio::time::timeout(Duration::from_secs(5), worker.stop())
         .await
-        .expect("stops within the grace period")
-        .expect("join")
-        .expect("ok");
+        .expect("stops within the grace period");
     assert_eq!(
         pending_count(&redis, names::STREAM_CODE),
         1,
