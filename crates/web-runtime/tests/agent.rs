@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use adp_core::llm::{LlmClient, LlmConfig};
-use common::{run, serve_site, summary, Harness};
+use common::{run, summary, Harness, Site};
 use serde_json::json;
 use test_support::fake_llm::{FakeLlm, Reply};
 use web_runtime::actions::Action;
@@ -21,7 +21,7 @@ fn policy() -> Policy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_actions_across_the_demo_site() {
     let h = Harness::start(policy(), 4).await;
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let handler = h.handler(h.settings(), None);
 
     let t = run(
@@ -69,44 +69,29 @@ async fn scripted_actions_across_the_demo_site() {
         "{:#?}",
         t.steps
     );
-    let obs: Vec<&str> = t.steps.iter().map(|s| s.observation.as_str()).collect();
-    // Real page texts, step by step.
-    assert!(obs[0].contains("Title: Demo Catalogue"), "{}", obs[0]);
-    assert!(obs[0].contains("input type=search name=q"), "{}", obs[0]);
-    assert!(obs[1].contains("Results for \"rust book\""), "{}", obs[1]);
-    assert!(
-        obs[1].contains("The Rust Programming Language"),
-        "{}",
-        obs[1]
-    );
-    assert!(obs[1].contains("/results.html?q=rust+book"), "{}", obs[1]);
-    assert!(
-        obs[2].contains("Title: The Rust Programming Language - Demo Catalogue"),
-        "{}",
-        obs[2]
-    );
-    assert!(
-        obs[2].contains("Category: books. Price: 39.95 EUR."),
-        "{}",
-        obs[2]
-    );
-    assert!(obs[3].contains("Title: Order form"), "{}", obs[3]);
-    assert!(
-        obs[4].contains("name=name") && obs[4].contains("value=\"Ada\""),
-        "{}",
-        obs[4]
-    );
-    assert!(obs[5].contains("selected=\"Green\""), "{}", obs[5]);
-    assert!(
-        obs[6].contains("Thank you, Ada. Order received: colour Green, size Medium."),
-        "{}",
-        obs[6]
-    );
-    assert!(
-        obs[7].contains("Title: Order form"),
-        "back returns to the form: {}",
-        obs[7]
-    );
+    // Real page texts, step by step (7: back returns to the form).
+    let expected = [
+        (0, "Title: Demo Catalogue"),
+        (0, "input type=search name=q"),
+        (1, "Results for \"rust book\""),
+        (1, "The Rust Programming Language"),
+        (1, "/results.html?q=rust+book"),
+        (2, "Title: The Rust Programming Language - Demo Catalogue"),
+        (2, "Category: books. Price: 39.95 EUR."),
+        (3, "Title: Order form"),
+        (4, "name=name"),
+        (4, "value=\"Ada\""),
+        (5, "selected=\"Green\""),
+        (
+            6,
+            "Thank you, Ada. Order received: colour Green, size Medium.",
+        ),
+        (7, "Title: Order form"),
+    ];
+    for (step, needle) in expected {
+        let obs = &t.steps[step].observation;
+        assert!(obs.contains(needle), "step {step}, {needle:?}: {obs}");
+    }
     assert!(t.success, "{t:#?}");
     assert_eq!(t.runtime_id, "web-runtime");
     assert_eq!(t.metadata["policy"], "scripted");
@@ -150,14 +135,13 @@ async fn scripted_actions_across_the_demo_site() {
     );
     assert_eq!(t.final_result, "done");
 
-    stop_site.cancel();
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heuristic_finds_the_search_box_on_an_unseen_page() {
     let h = Harness::start(policy(), 4).await;
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let handler = h.handler(h.settings(), None);
     let t = run(
         &handler,
@@ -215,14 +199,13 @@ async fn heuristic_finds_the_search_box_on_an_unseen_page() {
     let msg = t.error_message.clone().unwrap_or_default();
     assert!(msg.contains("no search box"), "{msg}");
 
-    stop_site.cancel();
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
     let h = Harness::start(policy(), 4).await;
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let llm = FakeLlm::start(vec![
         // Index 3 on the demo home page is the search box (links first).
         Reply::text("Let me search.\n```json\n{\"type\": \"fill_and_submit\", \"element\": 3, \"text\": \"kettle\"}\n```"),
@@ -289,14 +272,13 @@ async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
     assert!(msg.contains("not a valid action twice"), "{msg}");
     assert_eq!(llm2.request_count(), 2);
 
-    stop_site.cancel();
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_task_has_its_own_browser_context() {
     let h = Harness::start(policy(), 4).await;
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let handler = h.handler(h.settings(), None);
     let a = run(
         &handler,
@@ -335,14 +317,13 @@ async fn each_task_has_its_own_browser_context() {
     // Contexts are closed after their task: no page is left open.
     assert_eq!(h.web_metrics.pages_open.get(), 0);
 
-    stop_site.cancel();
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_failures_are_typed_never_crashes() {
     let h = Harness::start(policy(), 4).await;
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let mut settings = h.settings();
     settings.action_timeout = Duration::from_secs(2);
     let handler = h.handler(settings, None);
@@ -465,20 +446,19 @@ async fn step_failures_are_typed_never_crashes() {
     .await;
     assert!(t.success);
 
-    stop_site.cancel();
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_reach_pages_running_side_by_side() {
     let h = Harness::start(policy(), 4).await;
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let handler = h.handler(h.settings(), None);
     // Three tasks at once (background pages): key events are delivered to
     // each, and Enter in a field without a form is pressed for real.
     let runs = (0..3).map(|i| {
         let handler = handler.clone();
-        let site = site.clone();
+        let site = site.url.clone();
         async move {
             run(
                 &handler,
@@ -509,6 +489,5 @@ async fn keys_reach_pages_running_side_by_side() {
     )
     .await;
     assert_eq!(summary(&t)[1].2.as_deref(), Some("browser_error"));
-    stop_site.cancel();
     h.stop().await;
 }

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use adp_core::names::STREAM_WEB;
-use common::{serve_site, task};
+use common::{dispatch, process_exists, wait_for, Site};
 use serde_json::json;
 use test_support::{eventually, free_port, ChildGuard, RedisServer};
 
@@ -38,17 +37,35 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The binary with Redis, the output directory and the metrics port set.
+fn runtime_command(redis: &RedisServer, out: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_web-runtime"));
+    cmd.env("REDIS_URL", redis.url())
+        .env("OUTPUT_DIR", out)
+        .env("METRICS_HOST", "127.0.0.1")
+        .env("METRICS_PORT", port.to_string())
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// Waits until `/health` on `port` answers 200; returns its URL.
+async fn wait_healthy(http: &reqwest::Client, port: u16) -> String {
+    let health_url = format!("http://127.0.0.1:{port}/health");
+    eventually(Duration::from_secs(30), || async {
+        matches!(http.get(&health_url).send().await, Ok(r) if r.status().is_success())
+    })
+    .await
+    .expect("/health answers 200");
+    health_url
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
-        .env("REDIS_URL", redis.url())
-        .env("OUTPUT_DIR", out.path())
-        .env("METRICS_HOST", "127.0.0.1")
-        .env("METRICS_PORT", port.to_string())
+    let child = runtime_command(&redis, out.path(), port)
         .env("MAX_CONCURRENT", "2")
         .env("CHROME_PATH", "/usr/lib/chromium/chromium")
         .env("WEB_SCREENSHOTS", "true")
@@ -57,19 +74,13 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
         .env_remove("LLM_BASE_URL")
         .env_remove("VLLM_URL")
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
         .spawn()
         .expect("spawn web-runtime");
     let mut child = ChildGuard(child);
     let pid = child.pid();
 
     let http = reqwest::Client::new();
-    let health_url = format!("http://127.0.0.1:{port}/health");
-    eventually(Duration::from_secs(30), || async {
-        matches!(http.get(&health_url).send().await, Ok(r) if r.status().is_success())
-    })
-    .await
-    .expect("/health answers 200");
+    let health_url = wait_healthy(&http, port).await;
     let body: serde_json::Value = http
         .get(&health_url)
         .send()
@@ -86,28 +97,20 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
         "Chromium runs as a child of the runtime"
     );
 
-    let spec = task(json!({"task_id": "bin_task", "constraints": {"actions": [
-        {"type": "goto", "url": format!("{site}/order.html")},
-        {"type": "select", "selector": "#size", "value": "Large"},
-    ]}}));
-    let mut c = redis.client();
-    let _: String = redis::cmd("XADD")
-        .arg(STREAM_WEB)
-        .arg("*")
-        .arg("task")
-        .arg(serde_json::to_string(&spec).expect("json"))
-        .arg("submitted_at")
-        .arg("0")
-        .arg("priority")
-        .arg(1)
-        .query(&mut c)
-        .expect("XADD");
-    let path = out.path().join("trajectories/bin_task.json");
-    eventually(Duration::from_secs(60), || async { path.exists() })
-        .await
-        .expect("trajectory written");
-    let t: adp_core::Trajectory =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("parse");
+    dispatch(
+        &redis,
+        json!({"task_id": "bin_task", "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/order.html")},
+            {"type": "select", "selector": "#size", "value": "Large"},
+        ]}}),
+    );
+    let done = wait_for(
+        out.path(),
+        &["bin_task".to_owned()],
+        Duration::from_secs(60),
+    )
+    .await;
+    let t = &done[0];
     assert!(t.success, "{t:#?}");
     assert!(t.steps[1].observation.contains("selected=\"Large\""));
     // Screenshots were asked for: one PNG per step, next to the trajectory.
@@ -144,12 +147,8 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
     let code = child.wait_exit(Duration::from_secs(30));
     assert_eq!(code, Some(0), "exit code after SIGTERM");
     for b in browsers {
-        assert!(
-            !Path::new(&format!("/proc/{b}")).exists(),
-            "Chromium {b} left behind"
-        );
+        assert!(!process_exists(b), "Chromium {b} left behind");
     }
-    stop_site.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,24 +158,13 @@ async fn chromium_dies_with_a_killed_runtime() {
     let port = free_port();
     // Its temporary files (Chromium's profile) go under our temp dir: a
     // SIGKILLed runtime cannot remove them itself.
-    let child = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
+    let child = runtime_command(&redis, out.path(), port)
         .env("TMPDIR", out.path())
-        .env("REDIS_URL", redis.url())
-        .env("OUTPUT_DIR", out.path())
-        .env("METRICS_HOST", "127.0.0.1")
-        .env("METRICS_PORT", port.to_string())
         .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
         .spawn()
         .expect("spawn web-runtime");
     let mut child = ChildGuard(child);
-    let http = reqwest::Client::new();
-    let health_url = format!("http://127.0.0.1:{port}/health");
-    eventually(Duration::from_secs(30), || async {
-        matches!(http.get(&health_url).send().await, Ok(r) if r.status().is_success())
-    })
-    .await
-    .expect("/health answers 200");
+    wait_healthy(&reqwest::Client::new(), port).await;
     let browsers = children(child.pid());
     assert!(!browsers.is_empty());
     // SIGKILL: the runtime cannot clean up; Chromium's parent-death signal does.
@@ -195,16 +183,12 @@ async fn chromium_dies_with_a_killed_runtime() {
 
 #[test]
 fn bad_setting_exits_64() {
-    let status = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
-        .env("WEB_BLOCK_EXTRA", "not-a-cidr")
-        .stderr(Stdio::null())
-        .status()
-        .expect("run");
-    assert_eq!(status.code(), Some(64));
-    let status = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
-        .env("MAX_CONCURRENT", "0")
-        .stderr(Stdio::null())
-        .status()
-        .expect("run");
-    assert_eq!(status.code(), Some(64));
+    for (var, value) in [("WEB_BLOCK_EXTRA", "not-a-cidr"), ("MAX_CONCURRENT", "0")] {
+        let status = Command::new(env!("CARGO_BIN_EXE_web-runtime"))
+            .env(var, value)
+            .stderr(Stdio::null())
+            .status()
+            .expect("run");
+        assert_eq!(status.code(), Some(64), "{var}={value}");
+    }
 }

@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use adp_core::names::STREAM_WEB;
 use adp_core::Trajectory;
-use common::{serve_site, task};
-use serde_json::{json, Value};
+use common::{dispatch, process_exists, wait_for, Site};
+use serde_json::json;
 use test_support::{eventually, RedisServer};
 use tokio_util::sync::CancellationToken;
 use web_runtime::config::Config;
@@ -36,36 +35,6 @@ fn config(redis: &RedisServer, out: &Path, extra: &[&str]) -> Config {
     <Config as clap::Parser>::try_parse_from(args).expect("valid config")
 }
 
-fn dispatch(redis: &RedisServer, t: Value) {
-    let spec = task(t);
-    let mut c = redis.client();
-    let _: String = redis::cmd("XADD")
-        .arg(STREAM_WEB)
-        .arg("*")
-        .arg("task")
-        .arg(serde_json::to_string(&spec).expect("json"))
-        .arg("submitted_at")
-        .arg(format!("{:.3}", adp_core::types::unix_now()))
-        .arg("priority")
-        .arg(spec.priority)
-        .query(&mut c)
-        .expect("XADD");
-}
-
-fn trajectory(out: &Path, id: &str) -> Option<Trajectory> {
-    let raw = std::fs::read_to_string(out.join("trajectories").join(format!("{id}.json"))).ok()?;
-    serde_json::from_str(&raw).ok()
-}
-
-async fn wait_for(out: &Path, ids: &[String], within: Duration) -> Vec<Trajectory> {
-    eventually(within, || async {
-        ids.iter().all(|id| trajectory(out, id).is_some())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("trajectories {ids:?}: {e}"));
-    ids.iter().filter_map(|id| trajectory(out, id)).collect()
-}
-
 async fn start(cfg: Config) -> (Running, CancellationToken) {
     let shutdown = CancellationToken::new();
     let running = web_runtime::start(cfg, shutdown.clone())
@@ -79,7 +48,7 @@ async fn start(cfg: Config) -> (Running, CancellationToken) {
 async fn eight_tasks_never_more_than_four_pages() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=4"])).await;
 
     // Sample the runtime's own gauges while the tasks run.
@@ -136,14 +105,13 @@ async fn eight_tasks_never_more_than_four_pages() {
 
     shutdown.cancel();
     running.wait().await.expect("clean stop");
-    stop_site.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=1"])).await;
     let first = running.browser.current().expect("browser");
     let pid = first.pid().expect("pid");
@@ -197,10 +165,7 @@ async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
         "{metrics}"
     );
     // The killed Chromium was reaped: no zombie left.
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "pid {pid} still present"
-    );
+    assert!(!process_exists(pid), "pid {pid} still present");
     let second = running.browser.current().expect("relaunched");
     assert_ne!(second.pid(), Some(pid));
     assert!(
@@ -211,18 +176,14 @@ async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
     shutdown.cancel();
     running.wait().await.expect("clean stop");
     let new_pid = second.pid().expect("pid");
-    assert!(
-        !Path::new(&format!("/proc/{new_pid}")).exists(),
-        "Chromium reaped at shutdown"
-    );
-    stop_site.cancel();
+    assert!(!process_exists(new_pid), "Chromium reaped at shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_cache_replays_the_actions_for_real() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=2"])).await;
 
     let description = "Search for \"pan\" and open the first result";
@@ -267,14 +228,13 @@ async fn plan_cache_replays_the_actions_for_real() {
 
     shutdown.cancel();
     running.wait().await.expect("clean stop");
-    stop_site.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_chromium_is_detected_and_replaced() {
     let redis = RedisServer::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=1"])).await;
     let pid = running
         .browser
@@ -306,12 +266,8 @@ async fn a_hung_chromium_is_detected_and_replaced() {
     assert_eq!(t.metadata["infra_errors"][0]["component"], "browser");
     assert!(running.web_metrics.browser_restarts.get() >= 1);
     // The frozen process was killed and reaped.
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "pid {pid} still present"
-    );
+    assert!(!process_exists(pid), "pid {pid} still present");
 
     shutdown.cancel();
     running.wait().await.expect("clean stop");
-    stop_site.cancel();
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run, serve_site, summary, Harness, Recorder};
+use common::{run, summary, Harness, Recorder, Site};
 use serde_json::json;
 use web_runtime::guard::{parse_cidr_list, Policy};
 
@@ -22,7 +22,7 @@ async fn blocked_destinations_are_never_reached() {
         |s| s.block_images = false,
     )
     .await;
-    let (site, stop_site) = serve_site("127.0.0.1:0".parse().expect("addr")).await;
+    let site = Site::local().await;
     let blocked = Recorder::start("127.0.0.2:0".parse().expect("addr"))
         .await
         .expect("listen on 127.0.0.2");
@@ -141,6 +141,5 @@ async fn blocked_destinations_are_never_reached() {
             .get()
             >= 2
     );
-    stop_site.cancel();
     h.stop().await;
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run, serve_site, summary, Harness, Recorder};
+use common::{run, summary, Harness, Recorder, Site};
 use serde_json::json;
 use web_runtime::guard::Policy;
 
@@ -85,8 +85,8 @@ async fn inside_private_netns() {
     let private = Recorder::start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("listen on loopback");
-    let (site, stop_site) = serve_site("198.51.100.7:0".parse().expect("addr")).await;
-    let port = site.rsplit(':').next().expect("port").to_owned();
+    let site = Site::serve("198.51.100.7:0".parse().expect("addr")).await;
+    let port = site.url.rsplit(':').next().expect("port").to_owned();
     let shop = format!("http://shop.test:{port}");
 
     let h = Harness::start(Policy::new(true, Vec::new()), 4).await;
@@ -215,6 +215,5 @@ async fn inside_private_netns() {
         .await
         .expect("the metadata listener records connections");
 
-    stop_site.cancel();
     h.stop().await;
 }

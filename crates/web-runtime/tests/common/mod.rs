@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -183,22 +183,50 @@ async fn static_file(req: Request) -> Response {
     }
 }
 
-/// A site served on `addr` until the returned token is cancelled.
-pub async fn serve_site(addr: SocketAddr) -> (String, CancellationToken) {
-    let listener = TcpListener::bind(addr).await.expect("bind site");
-    let local = listener.local_addr().expect("site addr");
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, site_router())
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await;
-    });
-    let host = match local {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("[{}]", a.ip()),
-    };
-    (format!("http://{host}:{}", local.port()), stop)
+/// The test site, served until dropped; displays as its base URL.
+pub struct Site {
+    pub url: String,
+    stop: CancellationToken,
+}
+
+impl Site {
+    /// Serves the site on `addr`.
+    pub async fn serve(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind site");
+        let local = listener.local_addr().expect("site addr");
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, site_router())
+                .with_graceful_shutdown(s.cancelled_owned())
+                .await;
+        });
+        let host = match local {
+            SocketAddr::V4(a) => a.ip().to_string(),
+            SocketAddr::V6(a) => format!("[{}]", a.ip()),
+        };
+        Site {
+            url: format!("http://{host}:{}", local.port()),
+            stop,
+        }
+    }
+
+    /// Serves the site on a free port of 127.0.0.1.
+    pub async fn local() -> Self {
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// Counts every TCP connection made to it (answers HTTP 200 "secret").
@@ -352,4 +380,42 @@ pub fn summary(t: &Trajectory) -> Vec<(String, bool, Option<String>)> {
             )
         })
         .collect()
+}
+
+/// Adds `t` (completed by [`task`]) to `tasks:web` as the dispatcher would.
+pub fn dispatch(redis: &test_support::RedisServer, t: Value) {
+    let spec = task(t);
+    let mut c = redis.client();
+    let _: String = redis::cmd("XADD")
+        .arg(adp_core::names::STREAM_WEB)
+        .arg("*")
+        .arg("task")
+        .arg(serde_json::to_string(&spec).expect("json"))
+        .arg("submitted_at")
+        .arg(format!("{:.3}", adp_core::types::unix_now()))
+        .arg("priority")
+        .arg(spec.priority)
+        .query(&mut c)
+        .expect("XADD");
+}
+
+/// The trajectory of `id` under `out`, once it is written.
+pub fn trajectory(out: &Path, id: &str) -> Option<Trajectory> {
+    let raw = std::fs::read_to_string(out.join("trajectories").join(format!("{id}.json"))).ok()?;
+    serde_json::from_str(&raw).ok()
+}
+
+/// Waits until the trajectories of all `ids` are written; returns them in order.
+pub async fn wait_for(out: &Path, ids: &[String], within: Duration) -> Vec<Trajectory> {
+    test_support::eventually(within, || async {
+        ids.iter().all(|id| trajectory(out, id).is_some())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("trajectories {ids:?}: {e}"));
+    ids.iter().filter_map(|id| trajectory(out, id)).collect()
+}
+
+/// Whether a process `pid` exists (a zombie counts: it is not reaped yet).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
