@@ -12,36 +12,66 @@ use common::{
     code_task, enqueue, observation, pending_count, spawn_binary, trajectory_path, wait_trajectory,
 };
 use serde_json::Value;
-use test_support::{free_port, wait_until, RedisServer};
+use test_support::{free_port, wait_until, ChildGuard, RedisServer};
 
-fn env_config<'a>(redis: &'a str, out: &'a str, port: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("REDIS_URL", redis),
-        ("OUTPUT_DIR", out),
-        ("METRICS_HOST", "127.0.0.1"),
-        ("METRICS_PORT", port),
-        ("READ_BLOCK_MS", "200"),
-        ("SANDBOX_CONCURRENCY", "2"),
-    ]
+/// A private redis-server and output directory for runtimes started as
+/// child processes.
+struct Setup {
+    redis: RedisServer,
+    out: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Setup {
+            redis: RedisServer::start(),
+            out: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Starts the binary on this Redis and output directory, a free metrics
+    /// port, and `extra` settings.
+    fn spawn(&self, extra: &[(&str, &str)]) -> ChildGuard {
+        let url = self.redis.url();
+        let out = self.out.path().to_string_lossy().into_owned();
+        let port = free_port().to_string();
+        let mut envs = vec![
+            ("REDIS_URL", url.as_str()),
+            ("OUTPUT_DIR", out.as_str()),
+            ("METRICS_HOST", "127.0.0.1"),
+            ("METRICS_PORT", port.as_str()),
+            ("READ_BLOCK_MS", "200"),
+            ("SANDBOX_CONCURRENCY", "2"),
+        ];
+        envs.extend_from_slice(extra);
+        spawn_binary(&["sandbox-runtime".to_owned()], &envs)
+    }
+
+    /// Waits until a consumer holds the one task of `tasks:code`.
+    fn wait_in_flight(&self) {
+        wait_until(Duration::from_secs(20), || {
+            pending_count(&self.redis, "tasks:code") == 1
+        })
+        .expect("task in flight");
+    }
+
+    fn trajectory(&self, id: &str) -> adp_core::Trajectory {
+        block_on_trajectory(self.out.path(), id)
+    }
 }
 
 #[test]
 fn the_jail_sees_none_of_the_runtime_environment() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
-    let url = redis.url();
-    let out_s = out.path().to_string_lossy().into_owned();
-    let port = free_port().to_string();
-    let mut envs = env_config(&url, &out_s, &port);
-    envs.extend([
+    let s = Setup::new();
+    let url = s.redis.url();
+    let mut child = s.spawn(&[
         ("LLM_API_KEY", "secret-canary"),
         ("SANDBOX_CANARY", "canary-two"),
         ("AWS_SECRET_ACCESS_KEY", "canary-three"),
     ]);
-    let mut child = spawn_binary(&["sandbox-runtime".to_owned()], &envs);
     let code = "import os, json\nprint(json.dumps(dict(os.environ), sort_keys=True))\n";
-    enqueue(&redis, &code_task("env", code));
-    let t = block_on_trajectory(out.path(), "env");
+    enqueue(&s.redis, &code_task("env", code));
+    let t = s.trajectory("env");
     assert!(t.success, "{t:?}");
     let obs = observation(&t, 0);
     for secret in [
@@ -81,27 +111,18 @@ fn block_on_trajectory(out: &std::path::Path, id: &str) -> adp_core::Trajectory 
 
 #[test]
 fn sigterm_lets_a_running_task_finish_then_exits_0() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
-    let url = redis.url();
-    let out_s = out.path().to_string_lossy().into_owned();
-    let port = free_port().to_string();
-    let mut envs = env_config(&url, &out_s, &port);
-    envs.push(("SHUTDOWN_GRACE_SECS", "30"));
-    let mut child = spawn_binary(&["sandbox-runtime".to_owned()], &envs);
+    let s = Setup::new();
+    let mut child = s.spawn(&[("SHUTDOWN_GRACE_SECS", "30")]);
     let code = "import time\ntime.sleep(3)\nprint('finished')\n";
-    enqueue(&redis, &code_task("graceful", code));
-    wait_until(Duration::from_secs(20), || {
-        pending_count(&redis, "tasks:code") == 1
-    })
-    .expect("task in flight");
+    enqueue(&s.redis, &code_task("graceful", code));
+    s.wait_in_flight();
     child.signal(15);
     assert_eq!(child.wait_exit(Duration::from_secs(30)), Some(0));
-    let t = block_on_trajectory(out.path(), "graceful");
+    let t = s.trajectory("graceful");
     assert!(t.success, "{t:?}");
     assert_eq!(observation(&t, 0), "finished\n");
     assert_eq!(
-        pending_count(&redis, "tasks:code"),
+        pending_count(&s.redis, "tasks:code"),
         0,
         "acked before exiting"
     );
@@ -109,35 +130,23 @@ fn sigterm_lets_a_running_task_finish_then_exits_0() {
 
 #[test]
 fn sigterm_past_the_grace_hands_the_task_to_another_consumer() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
-    let url = redis.url();
-    let out_s = out.path().to_string_lossy().into_owned();
-    let port_a = free_port().to_string();
-    let mut envs = env_config(&url, &out_s, &port_a);
-    envs.extend([("SHUTDOWN_GRACE_SECS", "1"), ("CLAIM_IDLE_SECS", "2")]);
-    let mut first = spawn_binary(&["sandbox-runtime".to_owned()], &envs);
+    let s = Setup::new();
+    let mut first = s.spawn(&[("SHUTDOWN_GRACE_SECS", "1"), ("CLAIM_IDLE_SECS", "2")]);
     let first_pid = first.pid();
     let code = "import time\ntime.sleep(4)\nprint('finished')\n";
-    enqueue(&redis, &code_task("handover", code));
-    wait_until(Duration::from_secs(20), || {
-        pending_count(&redis, "tasks:code") == 1
-    })
-    .expect("task in flight");
+    enqueue(&s.redis, &code_task("handover", code));
+    s.wait_in_flight();
     first.signal(15);
     assert_eq!(first.wait_exit(Duration::from_secs(20)), Some(0));
-    assert!(!trajectory_path(out.path(), "handover").exists());
+    assert!(!trajectory_path(s.out.path(), "handover").exists());
     assert_eq!(
-        pending_count(&redis, "tasks:code"),
+        pending_count(&s.redis, "tasks:code"),
         1,
         "left un-acked, not lost"
     );
 
-    let port_b = free_port().to_string();
-    let mut envs = env_config(&url, &out_s, &port_b);
-    envs.push(("CLAIM_IDLE_SECS", "2"));
-    let mut second = spawn_binary(&["sandbox-runtime".to_owned()], &envs);
-    let t = block_on_trajectory(out.path(), "handover");
+    let mut second = s.spawn(&[("CLAIM_IDLE_SECS", "2")]);
+    let t = s.trajectory("handover");
     assert!(t.success, "{t:?}");
     assert_eq!(observation(&t, 0), "finished\n");
     assert_eq!(t.metadata["attempt"], 2, "second delivery");
@@ -148,7 +157,7 @@ fn sigterm_past_the_grace_hands_the_task_to_another_consumer() {
         "{worker}"
     );
     wait_until(Duration::from_secs(10), || {
-        pending_count(&redis, "tasks:code") == 0
+        pending_count(&s.redis, "tasks:code") == 0
     })
     .expect("acked by the second consumer");
     second.signal(15);
@@ -182,21 +191,13 @@ fn running(pid: u32) -> bool {
 
 #[test]
 fn kill_9_of_the_runtime_takes_its_running_jails_with_it() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
-    let url = redis.url();
-    let out_s = out.path().to_string_lossy().into_owned();
-    let port = free_port().to_string();
-    let envs = env_config(&url, &out_s, &port);
-    let mut child = spawn_binary(&["sandbox-runtime".to_owned()], &envs);
+    let s = Setup::new();
+    let mut child = s.spawn(&[]);
     let code = "import time\ntime.sleep(120)\n";
     let mut task = code_task("orphan", code);
     task.timeout = 300;
-    enqueue(&redis, &task);
-    wait_until(Duration::from_secs(20), || {
-        pending_count(&redis, "tasks:code") == 1
-    })
-    .expect("task in flight");
+    enqueue(&s.redis, &task);
+    s.wait_in_flight();
     // The runtime's nsjail, and nsjail's jailed python.
     let mut jail = Vec::new();
     wait_until(Duration::from_secs(30), || {
@@ -216,7 +217,7 @@ fn kill_9_of_the_runtime_takes_its_running_jails_with_it() {
         panic!("jail processes {alive:?} outlived the killed runtime")
     });
     assert_eq!(
-        pending_count(&redis, "tasks:code"),
+        pending_count(&s.redis, "tasks:code"),
         1,
         "the task stays pending for another consumer"
     );
