@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use adp_core::llm::{LlmClient, LlmConfig};
+use adp_core::Trajectory;
 use common::{run, summary, Harness, Site};
 use serde_json::json;
 use test_support::fake_llm::{FakeLlm, Reply};
@@ -18,10 +19,27 @@ fn policy() -> Policy {
     Policy::new(false, parse_cidr_list("127.0.0.2/32").expect("cidr"))
 }
 
+/// A browser with the test policy and four pages, and the test site.
+async fn start() -> (Harness, Site) {
+    (Harness::start(policy(), 4).await, Site::local().await)
+}
+
+/// A client of `llm` that does not retry (each reply is used once).
+fn client(llm: &FakeLlm) -> LlmClient {
+    let mut config = LlmConfig::new(llm.url());
+    config.retries = 0;
+    LlmClient::new(config).expect("client")
+}
+
+/// Asserts the action types of the steps, in order.
+fn assert_actions(t: &Trajectory, expected: &[&str]) {
+    let actions: Vec<String> = summary(t).into_iter().map(|s| s.0).collect();
+    assert_eq!(actions, expected, "{:#?}", t.steps);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_actions_across_the_demo_site() {
-    let h = Harness::start(policy(), 4).await;
-    let site = Site::local().await;
+    let (h, site) = start().await;
     let handler = h.handler(h.settings(), None);
 
     let t = run(
@@ -140,8 +158,7 @@ async fn scripted_actions_across_the_demo_site() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heuristic_finds_the_search_box_on_an_unseen_page() {
-    let h = Harness::start(policy(), 4).await;
-    let site = Site::local().await;
+    let (h, site) = start().await;
     let handler = h.handler(h.settings(), None);
     let t = run(
         &handler,
@@ -153,12 +170,9 @@ async fn heuristic_finds_the_search_box_on_an_unseen_page() {
     )
     .await;
     assert_eq!(t.metadata["policy"], "heuristic");
-    let kinds: Vec<String> = summary(&t).into_iter().map(|s| s.0).collect();
-    assert_eq!(
-        kinds,
-        ["goto", "fill_and_submit", "click", "extract", "finish"],
-        "{:#?}",
-        t.steps
+    assert_actions(
+        &t,
+        &["goto", "fill_and_submit", "click", "extract", "finish"],
     );
     // It chose the product finder, not the newsletter e-mail field.
     let fill = &t.steps[1];
@@ -204,8 +218,7 @@ async fn heuristic_finds_the_search_box_on_an_unseen_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
-    let h = Harness::start(policy(), 4).await;
-    let site = Site::local().await;
+    let (h, site) = start().await;
     let llm = FakeLlm::start(vec![
         // Index 3 on the demo home page is the search box (links first).
         Reply::text("Let me search.\n```json\n{\"type\": \"fill_and_submit\", \"element\": 3, \"text\": \"kettle\"}\n```"),
@@ -214,10 +227,7 @@ async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
         Reply::text("```json\n{\"type\": \"finish\", \"answer\": \"The kettle costs 29.00 EUR\"}\n```"),
     ])
     .await;
-    let mut config = LlmConfig::new(llm.url());
-    config.retries = 0;
-    let client = LlmClient::new(config).expect("client");
-    let handler = h.handler(h.settings(), Some(client));
+    let handler = h.handler(h.settings(), Some(client(&llm)));
     let t = run(
         &handler,
         json!({
@@ -228,13 +238,7 @@ async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
     )
     .await;
     assert_eq!(t.metadata["policy"], "openai");
-    let kinds: Vec<String> = summary(&t).into_iter().map(|s| s.0).collect();
-    assert_eq!(
-        kinds,
-        ["goto", "fill_and_submit", "click", "finish"],
-        "{:#?}",
-        t.steps
-    );
+    assert_actions(&t, &["goto", "fill_and_submit", "click", "finish"]);
     assert!(t.steps[1].observation.contains("Stainless Tea Kettle"));
     assert!(t.success, "{t:#?}");
     assert_eq!(t.final_result, "The kettle costs 29.00 EUR");
@@ -255,9 +259,7 @@ async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
 
     // Two bad replies in a row: the task fails with a clear message.
     let llm2 = FakeLlm::start(vec![Reply::text("no idea"), Reply::text("still {not json")]).await;
-    let mut config = LlmConfig::new(llm2.url());
-    config.retries = 0;
-    let handler = h.handler(h.settings(), Some(LlmClient::new(config).expect("client")));
+    let handler = h.handler(h.settings(), Some(client(&llm2)));
     let t = run(
         &handler,
         json!({
@@ -277,8 +279,7 @@ async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_task_has_its_own_browser_context() {
-    let h = Harness::start(policy(), 4).await;
-    let site = Site::local().await;
+    let (h, site) = start().await;
     let handler = h.handler(h.settings(), None);
     let a = run(
         &handler,
@@ -322,8 +323,7 @@ async fn each_task_has_its_own_browser_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn step_failures_are_typed_never_crashes() {
-    let h = Harness::start(policy(), 4).await;
-    let site = Site::local().await;
+    let (h, site) = start().await;
     let mut settings = h.settings();
     settings.action_timeout = Duration::from_secs(2);
     let handler = h.handler(settings, None);
@@ -451,8 +451,7 @@ async fn step_failures_are_typed_never_crashes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_reach_pages_running_side_by_side() {
-    let h = Harness::start(policy(), 4).await;
-    let site = Site::local().await;
+    let (h, site) = start().await;
     let handler = h.handler(h.settings(), None);
     // Three tasks at once (background pages): key events are delivered to
     // each, and Enter in a field without a form is pressed for real.
