@@ -90,18 +90,7 @@ fn trajectory_with_task_extension_round_trips() {
     let back: Trajectory = serde_json::from_str(&text).expect("parse");
     assert_eq!(back, t);
     let v: Value = serde_json::from_str(&text).expect("json");
-    for field in [
-        "task_id",
-        "runtime_id",
-        "success",
-        "steps",
-        "final_result",
-        "error_type",
-        "error_message",
-        "total_duration",
-        "metadata",
-        "created_at",
-    ] {
+    for field in test_support::TRAJECTORY_FIELDS {
         assert!(v.get(field).is_some(), "field {field} always present");
     }
 }

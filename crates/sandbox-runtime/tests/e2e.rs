@@ -115,18 +115,7 @@ async fn demo_tasks_through_redis() {
         &std::fs::read_to_string(common::trajectory_path(h.out.path(), "fib_7")).expect("file"),
     )
     .expect("json");
-    for field in [
-        "task_id",
-        "runtime_id",
-        "success",
-        "steps",
-        "final_result",
-        "error_type",
-        "error_message",
-        "total_duration",
-        "metadata",
-        "created_at",
-    ] {
+    for field in test_support::TRAJECTORY_FIELDS {
         assert!(raw.get(field).is_some(), "{field} missing");
     }
     assert!(raw["error_type"].is_null() && raw["steps"][0]["error_type"].is_null());

@@ -9,6 +9,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The fields every trajectory file carries (CONTRACT §3), nulls included.
+pub const TRAJECTORY_FIELDS: [&str; 10] = [
+    "task_id",
+    "runtime_id",
+    "success",
+    "steps",
+    "final_result",
+    "error_type",
+    "error_message",
+    "total_duration",
+    "metadata",
+    "created_at",
+];
+
 /// A free TCP port on 127.0.0.1 (bind to :0, read, release).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
