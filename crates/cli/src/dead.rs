@@ -556,11 +556,7 @@ async fn cmd_requeue(
         match enqueue::requeue_dead(conn, &entry.id, stream).await {
             Ok(Some(new_id)) => {
                 done += 1;
-                let kept = archived
-                    .as_ref()
-                    .and_then(|p| p.file_name())
-                    .map(|n| format!("; old trajectory kept as {}", n.to_string_lossy()))
-                    .unwrap_or_default();
+                let kept = enqueue::kept_note(archived.as_deref());
                 println!(
                     "requeued {} (task {task_id}) onto {stream} as {new_id}{kept}",
                     entry.id
@@ -568,9 +564,7 @@ async fn cmd_requeue(
                 tracing::info!(dead_id = %entry.id, task_id, stream, new_id = %new_id, "Dead letter requeued.");
             }
             Ok(None) => {
-                if let Some(a) = &archived {
-                    enqueue::restore_archive(&dir, task_id, a);
-                }
+                enqueue::restore_archive(&dir, task_id, archived.as_deref());
                 eprintln!(
                     "adp: {}: gone from {} meanwhile (requeued or dropped by someone else)",
                     entry.id,
@@ -579,9 +573,7 @@ async fn cmd_requeue(
                 problems += 1;
             }
             Err(e) => {
-                if let Some(a) = &archived {
-                    enqueue::restore_archive(&dir, task_id, a);
-                }
+                enqueue::restore_archive(&dir, task_id, archived.as_deref());
                 return Err(e);
             }
         }
@@ -593,11 +585,7 @@ async fn cmd_requeue(
     } else {
         println!("{done} requeued, {problems} refused or not found.");
     }
-    Ok(if problems == 0 {
-        Outcome::Done
-    } else {
-        Outcome::Problems
-    })
+    Ok(Outcome::from_problems(problems))
 }
 
 async fn cmd_drop(conn: &mut ConnectionManager, ids: Vec<String>, all: bool) -> Result<Outcome> {
@@ -628,9 +616,5 @@ async fn cmd_drop(conn: &mut ConnectionManager, ids: Vec<String>, all: bool) -> 
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(if problems == 0 {
-        Outcome::Done
-    } else {
-        Outcome::Problems
-    })
+    Ok(Outcome::from_problems(problems))
 }

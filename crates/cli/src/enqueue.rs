@@ -132,14 +132,27 @@ pub fn archive_current(dir: &Path, task_id: &str) -> Result<Option<PathBuf>> {
 }
 
 /// Puts an archive back as the current file (undo after a failed enqueue),
-/// unless a current file has appeared meanwhile.
-pub fn restore_archive(dir: &Path, task_id: &str, archive: &Path) {
+/// unless a current file has appeared meanwhile. Nothing to do without an
+/// archive.
+pub fn restore_archive(dir: &Path, task_id: &str, archive: Option<&Path>) {
+    let Some(archive) = archive else {
+        return;
+    };
     if let Ok(current) = current_path(dir, task_id) {
         if !current.exists() {
             let _ = std::fs::rename(archive, &current);
             sync_dir(dir);
         }
     }
+}
+
+/// The `; old trajectory kept as <file>` note of a requeue or replay
+/// message (empty without an archive).
+pub fn kept_note(archive: Option<&Path>) -> String {
+    archive
+        .and_then(Path::file_name)
+        .map(|n| format!("; old trajectory kept as {}", n.to_string_lossy()))
+        .unwrap_or_default()
 }
 
 fn sync_dir(dir: &Path) {
@@ -165,7 +178,7 @@ mod tests {
         assert_eq!(a2, d.join("t.attempt-2.json"));
         assert!(!d.join("t.json").exists());
         assert_eq!(std::fs::read_to_string(a1).expect("read"), "one");
-        restore_archive(d, "t", &a2);
+        restore_archive(d, "t", Some(&a2));
         assert_eq!(
             std::fs::read_to_string(d.join("t.json")).expect("read"),
             "two"

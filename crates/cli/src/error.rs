@@ -59,6 +59,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// `Done` when no problem was reported, `Problems` otherwise.
+    pub fn from_problems(problems: u64) -> Self {
+        if problems == 0 {
+            Outcome::Done
+        } else {
+            Outcome::Problems
+        }
+    }
+
     pub fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Done => ExitCode::SUCCESS,

@@ -22,6 +22,14 @@ impl Table {
         }
     }
 
+    /// A key column on the left, then right-aligned (numeric) columns.
+    pub fn keyed(key: &str, numbers: &[&str]) -> Self {
+        let mut t = Table::new(&[(key, Align::Left)]);
+        t.headers
+            .extend(numbers.iter().map(|h| ((*h).to_owned(), Align::Right)));
+        t
+    }
+
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
@@ -142,6 +150,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// Counts by name as `a 2, b 1` (empty without any).
+pub fn tally<K: std::fmt::Display, V: std::fmt::Display>(
+    counts: impl IntoIterator<Item = (K, V)>,
+) -> String {
+    counts
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A ratio as a percentage with one decimal, `-` when the denominator is 0.
 pub fn percent(num: u64, den: u64) -> String {
     if den == 0 {
@@ -179,6 +198,10 @@ mod tests {
         t.row(vec!["a".into(), "10".into()]);
         t.row(vec!["bbb".into(), "2".into()]);
         assert_eq!(t.render(), "NAME   N\na     10\nbbb    2\n");
+        let mut k = Table::keyed("NAME", &["N"]);
+        k.row(vec!["a".into(), "10".into()]);
+        k.row(vec!["bbb".into(), "2".into()]);
+        assert_eq!(k.render(), t.render());
     }
 
     #[test]

@@ -149,17 +149,11 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
         match enqueue::enqueue_replay(conn, &task).await {
             Ok(entry) => {
                 done += 1;
-                let kept = archived
-                    .as_ref()
-                    .and_then(|p| p.file_name())
-                    .map(|n| format!("; old trajectory kept as {}", n.to_string_lossy()))
-                    .unwrap_or_default();
+                let kept = enqueue::kept_note(archived.as_deref());
                 println!("replayed {id} onto {stream} as {entry}{kept}");
             }
             Err(e) => {
-                if let Some(a) = &archived {
-                    enqueue::restore_archive(&dir, &id, a);
-                }
+                enqueue::restore_archive(&dir, &id, archived.as_deref());
                 return Err(e);
             }
         }
@@ -169,9 +163,5 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
     } else {
         println!("{done} replayed, {problems} not found.");
     }
-    Ok(if problems == 0 {
-        Outcome::Done
-    } else {
-        Outcome::Problems
-    })
+    Ok(Outcome::from_problems(problems))
 }

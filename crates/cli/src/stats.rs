@@ -216,13 +216,7 @@ pub fn run(env: &Env, args: StatsArgs) -> Result<Outcome> {
 }
 
 fn rate_table(first: &str, rates: &BTreeMap<String, Rate>, overall: &Rate) -> String {
-    let mut t = Table::new(&[
-        (first, Align::Left),
-        ("TOTAL", Align::Right),
-        ("SUCCEEDED", Align::Right),
-        ("FAILED", Align::Right),
-        ("SUCCESS", Align::Right),
-    ]);
+    let mut t = Table::keyed(first, &["TOTAL", "SUCCEEDED", "FAILED", "SUCCESS"]);
     for (k, r) in rates
         .iter()
         .chain(std::iter::once((&"all".to_owned(), overall)))
@@ -281,15 +275,7 @@ pub fn render(env: &Env, s: &Stats) -> String {
         out.push_str(&t.render());
         out.push('\n');
     }
-    let mut t = Table::new(&[
-        ("", Align::Left),
-        ("MIN", Align::Right),
-        ("MEAN", Align::Right),
-        ("P50", Align::Right),
-        ("P90", Align::Right),
-        ("P99", Align::Right),
-        ("MAX", Align::Right),
-    ]);
+    let mut t = Table::keyed("", &["MIN", "MEAN", "P50", "P90", "P99", "MAX"]);
     for (name, p, unit) in [
         ("steps", &s.steps, ""),
         ("duration", &s.duration_seconds, "s"),
@@ -312,12 +298,7 @@ pub fn render(env: &Env, s: &Stats) -> String {
         s.cache.misses,
         fmt::percent(s.cache.hits, s.cache.hits + s.cache.misses)
     ));
-    let policies = s
-        .policies
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let policies = fmt::tally(&s.policies);
     out.push_str(&format!(
         "policies: {}\n",
         if policies.is_empty() {

@@ -108,14 +108,8 @@ pub struct StreamStatus {
     pub acked: u64,
     pub consumers: u64,
     pub oldest_unacked_age_s: f64,
-    pub dead_lettered: u64,
-    pub trajectories: u64,
-    pub succeeded: u64,
-    pub failed: u64,
-    pub failed_by_error_type: BTreeMap<String, u64>,
-    pub finished_last_min: u64,
-    pub throughput_per_min: f64,
-    pub eta_seconds: Option<f64>,
+    #[serde(flatten)]
+    pub finished: Finished,
 }
 
 /// Sums over the streams.
@@ -126,6 +120,15 @@ pub struct Totals {
     pub pending: u64,
     pub backlog: u64,
     pub acked: u64,
+    #[serde(flatten)]
+    pub finished: Finished,
+}
+
+/// How the tasks of a stream (or of all streams) ended — dead-lettered, or
+/// with a trajectory file — and the throughput and ETA that follow. Its
+/// fields appear inline in the JSON of [`StreamStatus`] and [`Totals`].
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Finished {
     pub dead_lettered: u64,
     pub trajectories: u64,
     pub succeeded: u64,
@@ -134,6 +137,22 @@ pub struct Totals {
     pub finished_last_min: u64,
     pub throughput_per_min: f64,
     pub eta_seconds: Option<f64>,
+}
+
+impl Finished {
+    /// Adds the counts and rates of `other`; the ETA is left alone (a sum of
+    /// ETAs means nothing).
+    fn add(&mut self, other: &Finished) {
+        self.dead_lettered += other.dead_lettered;
+        self.trajectories += other.trajectories;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.finished_last_min += other.finished_last_min;
+        self.throughput_per_min = round1(self.throughput_per_min + other.throughput_per_min);
+        for (k, v) in &other.failed_by_error_type {
+            *self.failed_by_error_type.entry(k.clone()).or_default() += v;
+        }
+    }
 }
 
 /// A runtime registered in `runtime_health`.
@@ -472,14 +491,16 @@ pub async fn snapshot(
             acked: dispatched.saturating_sub(backlog),
             consumers: n_consumers,
             oldest_unacked_age_s: (oldest * 1000.0).round() / 1000.0,
-            dead_lettered: dead_by_stream.get(stream).copied().unwrap_or(0),
-            trajectories: s.trajectories,
-            succeeded: s.succeeded,
-            failed: s.failed,
-            failed_by_error_type: s.by_error,
-            finished_last_min: s.last_minute,
-            throughput_per_min: per_min,
-            eta_seconds: eta(backlog, per_min),
+            finished: Finished {
+                dead_lettered: dead_by_stream.get(stream).copied().unwrap_or(0),
+                trajectories: s.trajectories,
+                succeeded: s.succeeded,
+                failed: s.failed,
+                failed_by_error_type: s.by_error,
+                finished_last_min: s.last_minute,
+                throughput_per_min: per_min,
+                eta_seconds: eta(backlog, per_min),
+            },
         });
         consumers.extend(consumers_of(conn, stream).await?);
     }
@@ -490,21 +511,13 @@ pub async fn snapshot(
         totals.pending += s.pending;
         totals.backlog += s.backlog;
         totals.acked += s.acked;
-        totals.dead_lettered += s.dead_lettered;
-        totals.trajectories += s.trajectories;
-        totals.succeeded += s.succeeded;
-        totals.failed += s.failed;
-        totals.finished_last_min += s.finished_last_min;
-        totals.throughput_per_min = round1(totals.throughput_per_min + s.throughput_per_min);
-        for (k, v) in &s.failed_by_error_type {
-            *totals.failed_by_error_type.entry(k.clone()).or_default() += v;
-        }
+        totals.finished.add(&s.finished);
     }
     // Streams are drained by different runtimes: everything is done when
     // the slowest stream is.
-    totals.eta_seconds = streams
+    totals.finished.eta_seconds = streams
         .iter()
-        .try_fold(0.0_f64, |acc, s| s.eta_seconds.map(|e| acc.max(e)));
+        .try_fold(0.0_f64, |acc, s| s.finished.eta_seconds.map(|e| acc.max(e)));
 
     Ok(Snapshot {
         schema_version: SCHEMA_VERSION,
@@ -529,81 +542,51 @@ pub fn render(s: &Snapshot) -> String {
         s.redis_url,
         s.output_dir
     );
-    let mut t = Table::new(&[
-        ("STREAM", Align::Left),
-        ("DISPATCHED", Align::Right),
-        ("WAITING", Align::Right),
-        ("PENDING", Align::Right),
-        ("ACKED", Align::Right),
-        ("SUCCEEDED", Align::Right),
-        ("FAILED", Align::Right),
-        ("DEAD", Align::Right),
-        ("RATE/MIN", Align::Right),
-        ("ETA", Align::Right),
-    ]);
-    let row = |name: &str,
-               d: u64,
-               w: u64,
-               p: u64,
-               a: u64,
-               ok: u64,
-               f: u64,
-               dead: u64,
-               r: f64,
-               e: Option<f64>| {
+    let mut t = Table::keyed(
+        "STREAM",
+        &[
+            "DISPATCHED",
+            "WAITING",
+            "PENDING",
+            "ACKED",
+            "SUCCEEDED",
+            "FAILED",
+            "DEAD",
+            "RATE/MIN",
+            "ETA",
+        ],
+    );
+    // One row per stream, then the totals: the same columns.
+    let row = |name: &str, queue: [u64; 4], f: &Finished| {
+        let [dispatched, waiting, pending, acked] = queue;
         vec![
             name.to_owned(),
-            d.to_string(),
-            w.to_string(),
-            p.to_string(),
-            a.to_string(),
-            ok.to_string(),
-            f.to_string(),
-            dead.to_string(),
-            format!("{r:.1}"),
-            fmt::opt_duration(e),
+            dispatched.to_string(),
+            waiting.to_string(),
+            pending.to_string(),
+            acked.to_string(),
+            f.succeeded.to_string(),
+            f.failed.to_string(),
+            f.dead_lettered.to_string(),
+            format!("{:.1}", f.throughput_per_min),
+            fmt::opt_duration(f.eta_seconds),
         ]
     };
     for x in &s.streams {
-        t.row(row(
-            &x.stream,
-            x.dispatched,
-            x.waiting,
-            x.pending,
-            x.acked,
-            x.succeeded,
-            x.failed,
-            x.dead_lettered,
-            x.throughput_per_min,
-            x.eta_seconds,
-        ));
+        let queue = [x.dispatched, x.waiting, x.pending, x.acked];
+        t.row(row(&x.stream, queue, &x.finished));
     }
     let tt = &s.totals;
-    t.row(row(
-        "total",
-        tt.dispatched,
-        tt.waiting,
-        tt.pending,
-        tt.acked,
-        tt.succeeded,
-        tt.failed,
-        tt.dead_lettered,
-        tt.throughput_per_min,
-        tt.eta_seconds,
-    ));
+    let queue = [tt.dispatched, tt.waiting, tt.pending, tt.acked];
+    t.row(row("total", queue, &tt.finished));
     out.push_str(&t.render());
 
     let failures: Vec<String> = s
         .streams
         .iter()
-        .filter(|x| !x.failed_by_error_type.is_empty())
+        .filter(|x| !x.finished.failed_by_error_type.is_empty())
         .map(|x| {
-            let kinds = x
-                .failed_by_error_type
-                .iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let kinds = fmt::tally(&x.finished.failed_by_error_type);
             format!("{}: {kinds}", x.stream)
         })
         .collect();
@@ -739,7 +722,7 @@ async fn watch(
                 } else if let Some(bar) = &bar {
                     bar.set_length(s.totals.dispatched);
                     bar.set_position(s.totals.acked);
-                    bar.set_prefix(fmt::opt_duration(s.totals.eta_seconds));
+                    bar.set_prefix(fmt::opt_duration(s.totals.finished.eta_seconds));
                     bar.set_message(render(&s).trim_end().to_owned());
                 } else {
                     println!("{}", render(&s));
@@ -764,4 +747,45 @@ async fn watch(
         bar.abandon();
     }
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON keys come in the documented order (docs/cli.md), the
+    /// `Finished` fields inline.
+    #[test]
+    fn json_key_order() {
+        let stream = StreamStatus {
+            stream: "tasks:code".into(),
+            task_type: "code".into(),
+            dispatched: 1,
+            waiting: 2,
+            pending: 3,
+            backlog: 5,
+            acked: 0,
+            consumers: 1,
+            oldest_unacked_age_s: 2.5,
+            finished: Finished {
+                failed_by_error_type: BTreeMap::from([("timeout".to_owned(), 1)]),
+                ..Finished::default()
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&stream).expect("json"),
+            "{\"stream\":\"tasks:code\",\"task_type\":\"code\",\"dispatched\":1,\"waiting\":2,\
+             \"pending\":3,\"backlog\":5,\"acked\":0,\"consumers\":1,\"oldest_unacked_age_s\":2.5,\
+             \"dead_lettered\":0,\"trajectories\":0,\"succeeded\":0,\"failed\":0,\
+             \"failed_by_error_type\":{\"timeout\":1},\"finished_last_min\":0,\
+             \"throughput_per_min\":0.0,\"eta_seconds\":null}"
+        );
+        assert_eq!(
+            serde_json::to_string(&Totals::default()).expect("json"),
+            "{\"dispatched\":0,\"waiting\":0,\"pending\":0,\"backlog\":0,\"acked\":0,\
+             \"dead_lettered\":0,\"trajectories\":0,\"succeeded\":0,\"failed\":0,\
+             \"failed_by_error_type\":{},\"finished_last_min\":0,\"throughput_per_min\":0.0,\
+             \"eta_seconds\":null}"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use adp_core::validate::{parse_task_line, RejectReason, MAX_LINE_BYTES};
 use serde::Serialize;
 
 use crate::error::{CliError, Outcome, Result};
+use crate::fmt;
 
 /// Reason code of a task_id seen earlier in the same file.
 pub const DUPLICATE: &str = "duplicate";
@@ -152,12 +153,7 @@ pub fn run(args: ValidateArgs) -> Result<Outcome> {
                 )?;
             }
         }
-        let reasons = report
-            .by_reason
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let reasons = fmt::tally(&report.by_reason);
         writeln!(
             out,
             "{}: {} lines, {} valid task{}, {} rejected{}, {} blank",
@@ -174,11 +170,7 @@ pub fn run(args: ValidateArgs) -> Result<Outcome> {
             report.blank
         )?;
     }
-    Ok(if report.rejected_count == 0 {
-        Outcome::Done
-    } else {
-        Outcome::Problems
-    })
+    Ok(Outcome::from_problems(report.rejected_count))
 }
 
 #[cfg(test)]
