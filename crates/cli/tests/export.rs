@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 
+use adp_cli::export::tools::{browser_tool_name, BROWSER_ACTIONS};
 use adp_core::ErrorType;
 use common::*;
 use serde_json::Value;
@@ -36,15 +37,9 @@ fn fixtures(f: &Fixture) {
 fn export(f: &Fixture, out: &Path, extra: &[&str]) -> (Vec<Value>, Value) {
     let mut args = vec!["export", "--out", out.to_str().expect("path"), "--json"];
     args.extend_from_slice(extra);
-    let o = f.adp(&args);
-    assert_code(&o, 0);
-    let summary: Value = serde_json::from_str(&stdout(&o)).expect("summary JSON");
+    let summary = stdout_json(&f.adp_ok(&args));
     let body = std::fs::read_to_string(out).expect("dataset");
-    let lines = body
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every line parses"))
-        .collect();
-    (lines, summary)
+    (jsonl(&body), summary)
 }
 
 fn ids(lines: &[Value]) -> HashSet<String> {
@@ -88,9 +83,7 @@ fn trajectory_format_and_corrupt_files() {
     assert_eq!(files, set(&["broken.json", "other.json"]));
 
     // The text summary reports them too.
-    let o = f.adp(&["export", "--out", out.to_str().expect("path")]);
-    assert_code(&o, 0);
-    let text = stdout(&o);
+    let text = stdout(&f.adp_ok(&["export", "--out", out.to_str().expect("path")]));
     assert!(text.contains("Exported 7 trajectories"), "{text}");
     assert!(
         text.contains("Skipped 2 unusable trajectory files"),
@@ -210,23 +203,9 @@ fn messages_format_alternates_roles_as_documented() {
 
     let web = lines.iter().find(|l| l["task_id"] == "w_ok").expect("w_ok");
     let names = tool_names(&web["tools"]);
-    for action in [
-        "goto",
-        "click",
-        "fill",
-        "fill_and_submit",
-        "press",
-        "select",
-        "scroll",
-        "back",
-        "wait",
-        "extract",
-        "finish",
-    ] {
-        assert!(
-            names.contains(&format!("browser_{action}")),
-            "browser_{action}"
-        );
+    for action in BROWSER_ACTIONS {
+        let tool = browser_tool_name(action);
+        assert!(names.contains(&tool), "{tool}");
     }
     let m = web["messages"].as_array().expect("messages");
     assert!(m[1]["content"]
@@ -316,7 +295,7 @@ fn sharegpt_format() {
 fn export_to_stdout_keeps_the_summary_on_stderr() {
     let f = Fixture::new();
     fixtures(&f);
-    let o = f.adp(&[
+    let o = f.adp_ok(&[
         "export",
         "--out",
         "-",
@@ -324,12 +303,7 @@ fn export_to_stdout_keeps_the_summary_on_stderr() {
         "messages",
         "--success-only",
     ]);
-    assert_code(&o, 0);
-    let lines: Vec<Value> = stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSONL on stdout"))
-        .collect();
-    assert_eq!(lines.len(), 4);
+    assert_eq!(stdout_jsonl(&o).len(), 4);
     assert!(stderr(&o).contains("Exported 4 trajectories"));
 }
 

@@ -27,32 +27,11 @@ fn scenario(f: &Fixture) -> String {
     for i in 0..4 {
         xadd_task(&mut c, &task(&format!("web{i}"), TaskType::Web));
     }
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("workers")
-        .arg("c1")
-        .arg("COUNT")
-        .arg(7)
-        .arg("STREAMS")
-        .arg("tasks:code")
-        .arg(">")
-        .query(&mut c)
-        .expect("XREADGROUP");
-    for id in &ids[0..4] {
-        let _: u64 = redis::cmd("XACK")
-            .arg("tasks:code")
-            .arg("workers")
-            .arg(id)
-            .query(&mut c)
-            .expect("XACK");
+    read_group(&mut c, "tasks:code", "c1", 7);
+    for id in &ids[0..6] {
+        ack(&mut c, "tasks:code", id);
     }
     for i in 4..6 {
-        let _: u64 = redis::cmd("XACK")
-            .arg("tasks:code")
-            .arg("workers")
-            .arg(&ids[i])
-            .query(&mut c)
-            .expect("XACK");
         xadd_dead(
             &mut c,
             &code[i],
@@ -121,22 +100,25 @@ fn stream<'a>(s: &'a Value, name: &str) -> &'a Value {
 fn status_numbers_match_the_scenario_exactly() {
     let f = Fixture::new();
     let pending_id = scenario(&f);
-    let o = f.adp(&["status", "--json"]);
-    assert_code(&o, 0);
-    let s: Value = serde_json::from_str(&stdout(&o)).expect("JSON snapshot");
+    let s = stdout_json(&f.adp_ok(&["status", "--json"]));
 
     let code = stream(&s, "tasks:code");
     assert_eq!(code["task_type"], "code");
-    assert_eq!(code["dispatched"], 10);
-    assert_eq!(code["waiting"], 3);
-    assert_eq!(code["pending"], 1);
-    assert_eq!(code["backlog"], 4);
-    assert_eq!(code["acked"], 6);
-    assert_eq!(code["consumers"], 1);
-    assert_eq!(code["dead_lettered"], 2);
-    assert_eq!(code["trajectories"], 6);
-    assert_eq!(code["succeeded"], 3);
-    assert_eq!(code["failed"], 3);
+    assert_numbers(
+        code,
+        &[
+            ("dispatched", 10),
+            ("waiting", 3),
+            ("pending", 1),
+            ("backlog", 4),
+            ("acked", 6),
+            ("consumers", 1),
+            ("dead_lettered", 2),
+            ("trajectories", 6),
+            ("succeeded", 3),
+            ("failed", 3),
+        ],
+    );
     assert_eq!(
         code["failed_by_error_type"],
         serde_json::json!({"runtime_error": 1, "system_error": 2})
@@ -179,13 +161,18 @@ fn status_numbers_match_the_scenario_exactly() {
     assert_eq!(reasoning["eta_seconds"], 0.0);
 
     let t = &s["totals"];
-    assert_eq!(t["dispatched"], 14);
-    assert_eq!(t["waiting"], 7);
-    assert_eq!(t["pending"], 1);
-    assert_eq!(t["acked"], 6);
-    assert_eq!(t["dead_lettered"], 2);
-    assert_eq!(t["succeeded"], 4);
-    assert_eq!(t["failed"], 3);
+    assert_numbers(
+        t,
+        &[
+            ("dispatched", 14),
+            ("waiting", 7),
+            ("pending", 1),
+            ("acked", 6),
+            ("dead_lettered", 2),
+            ("succeeded", 4),
+            ("failed", 3),
+        ],
+    );
     assert_eq!(
         t["eta_seconds"],
         Value::Null,
@@ -215,9 +202,7 @@ fn status_numbers_match_the_scenario_exactly() {
     assert_eq!(consumers[0]["holding"][0]["deliveries"], 1);
 
     // The text table shows the same numbers.
-    let o = f.adp(&["status"]);
-    assert_code(&o, 0);
-    let text = stdout(&o);
+    let text = stdout(&f.adp_ok(&["status"]));
     let row: Vec<&str> = text
         .lines()
         .find(|l| l.starts_with("tasks:code"))
@@ -246,9 +231,7 @@ fn status_numbers_match_the_scenario_exactly() {
 fn json_schema_is_stable() {
     let f = Fixture::new();
     scenario(&f);
-    let o = f.adp(&["status", "--json"]);
-    assert_code(&o, 0);
-    let s: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let s = stdout_json(&f.adp_ok(&["status", "--json"]));
     assert_eq!(s["schema_version"], 1);
     assert_eq!(
         keys(&s),
@@ -266,16 +249,13 @@ fn json_schema_is_stable() {
             "trajectory_files",
         ])
     );
-    let stream_keys = sorted(&[
-        "stream",
-        "task_type",
+    // A stream has every key of the totals, and four of its own.
+    let totals_keys = [
         "dispatched",
         "waiting",
         "pending",
         "backlog",
         "acked",
-        "consumers",
-        "oldest_unacked_age_s",
         "dead_lettered",
         "trajectories",
         "succeeded",
@@ -284,7 +264,9 @@ fn json_schema_is_stable() {
         "finished_last_min",
         "throughput_per_min",
         "eta_seconds",
-    ]);
+    ];
+    let stream_only = ["stream", "task_type", "consumers", "oldest_unacked_age_s"];
+    let stream_keys = sorted(&[&stream_only[..], &totals_keys[..]].concat());
     let streams = s["streams"].as_array().expect("streams");
     assert_eq!(
         streams
@@ -296,24 +278,7 @@ fn json_schema_is_stable() {
     for x in streams {
         assert_eq!(keys(x), stream_keys);
     }
-    assert_eq!(
-        keys(&s["totals"]),
-        sorted(&[
-            "dispatched",
-            "waiting",
-            "pending",
-            "backlog",
-            "acked",
-            "dead_lettered",
-            "trajectories",
-            "succeeded",
-            "failed",
-            "failed_by_error_type",
-            "finished_last_min",
-            "throughput_per_min",
-            "eta_seconds",
-        ])
-    );
+    assert_eq!(keys(&s["totals"]), sorted(&totals_keys));
     assert_eq!(
         keys(&s["runtimes"][0]),
         sorted(&["id", "runtime", "status", "last_heartbeat_age_s", "stale"])
@@ -336,34 +301,13 @@ fn json_schema_is_stable() {
 fn watch_prints_one_snapshot_per_interval_and_stops() {
     let f = Fixture::new();
     scenario(&f);
-    let o = f.adp(&[
-        "status",
-        "--watch",
-        "--json",
-        "--interval",
-        "0.1",
-        "--iterations",
-        "3",
-    ]);
-    assert_code(&o, 0);
-    let lines: Vec<Value> = stdout(&o)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON snapshot per line"))
-        .collect();
+    let watch = ["status", "--watch", "--interval", "0.1", "--iterations"];
+    let lines = stdout_jsonl(&f.adp_ok(&[&watch[..], &["3", "--json"]].concat()));
     assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|s| s["totals"]["dispatched"] == 14));
 
     // Without a TTY the text watch appends snapshots instead of redrawing.
-    let o = f.adp(&[
-        "status",
-        "--watch",
-        "--interval",
-        "0.1",
-        "--iterations",
-        "2",
-    ]);
-    assert_code(&o, 0);
-    let text = stdout(&o);
+    let text = stdout(&f.adp_ok(&[&watch[..], &["2"]].concat()));
     assert_eq!(text.matches("adp status ").count(), 2, "two frames: {text}");
     assert_eq!(
         text.lines()
@@ -380,7 +324,7 @@ fn empty_redis_and_missing_output_dir_are_fine() {
     let missing = f.output_dir().join("does-not-exist");
     let o = adp_with_env(&["status", "--json"], &f.redis.url(), &missing);
     assert_code(&o, 0);
-    let s: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let s = stdout_json(&o);
     assert_eq!(s["totals"]["dispatched"], 0);
     assert_eq!(s["totals"]["eta_seconds"], 0.0);
     assert_eq!(s["consumers"], serde_json::json!([]));

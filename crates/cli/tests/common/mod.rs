@@ -40,6 +40,13 @@ impl Fixture {
         adp_with_env(args, &self.redis.url(), self.out.path())
     }
 
+    /// Runs `adp` and asserts it exited 0.
+    pub fn adp_ok(&self, args: &[&str]) -> Output {
+        let o = self.adp(args);
+        assert_code(&o, 0);
+        o
+    }
+
     pub fn conn(&self) -> redis::Connection {
         self.redis.client()
     }
@@ -73,6 +80,30 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Stdout parsed as one JSON value.
+pub fn stdout_json(o: &Output) -> Value {
+    serde_json::from_str(&stdout(o)).expect("JSON on stdout")
+}
+
+/// Stdout parsed as JSON lines, one value per line.
+pub fn stdout_jsonl(o: &Output) -> Vec<Value> {
+    jsonl(&stdout(o))
+}
+
+/// JSON lines, one value per line.
+pub fn jsonl(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON value per line"))
+        .collect()
+}
+
+/// Asserts the numeric fields of a JSON object, naming the field on failure.
+pub fn assert_numbers(v: &Value, expected: &[(&str, u64)]) {
+    for (field, n) in expected {
+        assert_eq!(v[field], *n, "{field} in {v}");
+    }
 }
 
 /// Asserts the exit code, showing both streams on failure.
@@ -189,17 +220,24 @@ pub fn web_traj(id: &str, success: bool) -> Trajectory {
     tr
 }
 
-/// XADD of a task entry, as the dispatcher writes it.
-pub fn xadd_task(conn: &mut redis::Connection, t: &TaskSpec) -> String {
-    redis::cmd("XADD")
-        .arg(t.task_type.stream())
+/// XADD onto `stream` of the fields the dispatcher writes for a task; the
+/// caller may add more fields before running it.
+fn xadd_task_fields(stream: &str, t: &TaskSpec) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream)
         .arg("*")
         .arg("task")
         .arg(serde_json::to_string(t).expect("task json"))
         .arg("submitted_at")
         .arg(format!("{:.3}", unix_now()))
         .arg("priority")
-        .arg(t.priority)
+        .arg(t.priority);
+    cmd
+}
+
+/// XADD of a task entry, as the dispatcher writes it.
+pub fn xadd_task(conn: &mut redis::Connection, t: &TaskSpec) -> String {
+    xadd_task_fields(t.task_type.stream(), t)
         .query(conn)
         .expect("XADD")
 }
@@ -211,15 +249,7 @@ pub fn xadd_dead(
     source_id: &str,
     reason: &str,
 ) -> String {
-    redis::cmd("XADD")
-        .arg("tasks:dead")
-        .arg("*")
-        .arg("task")
-        .arg(serde_json::to_string(t).expect("task json"))
-        .arg("submitted_at")
-        .arg(format!("{:.3}", unix_now()))
-        .arg("priority")
-        .arg(t.priority)
+    xadd_task_fields("tasks:dead", t)
         .arg("source_stream")
         .arg(t.task_type.stream())
         .arg("source_id")
@@ -245,19 +275,33 @@ pub fn create_group(conn: &mut redis::Connection, stream: &str) {
         .expect("XGROUP CREATE");
 }
 
-/// Ids of the entries of a stream.
-pub fn stream_ids(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
-    let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+/// Delivers up to `count` new entries of `stream` to `consumer` (XREADGROUP).
+pub fn read_group(conn: &mut redis::Connection, stream: &str, consumer: &str, count: usize) {
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
         .arg(stream)
-        .arg("-")
-        .arg("+")
+        .arg(">")
         .query(conn)
-        .expect("XRANGE");
-    r.ids.into_iter().map(|e| e.id).collect()
+        .expect("XREADGROUP");
 }
 
-/// The `task` field of every entry of a stream, parsed.
-pub fn stream_tasks(conn: &mut redis::Connection, stream: &str) -> Vec<(String, TaskSpec)> {
+/// Acknowledges one entry of `stream`.
+pub fn ack(conn: &mut redis::Connection, stream: &str, id: &str) {
+    let _: u64 = redis::cmd("XACK")
+        .arg(stream)
+        .arg("workers")
+        .arg(id)
+        .query(conn)
+        .expect("XACK");
+}
+
+/// Every entry of a stream (XRANGE - +).
+fn entries(conn: &mut redis::Connection, stream: &str) -> Vec<redis::streams::StreamId> {
     let r: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
@@ -265,6 +309,16 @@ pub fn stream_tasks(conn: &mut redis::Connection, stream: &str) -> Vec<(String, 
         .query(conn)
         .expect("XRANGE");
     r.ids
+}
+
+/// Ids of the entries of a stream.
+pub fn stream_ids(conn: &mut redis::Connection, stream: &str) -> Vec<String> {
+    entries(conn, stream).into_iter().map(|e| e.id).collect()
+}
+
+/// The `task` field of every entry of a stream, parsed.
+pub fn stream_tasks(conn: &mut redis::Connection, stream: &str) -> Vec<(String, TaskSpec)> {
+    entries(conn, stream)
         .into_iter()
         .map(|e| {
             let raw: String = e.get("task").expect("task field");
