@@ -35,25 +35,54 @@ fn config(redis: &RedisServer, out: &Path, extra: &[&str]) -> Config {
     <Config as clap::Parser>::try_parse_from(args).expect("valid config")
 }
 
-async fn start(cfg: Config) -> (Running, CancellationToken) {
-    let shutdown = CancellationToken::new();
-    let running = web_runtime::start(cfg, shutdown.clone())
-        .await
-        .expect("runtime starts")
-        .expect("not cancelled");
-    (running, shutdown)
+/// A private redis-server, an output directory and the runtime running in
+/// this process on them.
+struct Pipeline {
+    redis: RedisServer,
+    out: tempfile::TempDir,
+    running: Running,
+    shutdown: CancellationToken,
+}
+
+impl Pipeline {
+    /// Starts the runtime with the test settings and `extra` arguments.
+    async fn start(extra: &[&str]) -> Self {
+        let redis = RedisServer::start();
+        let out = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let running = web_runtime::start(config(&redis, out.path(), extra), shutdown.clone())
+            .await
+            .expect("runtime starts")
+            .expect("not cancelled");
+        Pipeline {
+            redis,
+            out,
+            running,
+            shutdown,
+        }
+    }
+
+    /// Waits until the trajectories of all `ids` are written.
+    async fn wait_for(&self, ids: &[String], within: Duration) -> Vec<Trajectory> {
+        wait_for(self.out.path(), ids, within).await
+    }
+
+    /// SIGTERM-like stop: cancels the runtime and waits for a clean exit.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.wait().await.expect("clean stop");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_tasks_never_more_than_four_pages() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
     let site = Site::local().await;
-    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=4"])).await;
+    let p = Pipeline::start(&["--max-concurrent=4"]).await;
 
     // Sample the runtime's own gauges while the tasks run.
-    let pages = running.web_metrics.pages_open.clone();
-    let active = running
+    let pages = p.running.web_metrics.pages_open.clone();
+    let active = p
+        .running
         .metrics
         .active_tasks
         .with_label_values(&["web-runtime"]);
@@ -73,7 +102,7 @@ async fn eight_tasks_never_more_than_four_pages() {
     let ids: Vec<String> = (0..8).map(|i| format!("conc_{i}")).collect();
     for id in &ids {
         dispatch(
-            &redis,
+            &p.redis,
             json!({"task_id": id, "constraints": {"actions": [
                 {"type": "goto", "url": format!("{site}/index.html")},
                 {"type": "wait", "ms": 600},
@@ -81,43 +110,40 @@ async fn eight_tasks_never_more_than_four_pages() {
             ], "expected_text": "Garden Hose"}}),
         );
     }
-    let done = wait_for(out.path(), &ids, Duration::from_secs(60)).await;
+    let done = p.wait_for(&ids, Duration::from_secs(60)).await;
     sampling.cancel();
     let _ = sampler.await;
     assert!(done.iter().all(|t| t.success), "{done:#?}");
 
-    let peak = running.web_metrics.pages_peak.get();
+    let peak = p.running.web_metrics.pages_peak.get();
     assert!(peak <= 4, "peak pages {peak}");
     assert!(max_pages.load(Ordering::SeqCst) <= 4);
     assert!(max_active.load(Ordering::SeqCst) <= 4);
     // And the four slots were used (the tasks overlap for 600 ms each).
     assert_eq!(peak, 4, "pages never reached 4 at once");
-    assert_eq!(running.web_metrics.pages_open.get(), 0);
+    assert_eq!(p.running.web_metrics.pages_open.get(), 0);
     // Counted right after each file is written.
-    let m = running.metrics.clone();
+    let m = p.running.metrics.clone();
     eventually(Duration::from_secs(5), || async {
         m.render()
             .contains("tasks_completed_total{runtime=\"web-runtime\",status=\"success\"} 8")
     })
     .await
     .expect("8 successes counted");
-    assert!(running.metrics.render().contains("web_pages_peak 4"));
+    assert!(p.running.metrics.render().contains("web_pages_peak 4"));
 
-    shutdown.cancel();
-    running.wait().await.expect("clean stop");
+    p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
     let site = Site::local().await;
-    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=1"])).await;
-    let first = running.browser.current().expect("browser");
+    let p = Pipeline::start(&["--max-concurrent=1"]).await;
+    let first = p.running.browser.current().expect("browser");
     let pid = first.pid().expect("pid");
 
     dispatch(
-        &redis,
+        &p.redis,
         json!({"task_id": "interrupted", "constraints": {"actions": [
             {"type": "goto", "url": format!("{site}/list.html")},
             {"type": "wait", "ms": 1500},
@@ -125,7 +151,7 @@ async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
         ], "expected_text": "Cast Iron Pan"}}),
     );
     // Kill it while the task holds its page (in the 1.5 s wait).
-    let pages = running.web_metrics.pages_open.clone();
+    let pages = p.running.web_metrics.pages_open.clone();
     eventually(Duration::from_secs(20), || async { pages.get() == 1 })
         .await
         .expect("task started");
@@ -136,13 +162,13 @@ async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
         .expect("kill");
 
     dispatch(
-        &redis,
+        &p.redis,
         json!({"task_id": "after_crash", "constraints": {"actions": [
             {"type": "goto", "url": format!("{site}/index.html")}
         ], "expected_text": "Demo Catalogue"}}),
     );
     let ids = ["interrupted".to_owned(), "after_crash".to_owned()];
-    let done = wait_for(out.path(), &ids, Duration::from_secs(60)).await;
+    let done = p.wait_for(&ids, Duration::from_secs(60)).await;
     let (interrupted, after) = (&done[0], &done[1]);
     assert!(interrupted.success, "{interrupted:#?}");
     assert_eq!(
@@ -158,50 +184,51 @@ async fn chromium_killed_mid_task_is_relaunched_and_the_task_retried() {
     assert!(interrupted.metadata["browser_generation"].as_u64() >= Some(2));
     assert!(after.success, "{after:#?}");
     assert!(after.metadata["browser_generation"].as_u64() >= Some(2));
-    assert!(running.web_metrics.browser_restarts.get() >= 1);
-    let metrics = running.metrics.render();
+    assert!(p.running.web_metrics.browser_restarts.get() >= 1);
+    let metrics = p.running.metrics.render();
     assert!(
         metrics.contains("infra_failures_total{component=\"browser\",runtime=\"web-runtime\"} 1"),
         "{metrics}"
     );
     // The killed Chromium was reaped: no zombie left.
     assert!(!process_exists(pid), "pid {pid} still present");
-    let second = running.browser.current().expect("relaunched");
+    let second = p.running.browser.current().expect("relaunched");
     assert_ne!(second.pid(), Some(pid));
     assert!(
         !first.profile_dir().exists(),
         "the crashed instance's profile is removed"
     );
 
-    shutdown.cancel();
-    running.wait().await.expect("clean stop");
+    p.stop().await;
     let new_pid = second.pid().expect("pid");
     assert!(!process_exists(new_pid), "Chromium reaped at shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_cache_replays_the_actions_for_real() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
     let site = Site::local().await;
-    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=2"])).await;
+    let p = Pipeline::start(&["--max-concurrent=2"]).await;
 
     let description = "Search for \"pan\" and open the first result";
     dispatch(
-        &redis,
+        &p.redis,
         json!({"task_id": "plan_1", "description": description,
                "constraints": {"start_url": format!("{site}/index.html"), "expected_text": "Cast Iron Pan"}}),
     );
-    let first = wait_for(out.path(), &["plan_1".to_owned()], Duration::from_secs(30)).await;
+    let first = p
+        .wait_for(&["plan_1".to_owned()], Duration::from_secs(30))
+        .await;
     assert!(first[0].success, "{:#?}", first[0]);
     assert_eq!(first[0].metadata["cache_hit"], false);
 
     dispatch(
-        &redis,
+        &p.redis,
         json!({"task_id": "plan_2", "description": description,
                "constraints": {"start_url": format!("{site}/index.html"), "expected_text": "Cast Iron Pan"}}),
     );
-    let second = wait_for(out.path(), &["plan_2".to_owned()], Duration::from_secs(30)).await;
+    let second = p
+        .wait_for(&["plan_2".to_owned()], Duration::from_secs(30))
+        .await;
     let (a, b) = (&first[0], &second[0]);
     assert!(b.success, "{b:#?}");
     assert_eq!(b.metadata["cache_hit"], true);
@@ -220,37 +247,35 @@ async fn plan_cache_replays_the_actions_for_real() {
     assert!(b.steps[2]
         .observation
         .contains("Title: Cast Iron Pan - Demo Catalogue"));
-    let metrics = running.metrics.render();
+    let metrics = p.running.metrics.render();
     assert!(
         metrics.contains("cache_hits_total{cache_type=\"web\"} 1"),
         "{metrics}"
     );
 
-    shutdown.cancel();
-    running.wait().await.expect("clean stop");
+    p.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_chromium_is_detected_and_replaced() {
-    let redis = RedisServer::start();
-    let out = tempfile::tempdir().expect("tempdir");
     let site = Site::local().await;
-    let (running, shutdown) = start(config(&redis, out.path(), &["--max-concurrent=1"])).await;
-    let pid = running
+    let p = Pipeline::start(&["--max-concurrent=1"]).await;
+    let pid = p
+        .running
         .browser
         .current()
         .and_then(|i| i.pid())
         .expect("pid");
 
     dispatch(
-        &redis,
+        &p.redis,
         json!({"task_id": "hung", "constraints": {"actions": [
             {"type": "goto", "url": format!("{site}/list.html")},
             {"type": "wait", "ms": 800},
             {"type": "extract"},
         ], "expected_text": "Watering Can"}}),
     );
-    let pages = running.web_metrics.pages_open.clone();
+    let pages = p.running.web_metrics.pages_open.clone();
     eventually(Duration::from_secs(20), || async { pages.get() == 1 })
         .await
         .expect("task started");
@@ -259,15 +284,16 @@ async fn a_hung_chromium_is_detected_and_replaced() {
         .args(["-STOP", &pid.to_string()])
         .status()
         .expect("kill -STOP");
-    let done = wait_for(out.path(), &["hung".to_owned()], Duration::from_secs(90)).await;
+    let done = p
+        .wait_for(&["hung".to_owned()], Duration::from_secs(90))
+        .await;
     let t = &done[0];
     assert!(t.success, "{t:#?}");
     assert_eq!(t.metadata["attempt"], 2, "{:?}", t.metadata);
     assert_eq!(t.metadata["infra_errors"][0]["component"], "browser");
-    assert!(running.web_metrics.browser_restarts.get() >= 1);
+    assert!(p.running.web_metrics.browser_restarts.get() >= 1);
     // The frozen process was killed and reaped.
     assert!(!process_exists(pid), "pid {pid} still present");
 
-    shutdown.cancel();
-    running.wait().await.expect("clean stop");
+    p.stop().await;
 }
