@@ -6,15 +6,16 @@
 #
 #   scripts/bench_dispatch.sh [N_TASKS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+# shellcheck source=scripts/bench-common.sh
+source "$(dirname "$0")/bench-common.sh"
+cd "$ROOT"
+bench_args "$@"
 N=${1:-200000}
-command -v cargo >/dev/null || source "$HOME/.cargo/env"
-cargo build --release --locked --bin dispatcher 2>&1 | grep -Ev '^\s+Compiling' >&2 || true
-TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
-WORK=$(mktemp -d)
+bench_build_bin dispatcher
+bench_workdir dispatch "${TMPDIR:-/tmp}"
 REDIS_PID=""
-trap '[[ -n "$REDIS_PID" ]] && kill $REDIS_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+BENCH_PID_VARS=(REDIS_PID)
+trap bench_cleanup EXIT
 
 python3 - "$N" "$WORK/tasks.jsonl" <<'PY'
 import json, sys
@@ -32,13 +33,10 @@ PY
 echo "tasks: $N ($(du -h "$WORK/tasks.jsonl" | cut -f1)), machine: $(nproc) cores"
 for run in 1 2 3; do
   rm -rf "$WORK/redis"; mkdir -p "$WORK/redis"
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes --appendfsync everysec --save "" --logfile "$WORK/redis.log" &
-  REDIS_PID=$!
-  for _ in $(seq 1 50); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  bench_start_redis "$WORK/redis" "$WORK/redis.log"
   start=$(date +%s.%N)
-  summary=$(REDIS_URL="redis://127.0.0.1:$PORT" TASK_FILE="$WORK/tasks.jsonl" OUTPUT_DIR="$WORK/out" FOLLOW=false MAX_BACKLOG=1000000000 METRICS_PORT=0 RUST_LOG=warn "$TARGET_DIR/release/dispatcher")
+  summary=$(REDIS_URL="$REDIS_URL" TASK_FILE="$WORK/tasks.jsonl" OUTPUT_DIR="$WORK/out" FOLLOW=false MAX_BACKLOG=1000000000 METRICS_PORT=0 RUST_LOG=warn "$TARGET_DIR/release/dispatcher")
   end=$(date +%s.%N)
   python3 -c "import sys; n=$N; t=$end-$start; print(f'run $run: {t:.2f} s, {n/t:,.0f} tasks/s   ({sys.argv[1]})')" "$summary"
-  kill "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=""
+  stop_pid "$REDIS_PID"; REDIS_PID=""
 done

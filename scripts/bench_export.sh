@@ -6,16 +6,16 @@
 #
 #   scripts/bench_export.sh [N ...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-[[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+# shellcheck source=scripts/bench-common.sh
+source "$(dirname "$0")/bench-common.sh"
+cd "$ROOT"
+bench_args "$@"
 SIZES=("$@")
 [[ ${#SIZES[@]} -eq 0 ]] && SIZES=(2000 20000 100000)
-command -v cargo >/dev/null || source "$HOME/.cargo/env"
-cargo build --release --locked --bin adp 2>&1 | grep -Ev '^\s+Compiling' >&2 || true
-TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
+bench_build_bin adp
 ADP="$TARGET_DIR/release/adp"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+bench_workdir export "${TMPDIR:-/tmp}"
+trap bench_cleanup EXIT
 
 gen() { # gen N DIR
 python3 - "$1" "$2" <<'PY'

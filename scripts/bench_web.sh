@@ -24,8 +24,10 @@
 #             runtime plus all its Chromium processes are sampled every 200 ms.
 # Rounds alternate so background load hits both alike; figures are medians.
 set -euo pipefail
+# shellcheck source=scripts/bench-common.sh
+source "$(dirname "$0")/bench-common.sh"
+bench_args "$@"
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${BENCH_TASKS:-200}
 P=${BENCH_CONCURRENCY:-4}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -33,37 +35,20 @@ TIMEOUT=${BENCH_TIMEOUT_SECS:-900}
 CHROME=${CHROME_PATH:-/usr/lib/chromium/chromium-headless-shell}
 EGRESS=${BENCH_EGRESS:-true}
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 [[ -x "$CHROME" ]] || { log "no Chromium at $CHROME (run scripts/setup.sh web)"; exit 1; }
-log "building release binaries"
-(cd "$ROOT" && cargo build --release -q -p web-runtime --bin web-runtime --example bench_direct \
-  && cargo build --release -q -p dispatcher --bin dispatcher)
-BIN="$ROOT/target/release"
+bench_build web-runtime web-runtime bench_direct
 
-WORK=$(mktemp -d /tmp/bench-web.XXXXXX)
-REDIS_PID=""
-SITE_PID=""
-RT_PID=""
-stop_pid() { [[ -n "$1" ]] && { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }; }
-cleanup() {
-  stop_pid "$RT_PID"
-  stop_pid "$SITE_PID"
-  stop_pid "$REDIS_PID"
-  if [[ -n "${BENCH_KEEP:-}" ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --save "" \
-  --appendonly yes --appendfsync everysec >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+bench_workdir web /tmp
+# (read by bench_cleanup through BENCH_PID_VARS)
+# shellcheck disable=SC2034
+REDIS_PID="" SITE_PID="" RT_PID="" SAMPLER_PID=""
+BENCH_PID_VARS=(SAMPLER_PID RT_PID SITE_PID REDIS_PID)
+trap bench_cleanup EXIT
+bench_start_redis "$WORK" "$WORK/redis.log"
 
 SITE_PORT=$(free_port)
 (cd "$ROOT/demo-site" && exec python3 -m http.server "$SITE_PORT" --bind 127.0.0.1) >"$WORK/site.log" 2>&1 &
+# shellcheck disable=SC2034
 SITE_PID=$!
 SITE="http://127.0.0.1:$SITE_PORT"
 for _ in $(seq 100); do curl -fs "$SITE/index.html" >/dev/null 2>&1 && break; sleep 0.05; done
@@ -133,7 +118,7 @@ open(out, "w").write(" ".join(map(str, peak)))
 # One pipeline round into dir $1 (egress proxy on/off: $2); writes
 # "<start> <end> <rss> <pss> <rt rss> <procs> <exit>" to $1/result.
 pipeline_run() {
-  local out=$1 egress=${2:-$EGRESS} mport dport start end deadline done_count code
+  local out=$1 egress=${2:-$EGRESS} mport start end code
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   mkdir -p "$out/trajectories"
   mport=$(free_port)
@@ -141,30 +126,17 @@ pipeline_run() {
     METRICS_PORT="$mport" CHROME_PATH="$CHROME" WEB_EGRESS_PROXY="$egress" RUST_LOG=warn \
     "$BIN/web-runtime" 2>"$out/runtime.log" &
   RT_PID=$!
-  for _ in $(seq 300); do
-    curl -fs "http://127.0.0.1:$mport/health" >/dev/null 2>&1 && break
-    sleep 0.05
-  done
-  curl -fs "http://127.0.0.1:$mport/health" >/dev/null \
-    || { log "runtime not healthy"; cat "$out/runtime.log" >&2; exit 1; }
+  bench_wait_health "$mport" 300 "$out/runtime.log"
   python3 -c "$SAMPLER" "$RT_PID" "$out/mem" "$out/mem.stop" &
-  local spid=$!
-  dport=$(free_port)
-  start=$(date +%s.%N)
-  REDIS_URL="$REDIS_URL" TASK_FILE="$TASKS" OUTPUT_DIR="$out" FOLLOW=false METRICS_HOST=127.0.0.1 \
-    METRICS_PORT="$dport" RUST_LOG=warn "$BIN/dispatcher" >"$out/dispatcher.log" 2>&1 &
-  local dpid=$!
-  deadline=$(( $(date +%s) + TIMEOUT ))
-  while :; do
-    done_count=$(find "$out/trajectories" -maxdepth 1 -name '*.json' | wc -l)
-    [[ "$done_count" -ge "$N" ]] && break
-    if [[ $(date +%s) -gt $deadline ]]; then log "timed out with $done_count/$N trajectories"; exit 1; fi
-    sleep 0.5
-  done
-  end=$(find "$out/trajectories" -maxdepth 1 -name '*.json' -printf '%T@\n' | sort -n | tail -1)
+  SAMPLER_PID=$!
+  bench_start_dispatcher "$out"
+  start=$DISPATCH_START
+  bench_wait_files "$out/trajectories" "$N" "$TIMEOUT" 0.5
+  end=$(bench_newest_mtime "$out/trajectories")
   touch "$out/mem.stop"
-  wait "$spid" || true
-  wait "$dpid" || log "dispatcher exited non-zero"
+  wait "$SAMPLER_PID" || true
+  SAMPLER_PID=""
+  wait "$DISPATCH_PID" || log "dispatcher exited non-zero"
   kill -TERM "$RT_PID"
   code=0
   wait "$RT_PID" || code=$?
@@ -173,44 +145,32 @@ pipeline_run() {
 }
 
 log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS"
-log "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-DIRECTS=()
-PIPES=()
+bench_loadavg before
 NOEGRESS=()
 for r in $(seq "$ROUNDS"); do
-  log "round $r/$ROUNDS: direct CDP, $N tasks, $P at a time"
-  DIRECTS+=("$(direct_run)")
-  log "round $r/$ROUNDS: pipeline (dispatcher -> Redis -> web-runtime -> files)"
-  pipeline_run "$WORK/round$r"
-  PIPES+=("$(cat "$WORK/round$r/result")")
+  bench_round "$r" "direct CDP" direct_run web-runtime
   if [[ -n "${BENCH_COMPARE_EGRESS:-}" ]]; then
     log "round $r/$ROUNDS: pipeline without the egress proxy"
     pipeline_run "$WORK/noegress$r" false
     NOEGRESS+=("$(cut -d' ' -f1-2 "$WORK/noegress$r/result" | awk -v n="$N" '{printf "%.3f", n / ($2 - $1)}')")
   fi
 done
-log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_loadavg after
 
-python3 - "$WORK" "$N" "$P" "${DIRECTS[*]}" "${NOEGRESS[*]:-}" "${PIPES[@]}" <<'EOF'
-import json, os, statistics, sys
+bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${NOEGRESS[*]:-}" "${PIPES[@]}" <<'EOF'
+import os, statistics, sys
+from bench_stats import q, trajectories
 work, n, p, directs, noegress, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
-rates, rss, pss, rt, procs, codes, steps, totals, ok = [], [], [], [], [], [], [], [], 0
-for r, line in enumerate(pipes, 1):
+rates, rss, pss, rt, procs, codes = [], [], [], [], [], []
+for line in pipes:
     start, end, a, b, c, d, code = line.split()
     rates.append(n / (float(end) - float(start)))
     rss.append(int(a) / 1024); pss.append(int(b) / 1024); rt.append(int(c) / 1024); procs.append(int(d))
     codes.append(int(code))
-    t_dir = os.path.join(work, f"round{r}", "trajectories")
-    for name in os.listdir(t_dir):
-        if name.endswith(".json"):
-            t = json.load(open(os.path.join(t_dir, name)))
-            ok += bool(t["success"])
-            totals.append(t["total_duration"])
-            steps.extend(s["duration"] for s in t["steps"])
+ok, steps, totals = trajectories(work, len(pipes))
 direct, pipe = statistics.median(directs), statistics.median(rates)
-q = lambda xs, f: sorted(xs)[min(len(xs) - 1, int(f * len(xs)))] * 1000
 fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
 print(f"tasks={n} (3 steps each) concurrency={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"direct CDP        : {direct:6.2f} tasks/s  (median of {fmt(directs)})")

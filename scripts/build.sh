@@ -22,7 +22,7 @@ NO_CACHE=(); SERVICES=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-cache) NO_CACHE=(--no-cache) ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) ops_usage; exit 0 ;;
     -*) ops_die "unknown option '$1' (see --help)" ;;
     *) SERVICES+=("$1") ;;
   esac

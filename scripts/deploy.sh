@@ -32,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --llm) LLM=1 ;;
     --scale) SCALE=$2; shift ;;
     --no-build) BUILD=() ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) ops_usage; exit 0 ;;
     *) ops_die "unknown argument '$1' (see --help)" ;;
   esac
   shift

@@ -19,21 +19,13 @@ OPS_NAME=integration
 # shellcheck source=scripts/ops-common.sh
 source "$(dirname "$0")/ops-common.sh"
 
-FLAVOUR=full; TIMEOUT=180
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --minimal) FLAVOUR=minimal ;;
-    --timeout) TIMEOUT=$2; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) ops_die "unknown argument '$1' (see --help)" ;;
-  esac
-  shift
+FLAVOUR=full; TIMEOUT=180; ARGS=()
+for a in "$@"; do
+  if [[ "$a" == --minimal ]]; then FLAVOUR=minimal; else ARGS+=("$a"); fi
 done
+ops_args "${ARGS[@]}"
 
-ops_resolve_mode
-ops_need jq curl python3
-ops_log "mode: $MODE, stack: $FLAVOUR"
-ops_workdir
+ops_begin ", stack: $FLAVOUR"
 PAGE_PID=""
 trap '[[ -n "$PAGE_PID" ]] && kill "$PAGE_PID" 2>/dev/null; ops_cleanup' EXIT
 

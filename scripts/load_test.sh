@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --full) FLAVOUR=full ;;
     --paced) PACED=1 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) ops_usage; exit 0 ;;
     -*) ops_die "unknown option '$1' (see --help)" ;;
     *) POS+=("$1") ;;
   esac
@@ -38,10 +38,7 @@ done
 [[ "$MINUTES" =~ ^[0-9]+([.][0-9]+)?$ ]] || ops_die "MINUTES must be a number, not '$MINUTES'"
 MIN_SUCCESS_PCT=${MIN_SUCCESS_PCT:-95}
 
-ops_resolve_mode
-ops_need jq curl python3
-ops_log "mode: $MODE, $N tasks, limit $MINUTES min, stack $FLAVOUR"
-ops_workdir
+ops_begin ", $N tasks, limit $MINUTES min, stack $FLAVOUR"
 trap ops_cleanup EXIT
 ops_stack_up "$FLAVOUR"
 

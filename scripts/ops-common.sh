@@ -28,6 +28,9 @@ ops_need() { # tool... : fail clearly when a tool is missing
   done
 }
 
+# The calling script's header comment (its usage), for --help.
+ops_usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+
 docker_engine_up() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
 
 # Resolves MODE (docker|local) and checks it is usable.
@@ -63,6 +66,30 @@ ops_workdir() {
   mkdir -p "$OPS_WORK/output/trajectories"
   : >"$OPS_WORK/tasks.jsonl"
   export OPS_WORK
+}
+
+# ops_args "$@": the options every stack test takes: --timeout SECS (sets
+# TIMEOUT) and -h/--help; any other is refused (a script takes its own
+# options out before).
+# shellcheck disable=SC2034 # TIMEOUT: read by the calling script
+ops_args() {
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --timeout) [[ $# -ge 2 ]] || ops_die "--timeout needs SECS"; TIMEOUT=$2; shift ;;
+      -h|--help) ops_usage; exit 0 ;;
+      *) ops_die "unknown argument '$1' (see --help)" ;;
+    esac
+    shift
+  done
+}
+
+# ops_begin [DETAIL]: the start of every stack test: resolves MODE, checks
+# the tools the checks use, logs "mode: $MODE<DETAIL>" and makes the work dir.
+ops_begin() {
+  ops_resolve_mode
+  ops_need jq curl python3
+  ops_log "mode: $MODE${1:-}"
+  ops_workdir
 }
 
 # ---------------------------------------------------------------- stacks

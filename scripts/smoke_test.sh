@@ -18,19 +18,9 @@ OPS_NAME=smoke
 source "$(dirname "$0")/ops-common.sh"
 
 TIMEOUT=120
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --timeout) TIMEOUT=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) ops_die "unknown argument '$1' (see --help)" ;;
-  esac
-  shift
-done
+ops_args "$@"
 
-ops_resolve_mode
-ops_need jq curl python3
-ops_log "mode: $MODE"
-ops_workdir
+ops_begin ""
 trap ops_cleanup EXIT
 ops_stack_up minimal
 
