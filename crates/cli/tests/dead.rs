@@ -72,7 +72,7 @@ fn list_show_and_drop() {
 
     let o = f.adp(&["dead", "show", "--json", &id_a]);
     assert_code(&o, 0);
-    let v: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let v = stdout_json(&o);
     assert_eq!(v["entry"]["task_id"], "dead_a");
     assert_eq!(v["trajectory"]["exists"], true);
     assert_eq!(v["trajectory"]["dead_lettered"], true);
@@ -181,7 +181,7 @@ async fn requeue_round_trip_through_a_worker() {
 
     let o = f.adp(&["dead", "show", "--json", &dead_id]);
     assert_code(&o, 0);
-    let shown: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let shown = stdout_json(&o);
     assert_eq!(shown["entry"]["source_id"], first_entry.as_str());
     assert_eq!(shown["entry"]["deliveries"], 2);
 
@@ -236,7 +236,7 @@ async fn requeue_round_trip_through_a_worker() {
         .get("requeued_from");
     assert_eq!(requeued_from.as_deref(), Some(dead_id.as_str()));
     let o = f.adp(&["status", "--json"]);
-    let s: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let s = stdout_json(&o);
     assert_eq!(s["streams"][0]["acked"], 2);
     assert_eq!(s["streams"][0]["backlog"], 0);
     assert_eq!(s["streams"][0]["succeeded"], 1);

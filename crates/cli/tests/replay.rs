@@ -55,10 +55,10 @@ fn replay_by_id_keeps_numbered_attempts() {
 
     // Archives are not exported or counted as current trajectories.
     let o = f.adp(&["stats", "--json"]);
-    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let s = stdout_json(&o);
     assert_eq!(s["trajectories"], 0);
     let o = f.adp(&["stats", "--json", "--include-attempts"]);
-    let s: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let s = stdout_json(&o);
     assert_eq!(s["trajectories"], 2);
 }
 

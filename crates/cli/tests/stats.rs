@@ -31,7 +31,7 @@ fn stats_numbers_on_a_fixture_set() {
 
     let o = f.adp(&["stats", "--json"]);
     assert_code(&o, 0);
-    let s: Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let s = stdout_json(&o);
     assert_eq!(s["trajectories"], 7);
     assert_eq!(s["overall"]["total"], 7);
     assert_eq!(s["overall"]["succeeded"], 4);

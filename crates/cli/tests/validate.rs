@@ -7,7 +7,6 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
-use serde_json::Value;
 
 #[test]
 fn every_rule_is_reported_with_its_line() {
@@ -53,7 +52,7 @@ fn every_rule_is_reported_with_its_line() {
         .output()
         .expect("run");
     assert_code(&o, 1);
-    let r: Value = serde_json::from_str(&stdout(&o)).expect("JSON report");
+    let r = stdout_json(&o);
     let got: Vec<(u64, String)> = r["rejected"]
         .as_array()
         .expect("rejected")
