@@ -2,13 +2,16 @@
 //! gauge and the `runtime_health` hash in Redis (field = runtime id, value
 //! `healthy` / `unhealthy`; CONTRACT §2), and removes its field on shutdown.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{HealthFn, HealthReport, Metrics};
+use crate::metrics::{CheckResult, HealthFn, HealthReport, Metrics};
 use crate::names;
 use crate::types::unix_now;
 
@@ -64,6 +67,26 @@ pub fn spawn_health_loop(
         let mut c = conn.clone();
         let _: redis::RedisResult<()> = c.hdel(names::RUNTIME_HEALTH, &runtime_id).await;
         let _: redis::RedisResult<()> = c.hdel(RUNTIME_HEARTBEAT, &runtime_id).await;
+    })
+}
+
+/// The health function of a runtime: Redis answers PING (check `redis`)
+/// and `check` passes (check `name`); both run at once.
+pub fn redis_and<F, Fut>(conn: ConnectionManager, name: &'static str, check: F) -> HealthFn
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move || {
+        let conn = conn.clone();
+        let other = check();
+        Box::pin(async move {
+            let (redis, other) = tokio::join!(check_redis(&conn), other);
+            BTreeMap::from([
+                ("redis".to_owned(), CheckResult::from_result(redis)),
+                (name.to_owned(), CheckResult::from_result(other)),
+            ])
+        })
     })
 }
 

@@ -122,6 +122,25 @@ async fn metrics_expose_every_contract_name_and_health_follows_redis() {
     stop.cancel();
 }
 
+#[tokio::test]
+async fn redis_and_reports_redis_and_the_other_check() {
+    let redis = RedisServer::start();
+    let conn = adp_core::config::connect(&redis.url())
+        .await
+        .expect("connect");
+    let health = adp_core::health::redis_and(conn, "browser", || async {
+        Err("no live browser".to_owned())
+    });
+    let checks = health().await;
+    assert_eq!(
+        checks.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["browser", "redis"]
+    );
+    assert!(checks["redis"].ok, "{:?}", checks["redis"]);
+    assert!(!checks["browser"].ok);
+    assert_eq!(checks["browser"].error.as_deref(), Some("no live browser"));
+}
+
 fn task(id: &str) -> TaskSpec {
     serde_json::from_value(serde_json::json!({"task_id": id, "task_type": "code", "description": "Compute fibonacci(10)"}))
         .expect("task")

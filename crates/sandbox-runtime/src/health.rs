@@ -2,12 +2,11 @@
 //! and nsjail runs a trivial program. The nsjail probe (≈ 20 ms) is cached
 //! for a few seconds so frequent scrapes do not spawn a jail each.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use adp_core::health::check_redis;
-use adp_core::metrics::{CheckResult, HealthFn};
+use adp_core::health::redis_and;
+use adp_core::metrics::HealthFn;
 use redis::aio::ConnectionManager;
 
 use crate::executor::Sandbox;
@@ -48,15 +47,8 @@ impl SandboxProbe {
 
 /// The health function: checks `redis` and `nsjail`.
 pub fn health_fn(conn: ConnectionManager, probe: Arc<SandboxProbe>) -> HealthFn {
-    Arc::new(move || {
-        let conn = conn.clone();
+    redis_and(conn, "nsjail", move || {
         let probe = probe.clone();
-        Box::pin(async move {
-            let (redis, nsjail) = tokio::join!(check_redis(&conn), probe.check());
-            let mut checks = BTreeMap::new();
-            checks.insert("redis".to_owned(), CheckResult::from_result(redis));
-            checks.insert("nsjail".to_owned(), CheckResult::from_result(nsjail));
-            checks
-        })
+        async move { probe.check().await }
     })
 }

@@ -4,15 +4,13 @@
 //! reaped. [`start`] does the same but hands back a [`Running`] so tests can
 //! look inside (metrics, the browser's pid).
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use adp_core::cache::TemplateCache;
 use adp_core::config::{connect_retrying, consumer_name, COMMAND_TIMEOUT};
-use adp_core::health::{check_redis, runtime_id, spawn_health_loop};
+use adp_core::health::{redis_and, runtime_id, spawn_health_loop};
 use adp_core::llm::LlmClient;
-use adp_core::metrics::{self, CheckResult, HealthFn, Metrics};
+use adp_core::metrics::{self, Metrics};
 use adp_core::names::STREAM_WEB;
 use adp_core::queue::{Queue, Worker, WorkerConfig};
 use adp_core::writer::TrajectoryWriter;
@@ -103,19 +101,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     let watchdog = browser.spawn_watchdog(stop_aux.clone());
 
-    let health: HealthFn = {
-        let conn = conn.clone();
+    let health = {
         let browser = browser.clone();
-        Arc::new(move || {
-            let conn = conn.clone();
+        redis_and(conn.clone(), "browser", move || {
             let browser = browser.clone();
-            Box::pin(async move {
-                let (redis, chromium) = tokio::join!(check_redis(&conn), browser.check());
-                let mut checks = BTreeMap::new();
-                checks.insert("redis".to_owned(), CheckResult::from_result(redis));
-                checks.insert("browser".to_owned(), CheckResult::from_result(chromium));
-                checks
-            })
+            async move { browser.check().await }
         })
     };
     let addr = SocketAddr::new(config.common.metrics_host, config.metrics_port);
