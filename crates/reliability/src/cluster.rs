@@ -119,6 +119,19 @@ impl Cluster {
         )
     }
 
+    /// Two sandbox-runtimes, `sandbox-a` and `sandbox-b`, with `extra`
+    /// settings, started.
+    pub fn start_sandbox_pair(&self, extra: &[(&str, &str)]) -> [Service; 2] {
+        let mut pair = [
+            self.sandbox("sandbox-a", extra),
+            self.sandbox("sandbox-b", extra),
+        ];
+        for s in &mut pair {
+            s.start();
+        }
+        pair
+    }
+
     /// Number of `*.json` files in `trajectories/`.
     pub fn trajectory_count(&self) -> usize {
         std::fs::read_dir(self.trajectories_dir())

@@ -73,14 +73,8 @@ fn a_task_that_downs_its_runtime_every_time_is_dead_lettered_while_others_flow()
         .expect("poison entry in tasks:code");
 
     let settings = [("MAX_DELIVERIES", "3"), ("CLAIM_IDLE_SECS", "2")];
-    let mut runtimes = vec![
-        cluster.sandbox("sandbox-a", &settings),
-        cluster.sandbox("sandbox-b", &settings),
-    ];
     let started = Instant::now();
-    for r in &mut runtimes {
-        r.start();
-    }
+    let mut runtimes = cluster.start_sandbox_pair(&settings);
 
     let mut punished = BTreeSet::new();
     let mut hung: Option<(usize, String)> = None;

@@ -54,13 +54,7 @@ fn redis_restarts_lose_nothing_and_power_loss_is_re_dispatched() {
         &[("MAX_BACKLOG", "40"), ("RUST_LOG", "info,dispatcher=debug")],
     );
     dispatcher.start();
-    let mut runtimes = [
-        cluster.sandbox("sandbox-a", &[]),
-        cluster.sandbox("sandbox-b", &[]),
-    ];
-    for r in &mut runtimes {
-        r.start();
-    }
+    let mut runtimes = cluster.start_sandbox_pair(&[]);
     let pids: Vec<Option<u32>> = std::iter::once(&dispatcher)
         .chain(runtimes.iter())
         .map(Service::pid)

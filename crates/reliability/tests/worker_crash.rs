@@ -44,13 +44,7 @@ fn kill_9_of_a_worker_loses_and_doubles_nothing() {
     let started = Instant::now();
     let mut dispatcher = cluster.dispatcher(false, &[]);
     dispatcher.start();
-    let mut runtimes = [
-        cluster.sandbox("sandbox-a", &[]),
-        cluster.sandbox("sandbox-b", &[]),
-    ];
-    for r in &mut runtimes {
-        r.start();
-    }
+    let mut runtimes = cluster.start_sandbox_pair(&[]);
     assert_eq!(
         dispatcher.wait_exit(Duration::from_secs(60)),
         Some(0),
