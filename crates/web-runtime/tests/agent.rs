@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use adp_core::llm::{LlmClient, LlmConfig};
 use adp_core::Trajectory;
-use common::{run, summary, Harness, Site};
+use common::{failed_goto, run, summary, Harness, Site};
 use serde_json::json;
 use test_support::fake_llm::{FakeLlm, Reply};
 use web_runtime::actions::Action;
@@ -384,17 +384,7 @@ async fn step_failures_are_typed_never_crashes() {
         ("chrome", "chrome://version"),
         ("js", "javascript:alert(1)"),
     ] {
-        let t = run(
-            &handler,
-            json!({"task_id": format!("scheme_{id}"), "constraints": {"actions": [{"type": "goto", "url": url}]}}),
-        )
-        .await;
-        assert_eq!(
-            summary(&t),
-            vec![("goto".into(), false, Some("network_error".into()))],
-            "{url}"
-        );
-        let msg = t.error_message.clone().unwrap_or_default();
+        let msg = failed_goto(&handler, &format!("scheme_{id}"), url).await;
         assert!(
             msg.contains("refused") && msg.contains("not allowed"),
             "{msg}"

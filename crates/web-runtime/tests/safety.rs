@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run, summary, Harness, Recorder, Site};
+use common::{failed_goto, run, summary, Harness, Recorder, Site};
 use serde_json::json;
 use web_runtime::guard::{parse_cidr_list, Policy};
 
@@ -32,35 +32,14 @@ async fn blocked_destinations_are_never_reached() {
     let target = blocked.url("/private");
 
     // A direct navigation.
-    let t = run(
-        &handler,
-        json!({"task_id": "nav", "constraints": {"actions": [{"type": "goto", "url": target}]}}),
-    )
-    .await;
-    assert_eq!(
-        summary(&t),
-        vec![("goto".into(), false, Some("network_error".into()))]
-    );
-    let msg = t.error_message.clone().unwrap_or_default();
+    let msg = failed_goto(&handler, "nav", &target).await;
     assert!(
         msg.contains("refused") && msg.contains("127.0.0.2") && msg.contains("WEB_BLOCK_EXTRA"),
         "{msg}"
     );
 
     // A redirect from an allowed page.
-    let t = run(
-        &handler,
-        json!({"task_id": "redir", "constraints": {"actions": [
-            {"type": "goto", "url": format!("{site}/redirect?to={target}")}
-        ]}}),
-    )
-    .await;
-    assert_eq!(
-        summary(&t),
-        vec![("goto".into(), false, Some("network_error".into()))],
-        "{t:#?}"
-    );
-    let msg = t.error_message.clone().unwrap_or_default();
+    let msg = failed_goto(&handler, "redir", &format!("{site}/redirect?to={target}")).await;
     assert!(
         msg.contains(&format!("navigation to {target} refused")),
         "{msg}"

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{run, summary, Harness, Recorder, Site};
+use common::{failed_goto, run, Harness, Recorder, Site};
 use serde_json::json;
 use web_runtime::guard::Policy;
 
@@ -133,17 +133,7 @@ async fn inside_private_netns() {
         ),
     ];
     for (id, url, why) in cases {
-        let t = run(
-            &handler,
-            json!({"task_id": format!("meta_{id}"), "constraints": {"actions": [{"type": "goto", "url": url}]}}),
-        )
-        .await;
-        assert_eq!(
-            summary(&t),
-            vec![("goto".into(), false, Some("network_error".into()))],
-            "{id}: {t:#?}"
-        );
-        let msg = t.error_message.clone().unwrap_or_default();
+        let msg = failed_goto(&handler, &format!("meta_{id}"), &url).await;
         assert!(msg.contains("refused") && msg.contains(why), "{id}: {msg}");
     }
 

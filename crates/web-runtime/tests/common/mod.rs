@@ -368,6 +368,22 @@ pub async fn run(handler: &WebHandler, t: Value) -> Trajectory {
         .expect("no infrastructure failure")
 }
 
+/// Runs a task of one `goto` to `url`, asserts that step failed as a
+/// network error (refused or unreachable) and returns the error message.
+pub async fn failed_goto(handler: &WebHandler, task_id: &str, url: &str) -> String {
+    let t = run(
+        handler,
+        serde_json::json!({"task_id": task_id, "constraints": {"actions": [{"type": "goto", "url": url}]}}),
+    )
+    .await;
+    assert_eq!(
+        summary(&t),
+        vec![("goto".into(), false, Some("network_error".into()))],
+        "{t:#?}"
+    );
+    t.error_message.unwrap_or_default()
+}
+
 /// Steps as (action type, success, error_type) for compact asserts.
 pub fn summary(t: &Trajectory) -> Vec<(String, bool, Option<String>)> {
     t.steps
