@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use test_support::fake_llm::{FakeLlm, Reply};
 use test_support::free_port;
 
-fn llm_args(url: &str) -> Vec<String> {
-    [
+/// The runtime with the openai policy on `url`, and `extra` arguments.
+async fn start_with_llm(url: &str, extra: &[&str]) -> Harness {
+    let mut args = vec![
         "--llm-base-url",
         url,
         "--llm-model",
@@ -20,14 +21,22 @@ fn llm_args(url: &str) -> Vec<String> {
         "k-test",
         "--llm-retry-backoff-ms",
         "10",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+    ];
+    args.extend_from_slice(extra);
+    Harness::start(&args).await
 }
 
-fn as_strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+/// A model that answers the task with `code`, then with "done" once it has
+/// seen the result.
+async fn code_then_done(code: &'static str) -> FakeLlm {
+    FakeLlm::start_fn(move |req| {
+        if req.messages().len() > 2 {
+            Reply::text("done")
+        } else {
+            Reply::text(code)
+        }
+    })
+    .await
 }
 
 fn roles(messages: &Value) -> Vec<String> {
@@ -49,8 +58,7 @@ async fn multi_step_loop_records_the_conversation() {
         Reply::text("The answer is 42."),
     ])
     .await;
-    let args = llm_args(&llm.url());
-    let h = Harness::start(&as_strs(&args)).await;
+    let h = start_with_llm(&llm.url(), &[]).await;
     let t = h
         .run(&task(
             "llm_multi",
@@ -116,8 +124,7 @@ async fn failing_steps_go_back_to_the_model() {
         Reply::text("It is 1.0"),
     ])
     .await;
-    let args = llm_args(&llm.url());
-    let h = Harness::start(&as_strs(&args)).await;
+    let h = start_with_llm(&llm.url(), &[]).await;
     let t = h
         .run(&task("llm_fix", TaskType::Code, "divide", json!({})))
         .await;
@@ -142,8 +149,7 @@ async fn server_errors_and_rate_limits_are_retried() {
         Reply::text("About 3.14159."),
     ])
     .await;
-    let args = llm_args(&llm.url());
-    let h = Harness::start(&as_strs(&args)).await;
+    let h = start_with_llm(&llm.url(), &[]).await;
     let t = h
         .run(&task(
             "llm_retry",
@@ -165,20 +171,18 @@ async fn server_errors_and_rate_limits_are_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_endpoint_ends_in_system_error_after_max_deliveries() {
     let url = format!("http://127.0.0.1:{}", free_port());
-    let mut args = llm_args(&url);
-    args.extend(
-        [
+    let h = start_with_llm(
+        &url,
+        &[
             "--llm-retries",
             "1",
             "--max-deliveries",
             "3",
             "--retry-backoff-ms",
             "20",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned()),
-    );
-    let h = Harness::start(&as_strs(&args)).await;
+        ],
+    )
+    .await;
     let t = h
         .run(&task("llm_down", TaskType::Code, "anything", json!({})))
         .await;
@@ -211,8 +215,7 @@ async fn cache_hit_re_executes_without_llm_calls() {
         Reply::text("The sum is 45."),
     ])
     .await;
-    let args = llm_args(&llm.url());
-    let h = Harness::start(&as_strs(&args)).await;
+    let h = start_with_llm(&llm.url(), &[]).await;
     let description = "Add the numbers below ten";
     let first = h
         .run(&task("cache_1", TaskType::Code, description, json!({})))
@@ -259,16 +262,8 @@ async fn cache_hit_re_executes_without_llm_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_runs_are_not_cached_and_cache_off_disables_it() {
-    let llm = FakeLlm::start_fn(|req| {
-        if req.messages().len() > 2 {
-            Reply::text("done")
-        } else {
-            Reply::text("```python\nraise SystemExit(3)\n```")
-        }
-    })
-    .await;
-    let args = llm_args(&llm.url());
-    let h = Harness::start(&as_strs(&args)).await;
+    let llm = code_then_done("```python\nraise SystemExit(3)\n```").await;
+    let h = start_with_llm(&llm.url(), &[]).await;
     let a = h
         .run(&task("fail_1", TaskType::Code, "exit three", json!({})))
         .await;
@@ -280,17 +275,8 @@ async fn failed_runs_are_not_cached_and_cache_off_disables_it() {
     assert_eq!(llm.request_count(), 4);
     h.stop().await;
 
-    let llm = FakeLlm::start_fn(|req| {
-        if req.messages().len() > 2 {
-            Reply::text("done")
-        } else {
-            Reply::text("```python\nprint('ok')\n```")
-        }
-    })
-    .await;
-    let mut args = llm_args(&llm.url());
-    args.extend(["--cache-mode".to_owned(), "off".to_owned()]);
-    let h = Harness::start(&as_strs(&args)).await;
+    let llm = code_then_done("```python\nprint('ok')\n```").await;
+    let h = start_with_llm(&llm.url(), &["--cache-mode", "off"]).await;
     for id in ["off_1", "off_2"] {
         let t = h.run(&task(id, TaskType::Code, "say ok", json!({}))).await;
         assert!(t.success, "{t:?}");
