@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::net::TcpListener;
 
 use adp_core::ErrorType;
-use common::{code_task, observation, Harness};
+use common::{assert_message_contains, code_task, observation, Harness};
 
 /// A short step limit so the limit cases finish fast.
 const FAST: &[&str] = &["--sandbox-step-timeout-secs", "2"];
@@ -20,14 +20,7 @@ async fn endless_loop_times_out_within_the_limit() {
     assert_eq!(t.error_type, Some(ErrorType::Timeout), "{t:?}");
     let step = &t.steps[0];
     assert_eq!(step.error_type, Some(ErrorType::Timeout));
-    assert!(
-        step.error_message
-            .as_deref()
-            .unwrap_or("")
-            .contains("wall time limit of 2 s"),
-        "{:?}",
-        step.error_message
-    );
+    assert_message_contains(step.error_message.as_deref(), "wall time limit of 2 s");
     assert!(
         step.duration >= 1.9 && step.duration < 4.5,
         "duration {}",
@@ -141,14 +134,7 @@ for path in ['/evil.txt', '/usr/evil.txt', '/usr/lib/evil.txt', '/bin/evil']:
         .run(&code_task("write2", "open('/usr/evil.txt', 'w')\n"))
         .await;
     assert_eq!(t.error_type, Some(ErrorType::RuntimeError));
-    assert!(
-        t.error_message
-            .as_deref()
-            .unwrap_or("")
-            .contains("Read-only file system"),
-        "{:?}",
-        t.error_message
-    );
+    assert_message_contains(t.error_message.as_deref(), "Read-only file system");
     h.stop().await;
 }
 
@@ -162,14 +148,7 @@ async fn etc_shadow_is_unreadable() {
     assert_eq!(t.error_type, Some(ErrorType::RuntimeError));
     let obs = observation(&t, 0);
     assert!(!obs.contains("root:"), "{obs}");
-    assert!(
-        t.error_message
-            .as_deref()
-            .unwrap_or("")
-            .contains("/etc/shadow"),
-        "{:?}",
-        t.error_message
-    );
+    assert_message_contains(t.error_message.as_deref(), "/etc/shadow");
     h.stop().await;
 }
 

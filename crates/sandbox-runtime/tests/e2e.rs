@@ -10,7 +10,7 @@ use std::time::Duration;
 use adp_core::cache::TemplateCache;
 use adp_core::metrics::Metrics;
 use adp_core::{ActionType, ErrorType, TaskType};
-use common::{code_task, task, Harness};
+use common::{assert_message_contains, code_task, task, Harness};
 use sandbox_runtime::agent::CodeAgent;
 use sandbox_runtime::executor::{Sandbox, SandboxConfig};
 use serde_json::{json, Value};
@@ -123,7 +123,7 @@ async fn demo_tasks_through_redis() {
     let t = h.trajectory("wrong_expectation").await;
     assert!(!t.success);
     assert_eq!(t.final_result, "13\n");
-    assert!(t.error_message.as_deref().unwrap_or("").contains("\"14\""));
+    assert_message_contains(t.error_message.as_deref(), "\"14\"");
 
     let t = h.trajectory("haiku").await;
     assert!(!t.success);

@@ -246,6 +246,14 @@ pub fn pending_count(redis: &RedisServer, stream: &str) -> u64 {
     }
 }
 
+/// Asserts that there is an error message and that it contains `needle`.
+pub fn assert_message_contains(message: Option<&str>, needle: &str) {
+    assert!(
+        message.unwrap_or("").contains(needle),
+        "{needle:?} not in {message:?}"
+    );
+}
+
 /// The text of step `i`'s observation.
 pub fn observation(t: &Trajectory, i: usize) -> &str {
     &t.steps.get(i).expect("step").observation
