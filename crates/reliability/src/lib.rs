@@ -31,6 +31,7 @@ pub mod service;
 pub mod tasks;
 pub mod watch;
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 /// A size or count from the environment (`name`), or `default`.
@@ -44,6 +45,20 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// Seconds from the environment, or `default`.
 pub fn env_secs(name: &str, default: u64) -> Duration {
     Duration::from_secs(env_or(name, default))
+}
+
+/// `count` fault points (e.g. trajectories done before a kill) drawn from
+/// `range`, in increasing order.
+pub fn fault_points(
+    rng: &mut impl rand::Rng,
+    count: usize,
+    range: RangeInclusive<usize>,
+) -> Vec<usize> {
+    let mut points: Vec<usize> = (0..count)
+        .map(|_| rng.random_range(range.clone()))
+        .collect();
+    points.sort_unstable();
+    points
 }
 
 /// The seed of a scenario's random choices: `REL_SEED`, or fresh (printed so

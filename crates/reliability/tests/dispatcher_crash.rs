@@ -19,7 +19,7 @@ use reliability::cluster::Cluster;
 use reliability::ledger::{rejections, stream_entries};
 use reliability::service::poll;
 use reliability::tasks::{append_lines, bad_lines, code_line};
-use reliability::{env_or, report, seed};
+use reliability::{env_or, fault_points, report, seed};
 use serde_json::json;
 
 #[test]
@@ -48,10 +48,7 @@ fn kill_9_of_the_dispatcher_mid_file_skips_and_doubles_nothing() {
 
     let started = Instant::now();
     let mut d = cluster.dispatcher(false, &[("MAX_BACKLOG", &max_backlog)]);
-    let mut points: Vec<usize> = (0..kills)
-        .map(|_| rng.random_range(n / 20..=n * 9 / 10))
-        .collect();
-    points.sort_unstable();
+    let points = fault_points(&mut rng, kills, n / 20..=n * 9 / 10);
     let mut kill_log = Vec::new();
     d.start();
     let mut at_restart = 0;
@@ -162,10 +159,7 @@ fn a_file_of_bad_lines_keeps_memory_bounded_and_records_each_line_once() {
             peak_kib = peak_kib.max(hwm);
         }
     };
-    let mut points: Vec<usize> = (0..kills)
-        .map(|_| rng.random_range(n / 10..=n * 8 / 10))
-        .collect();
-    points.sort_unstable();
+    let points = fault_points(&mut rng, kills, n / 10..=n * 8 / 10);
     let mut kill_log = Vec::new();
     d.start();
     for point in points {

@@ -20,7 +20,7 @@ use reliability::ledger::{pending_by_consumer, stream_state, Ledger};
 use reliability::service::{poll, Service};
 use reliability::tasks::{append_lines, sum_task};
 use reliability::watch::WriteWatch;
-use reliability::{env_or, report, seed};
+use reliability::{env_or, fault_points, report, seed};
 use serde_json::json;
 
 #[test]
@@ -49,10 +49,7 @@ fn sigterm_to_everything_finishes_each_task_exactly_once() {
         s.start();
     }
 
-    let mut points: Vec<usize> = (0..stops)
-        .map(|_| rng.random_range(n / 10..=n * 8 / 10))
-        .collect();
-    points.sort_unstable();
+    let points = fault_points(&mut rng, stops, n / 10..=n * 8 / 10);
     let mut stop_log = Vec::new();
     for point in points {
         assert!(

@@ -20,7 +20,7 @@ use reliability::ledger::{pending_by_consumer, Ledger};
 use reliability::service::{message, poll, processes_named};
 use reliability::tasks::{append_lines, sum_task};
 use reliability::watch::WriteWatch;
-use reliability::{env_or, report, seed};
+use reliability::{env_or, fault_points, report, seed};
 use serde_json::json;
 
 #[test]
@@ -53,10 +53,7 @@ fn kill_9_of_a_worker_loses_and_doubles_nothing() {
     );
 
     // Kill points: random fractions of the work done, in order.
-    let mut points: Vec<usize> = (0..kills)
-        .map(|_| rng.random_range(n / 10..=n * 8 / 10))
-        .collect();
-    points.sort_unstable();
+    let points = fault_points(&mut rng, kills, n / 10..=n * 8 / 10);
     let mut kill_log = Vec::new();
     for point in points {
         assert!(
