@@ -57,6 +57,19 @@ pub struct WorkerArgs {
     /// Longest time one XREADGROUP waits for new entries, in milliseconds.
     #[arg(long, env = "READ_BLOCK_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=60000))]
     pub read_block_ms: u64,
+    /// Milliseconds a finished trajectory waits for others to be made
+    /// durable together with it (group commit: one directory fsync and the
+    /// shared file-system blocks written once per group); 0 commits what is
+    /// waiting at once.
+    #[arg(long, env = "WRITE_GATHER_MS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub write_gather_ms: u64,
+}
+
+impl WorkerArgs {
+    /// How long the trajectory writer gathers a group.
+    pub fn write_gather(&self) -> Duration {
+        Duration::from_millis(self.write_gather_ms)
+    }
 }
 
 /// Settings both agent runtimes share: the template cache's entry lifetime

@@ -441,6 +441,8 @@ pub struct Worker<H> {
 struct Inner<H> {
     config: WorkerConfig,
     handler: H,
+    /// Results waiting for the trajectory writer (bounded like the slots).
+    commits: Arc<Semaphore>,
     queue: Queue,
     writer: TrajectoryWriter,
     metrics: Metrics,
@@ -457,6 +459,7 @@ impl<H: TaskHandler> Worker<H> {
     ) -> Self {
         Worker {
             inner: Arc::new(Inner {
+                commits: Arc::new(Semaphore::new(config.concurrency.max(1))),
                 config,
                 handler,
                 queue,
@@ -758,10 +761,10 @@ impl<H: TaskHandler> Inner<H> {
         // time started a little earlier, at delivery).
         let received = Instant::now();
         let _heartbeat = self.spawn_heartbeat(&entry);
-        let _permit = match permit {
-            Some(p) => p,
-            None => match slots.acquire_owned().await {
-                Ok(p) => p,
+        let mut slot = match permit {
+            Some(p) => Some(p),
+            None => match slots.clone().acquire_owned().await {
+                Ok(p) => Some(p),
                 Err(_) => return,
             },
         };
@@ -784,9 +787,12 @@ impl<H: TaskHandler> Inner<H> {
             }
         };
 
+        // active_tasks counts the tasks holding a slot: running, or waiting
+        // for the handler's own limit (jails, pages) — not results waiting
+        // for the trajectory writer.
         let active = self.metrics.active_tasks.with_label_values(&[runtime]);
         active.inc();
-        let _active = GaugeGuard(active);
+        let mut active_guard = Some(GaugeGuard(active.clone()));
 
         loop {
             if deliveries > self.config.max_deliveries {
@@ -822,9 +828,26 @@ impl<H: TaskHandler> Inner<H> {
                     if trajectory.task.is_none() {
                         trajectory.task = Some(task.clone());
                     }
-                    if self.finish(&entry, &trajectory, received, started).await {
+                    // The result is computed: while it is made durable (the
+                    // writer may gather a group for WRITE_GATHER_MS), its slot
+                    // goes to the next task. At most `concurrency` results
+                    // wait for the writer; past that the slot is kept, so a
+                    // stalled disk stops the reading.
+                    let committing = self.commits.clone().acquire_owned().await.ok();
+                    drop(slot.take());
+                    drop(active_guard.take());
+                    let finished = self.finish(&entry, &trajectory, received, started).await;
+                    drop(committing);
+                    if finished {
                         return;
                     }
+                    // Running it again needs a slot again.
+                    match slots.clone().acquire_owned().await {
+                        Ok(p) => slot = Some(p),
+                        Err(_) => return,
+                    }
+                    active.inc();
+                    active_guard = Some(GaugeGuard(active.clone()));
                     // Could not write the trajectory: an infrastructure failure.
                     let err = InfraError::new("disk", "could not write the trajectory file");
                     if !self

@@ -177,6 +177,49 @@ async fn writer_is_atomic_and_refuses_unsafe_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_writes_every_file_and_fails_only_the_bad_one() {
+    let out = tempfile::tempdir().expect("tmp");
+    let w = TrajectoryWriter::new(out.path()).with_gather(Duration::from_millis(50));
+    std::fs::create_dir_all(w.dir().join("blocked.json")).expect("a directory in the way");
+    let ids: Vec<String> = (0..40)
+        .map(|i| format!("g_{i}"))
+        .chain(["blocked".to_owned()])
+        .collect();
+    let started = std::time::Instant::now();
+    let writes = ids.iter().map(|id| {
+        let w = w.clone();
+        let mut t = Trajectory::new(&task(id), "sandbox-runtime");
+        t.final_result = format!("{id}\n");
+        async move { (t.task_id.clone(), w.write(&t).await) }
+    });
+    let results = futures::future::join_all(writes).await;
+    // All gathered into few groups: far less than 41 windows of 50 ms.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    for (id, result) in results {
+        if id == "blocked" {
+            assert!(result.is_err(), "renaming onto a directory must fail");
+            continue;
+        }
+        let path = result.expect("write");
+        let back: Trajectory =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("parse");
+        assert_eq!(back.final_result, format!("{id}\n"));
+    }
+    let temps = std::fs::read_dir(w.dir())
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        })
+        .count();
+    assert_eq!(temps, 0, "no temp files left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_counts_hits_and_misses_and_treats_redis_failure_as_a_miss() {
     assert_eq!(
         cache_key(TaskType::Code, "  Compute Fibonacci(10) "),
