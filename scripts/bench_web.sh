@@ -10,8 +10,9 @@
 #   CHROME_PATH=/usr/lib/chromium/chromium ...   # full chromium instead of the headless shell
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
 #
-# The demo site (demo-site/) is served by `python3 -m http.server` on
-# 127.0.0.1; a private redis-server runs on a free port. Each task is 3 steps:
+# The demo site (demo-site/) is served by python's http.server (HTTP/1.1,
+# keep-alive, TCP_NODELAY) on 127.0.0.1; a private redis-server runs on a
+# free port. Each task is 3 steps:
 # goto index.html, fill the search box and submit, click the first result.
 # Each round:
 #   direct    crates/web-runtime/examples/bench_direct.rs: one Chromium, the
@@ -47,7 +48,19 @@ trap bench_cleanup EXIT
 bench_start_redis "$WORK" "$WORK/redis.log"
 
 SITE_PORT=$(free_port)
-(cd "$ROOT/demo-site" && exec python3 -m http.server "$SITE_PORT" --bind 127.0.0.1) >"$WORK/site.log" 2>&1 &
+# HTTP/1.1 with keep-alive and TCP_NODELAY, like a production web server
+# (python's default HTTP/1.0 opens a new connection per request; keep-alive
+# without TCP_NODELAY stalls on delayed ACKs). BENCH_SITE_HTTP=HTTP/1.0 for
+# the old behaviour.
+python3 - "$SITE_PORT" "$ROOT/demo-site" "${BENCH_SITE_HTTP:-HTTP/1.1}" >"$WORK/site.log" 2>&1 <<'EOF' &
+import functools, http.server, sys
+port, root, version = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = version
+    disable_nagle_algorithm = True
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=root))
+server.serve_forever()
+EOF
 # shellcheck disable=SC2034
 SITE_PID=$!
 SITE="http://127.0.0.1:$SITE_PORT"
