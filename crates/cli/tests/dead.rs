@@ -126,6 +126,7 @@ fn worker_config(redis_url: &str) -> WorkerConfig {
         retry_backoff: Duration::from_millis(20),
         grace: Duration::from_secs(2),
         read_block: Duration::from_millis(100),
+        write_gather: Duration::ZERO,
         redis_url: redis_url.to_owned(),
     }
 }

@@ -65,13 +65,6 @@ pub struct WorkerArgs {
     pub write_gather_ms: u64,
 }
 
-impl WorkerArgs {
-    /// How long the trajectory writer gathers a group.
-    pub fn write_gather(&self) -> Duration {
-        Duration::from_millis(self.write_gather_ms)
-    }
-}
-
 /// Settings both agent runtimes share: the template cache's entry lifetime
 /// and the health report interval.
 #[derive(Debug, Clone, clap::Args)]

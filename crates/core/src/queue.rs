@@ -397,6 +397,8 @@ pub struct WorkerConfig {
     pub retry_backoff: Duration,
     pub grace: Duration,
     pub read_block: Duration,
+    /// How long the trajectory writer gathers a group (`WRITE_GATHER_MS`).
+    pub write_gather: Duration,
     pub redis_url: String,
 }
 
@@ -418,6 +420,7 @@ impl WorkerConfig {
             retry_backoff: Duration::from_millis(args.retry_backoff_ms),
             grace: Duration::from_secs(args.shutdown_grace_secs),
             read_block: Duration::from_millis(args.read_block_ms),
+            write_gather: Duration::from_millis(args.write_gather_ms),
             redis_url: common.redis_url.clone(),
         }
     }
@@ -450,6 +453,8 @@ struct Inner<H> {
 }
 
 impl<H: TaskHandler> Worker<H> {
+    /// A worker writing through `writer`, which it gives the gather window
+    /// of `config.write_gather`.
     pub fn new(
         config: WorkerConfig,
         handler: H,
@@ -460,10 +465,10 @@ impl<H: TaskHandler> Worker<H> {
         Worker {
             inner: Arc::new(Inner {
                 commits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                writer: writer.with_gather(config.write_gather),
                 config,
                 handler,
                 queue,
-                writer,
                 metrics,
                 hard_cancel: CancellationToken::new(),
             }),

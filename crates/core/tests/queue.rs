@@ -72,6 +72,7 @@ fn config(redis: &RedisServer, consumer: &str) -> WorkerConfig {
         retry_backoff: Duration::from_millis(50),
         grace: Duration::from_secs(5),
         read_block: Duration::from_millis(300),
+        write_gather: Duration::ZERO,
         redis_url: redis.url(),
     }
 }

@@ -129,7 +129,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         worker_config,
         agent,
         Queue::new(conn),
-        TrajectoryWriter::new(&config.common.output_dir).with_gather(config.worker.write_gather()),
+        TrajectoryWriter::new(&config.common.output_dir),
         metrics,
     );
     worker.run(shutdown).await.context("worker")?;

@@ -169,7 +169,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         worker_config,
         handler,
         Queue::new(conn.clone()),
-        TrajectoryWriter::new(&config.common.output_dir).with_gather(config.worker.write_gather()),
+        TrajectoryWriter::new(&config.common.output_dir),
         metrics.clone(),
     );
     let worker = tokio::spawn(worker.run(shutdown));
