@@ -103,8 +103,9 @@ impl JailGroup {
         Ok(id)
     }
 
-    /// Pid of the current guardian, if one is running (for tests).
-    pub fn guardian_pid(&self) -> Option<u32> {
+    /// Pid of the current guardian, if one is running.
+    #[cfg(test)]
+    fn guardian_pid(&self) -> Option<u32> {
         self.guardian
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -131,24 +132,11 @@ impl Drop for JailGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
-
-    fn alive(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-        })
-    }
+    use std::time::Duration;
+    use test_support::{process_running, wait_until};
 
     fn wait_gone(pid: u32) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !alive(pid) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        wait_until(Duration::from_secs(5), || !process_running(pid)).is_ok()
     }
 
     #[test]
@@ -162,7 +150,7 @@ mod tests {
             .spawn()
             .expect("sleep");
         let pid = member.id();
-        assert!(alive(pid));
+        assert!(process_running(pid));
         drop(group);
         let _ = member.wait();
         assert!(wait_gone(pid), "member {pid} survived");

@@ -12,7 +12,7 @@ use common::{
     code_task, enqueue, observation, pending_count, spawn_binary, trajectory_path, wait_trajectory,
 };
 use serde_json::Value;
-use test_support::{free_port, wait_until, ChildGuard, RedisServer};
+use test_support::{free_port, process_running, wait_until, ChildGuard, RedisServer};
 
 /// A private redis-server and output directory for runtimes started as
 /// child processes.
@@ -180,15 +180,6 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Alive and not a zombie.
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        // The state follows the parenthesised command name.
-        s.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-    })
-}
-
 #[test]
 fn kill_9_of_the_runtime_takes_its_running_jails_with_it() {
     let s = Setup::new();
@@ -210,10 +201,14 @@ fn kill_9_of_the_runtime_takes_its_running_jails_with_it() {
     child.signal(9);
     child.wait_exit(Duration::from_secs(10));
     wait_until(Duration::from_secs(10), || {
-        jail.iter().all(|&p| !running(p))
+        jail.iter().all(|&p| !process_running(p))
     })
     .unwrap_or_else(|_| {
-        let alive: Vec<u32> = jail.iter().copied().filter(|&p| running(p)).collect();
+        let alive: Vec<u32> = jail
+            .iter()
+            .copied()
+            .filter(|&p| process_running(p))
+            .collect();
         panic!("jail processes {alive:?} outlived the killed runtime")
     });
     assert_eq!(

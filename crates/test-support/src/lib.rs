@@ -152,6 +152,15 @@ fn ping(url: &str) -> bool {
         .is_ok()
 }
 
+/// Whether process `pid` exists and is not a zombie (per `/proc/<pid>/stat`).
+pub fn process_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        // The state follows the parenthesised command name.
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
 /// Polls `cond` every 20 ms until it is true or `within` passes.
 pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + within;
