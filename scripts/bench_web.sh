@@ -21,9 +21,16 @@
 #   pipeline  dispatcher (FOLLOW=false) -> Redis stream tasks:web ->
 #             web-runtime (MAX_CONCURRENT=P) -> trajectory files, timed from
 #             the dispatcher's start to the newest trajectory file (a fresh
-#             runtime and an emptied Redis each round). Peak RSS and PSS of the
-#             runtime plus all its Chromium processes are sampled every 200 ms.
-# Rounds alternate so background load hits both alike; figures are medians.
+#             runtime and an emptied Redis each round).
+# Rounds alternate so background load hits both alike, and a last direct
+# round closes the series; rates are medians over rounds, the ratio is the
+# median over pipeline rounds of (pipeline / mean of the direct rounds
+# before and after it), as in bench_sandbox.sh: it follows this VM's
+# drifting speed (±10 % within minutes) better than a ratio of medians.
+# Memory is measured in one more, untimed pipeline round: peak RSS and PSS of
+# the runtime plus all its Chromium processes, sampled every 200 ms (reading
+# smaps_rollup of a dozen Chromium processes costs ~5 % of a core, which
+# would otherwise be charged to the timed pipeline rounds only).
 set -euo pipefail
 # shellcheck source=scripts/bench-common.sh
 source "$(dirname "$0")/bench-common.sh"
@@ -128,10 +135,11 @@ while not os.path.exists(stop):
 open(out, "w").write(" ".join(map(str, peak)))
 '
 
-# One pipeline round into dir $1 (egress proxy on/off: $2); writes
-# "<start> <end> <rss> <pss> <rt rss> <procs> <exit>" to $1/result.
+# One pipeline round into dir $1 (egress proxy on/off: $2; memory sampled
+# when $3 is "mem"); writes "<start> <end> <exit>" to $1/result, and with
+# "mem" "<rss> <pss> <rt rss> <procs>" to $1/mem.
 pipeline_run() {
-  local out=$1 egress=${2:-$EGRESS} mport start end code
+  local out=$1 egress=${2:-$EGRESS} sample=${3:-} mport start end code
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   mkdir -p "$out/trajectories"
   mport=$(free_port)
@@ -140,21 +148,25 @@ pipeline_run() {
     "$BIN/web-runtime" 2>"$out/runtime.log" &
   RT_PID=$!
   bench_wait_health "$mport" 300 "$out/runtime.log"
-  python3 -c "$SAMPLER" "$RT_PID" "$out/mem" "$out/mem.stop" &
-  SAMPLER_PID=$!
+  if [[ "$sample" == mem ]]; then
+    python3 -c "$SAMPLER" "$RT_PID" "$out/mem" "$out/mem.stop" &
+    SAMPLER_PID=$!
+  fi
   bench_start_dispatcher "$out"
   start=$DISPATCH_START
   bench_wait_files "$out/trajectories" "$N" "$TIMEOUT" 0.5
   end=$(bench_newest_mtime "$out/trajectories")
-  touch "$out/mem.stop"
-  wait "$SAMPLER_PID" || true
-  SAMPLER_PID=""
+  if [[ -n "$SAMPLER_PID" ]]; then
+    touch "$out/mem.stop"
+    wait "$SAMPLER_PID" || true
+    SAMPLER_PID=""
+  fi
   wait "$DISPATCH_PID" || log "dispatcher exited non-zero"
   kill -TERM "$RT_PID"
   code=0
   wait "$RT_PID" || code=$?
   RT_PID=""
-  echo "$start $end $(cat "$out/mem") $code" >"$out/result"
+  echo "$start $end $code" >"$out/result"
 }
 
 log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS"
@@ -168,33 +180,42 @@ for r in $(seq "$ROUNDS"); do
     NOEGRESS+=("$(cut -d' ' -f1-2 "$WORK/noegress$r/result" | awk -v n="$N" '{printf "%.3f", n / ($2 - $1)}')")
   fi
 done
+log "final direct run"
+BASES+=("$(direct_run)")
+log "memory round: pipeline with the memory sampler (not timed)"
+pipeline_run "$WORK/memory" "$EGRESS" mem
 bench_loadavg after
 
-bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${NOEGRESS[*]:-}" "${PIPES[@]}" <<'EOF'
+bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${NOEGRESS[*]:-}" "$(cat "$WORK/memory/mem")" \
+  "$(cat "$WORK/memory/result")" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
 from bench_stats import q, trajectories
-work, n, p, directs, noegress, *pipes = sys.argv[1:]
+work, n, p, directs, noegress, mem, memrun, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
-rates, rss, pss, rt, procs, codes = [], [], [], [], [], []
+rates, codes = [], [int(memrun.split()[2])]
 for line in pipes:
-    start, end, a, b, c, d, code = line.split()
+    start, end, code = line.split()
     rates.append(n / (float(end) - float(start)))
-    rss.append(int(a) / 1024); pss.append(int(b) / 1024); rt.append(int(c) / 1024); procs.append(int(d))
     codes.append(int(code))
+rss, pss, rt = (int(x) / 1024 for x in mem.split()[:3])
+procs = int(mem.split()[3])
 ok, steps, totals = trajectories(work, len(pipes))
 direct, pipe = statistics.median(directs), statistics.median(rates)
+paired = [rate / ((directs[i] + directs[i + 1]) / 2) for i, rate in enumerate(rates)]
 fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
 print(f"tasks={n} (3 steps each) concurrency={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"direct CDP        : {direct:6.2f} tasks/s  (median of {fmt(directs)})")
 print(f"pipeline          : {pipe:6.2f} tasks/s  (median of {fmt(rates)}; {ok}/{n * len(rates)} tasks succeeded)")
-print(f"ratio             : {100 * pipe / direct:6.1f} %  (target >= 85 %)")
+print(f"ratio             : {100 * statistics.median(paired):6.1f} %  (target >= 85 %; median of each pipeline round "
+      f"over its neighbouring direct rounds: {', '.join(f'{100 * x:.1f}' for x in paired)})")
+print(f"ratio of medians  : {100 * pipe / direct:6.1f} %")
 if noegress.strip():
     ne = [float(x) for x in noegress.split()]
     print(f"pipeline, no egress proxy: {statistics.median(ne):6.2f} tasks/s  (median of {fmt(ne)}; "
           f"{100 * statistics.median(ne) / direct:.1f} % of direct)")
-print(f"peak memory       : RSS sum {max(rss):.0f} MiB, PSS sum {max(pss):.0f} MiB "
-      f"(runtime + Chromium, {max(procs)} processes at most); runtime alone RSS {max(rt):.0f} MiB")
+print(f"peak memory       : RSS sum {rss:.0f} MiB, PSS sum {pss:.0f} MiB "
+      f"(runtime + Chromium, {procs} processes at most; untimed round); runtime alone RSS {rt:.0f} MiB")
 print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")
 print(f"task duration     : p50 {q(totals, .5):.0f} ms, p90 {q(totals, .9):.0f} ms")
 print(f"runtime exit codes after SIGTERM: {codes}")

@@ -266,7 +266,8 @@ impl WebHandler {
                     .await?;
                 (o, Some((action, performed)))
             }
-            _ => (self.observe(session).await?.unwrap_or_default(), None),
+            // A fresh session: the page is still the blank one it was opened on.
+            _ => (Observation::blank_page(), None),
         };
 
         let mut acted = 0u32;

@@ -17,7 +17,11 @@ fn main() {
     };
     std::env::set_var("RUST_LOG", filter);
     let config: Config = parse_or_exit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread, as the sandbox runtime: the work here is waiting on CDP,
+    // Redis and the egress proxy's sockets while Chromium uses the CPUs;
+    // worker threads only added futex wake-ups (about half of this
+    // process's CPU time in a profile of scripts/bench_web.sh).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -124,6 +124,16 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// A session's page before its first action: it is created on
+    /// `about:blank` and nothing has run on it, so there is nothing to read
+    /// (saves a CDP round trip and a script run per task).
+    pub fn blank_page() -> Self {
+        Observation {
+            url: "about:blank".to_owned(),
+            ..Default::default()
+        }
+    }
+
     /// Reads the page. `Err` when the page could not be read (it is
     /// navigating, or the browser is gone).
     pub async fn read(
