@@ -515,6 +515,13 @@ impl<H: TaskHandler> Worker<H> {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let claim_every = (cfg.claim_idle / 2).max(Duration::from_millis(500));
         let mut next_claim = Instant::now();
+        // Temp files of a writer killed mid-write: swept at start (above) and
+        // after re-claiming entries of a dead consumer — once right away and
+        // once `claim_idle` later, for a file written shortly before its
+        // writer died, which is younger than the idle time of its entry. Not
+        // on every claim cycle: listing a directory of hundreds of thousands
+        // of trajectories twice a minute costs for nothing.
+        let mut sweep_again: Option<Instant> = None;
         let mut claim_cursors: HashMap<String, String> = HashMap::new();
         let mut error_delay = Duration::from_millis(100);
 
@@ -535,10 +542,16 @@ impl<H: TaskHandler> Worker<H> {
             let mut entries = Vec::new();
             if Instant::now() >= next_claim {
                 next_claim = Instant::now() + claim_every;
-                self.remove_abandoned_temp_files();
                 match self.autoclaim(&mut claim_cursors, permits.len()).await {
                     Ok(claimed) => entries = claimed,
                     Err(e) => tracing::warn!(error = %e, "XAUTOCLAIM failed; will retry."),
+                }
+                if !entries.is_empty() {
+                    self.remove_abandoned_temp_files();
+                    sweep_again = Some(Instant::now() + cfg.claim_idle);
+                } else if sweep_again.is_some_and(|at| Instant::now() >= at) {
+                    self.remove_abandoned_temp_files();
+                    sweep_again = None;
                 }
             }
             if entries.is_empty() {

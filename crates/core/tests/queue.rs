@@ -277,6 +277,55 @@ async fn entry_of_a_dead_consumer_is_reclaimed_after_the_visibility_timeout() {
     worker.stop().await;
 }
 
+/// A temp file as a writer killed mid-write leaves it, last modified `age` ago.
+fn temp_file(dir: &std::path::Path, name: &str, age: Duration) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).expect("dir");
+    let path = dir.join(format!(".tmp-{name}"));
+    let f = std::fs::File::create(&path).expect("create");
+    f.set_modified(std::time::SystemTime::now() - age)
+        .expect("mtime");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_files_of_killed_writers_are_swept_at_start_and_after_a_reclaim() {
+    let redis = RedisServer::start();
+    let out = tempfile::tempdir().expect("tmp");
+    let dir = out.path().join("trajectories");
+    ensure_group(&redis).await;
+    let old = temp_file(&dir, "before-start", Duration::from_secs(3600));
+    let live = temp_file(&dir, "being-written", Duration::ZERO);
+
+    let (h, _) = handler(0);
+    let worker = start_worker(&redis, "sweeper", h, out.path(), Metrics::new()).await;
+    eventually(Duration::from_secs(5), || async { !old.exists() })
+        .await
+        .expect("an old temp file is removed when the worker starts");
+    assert!(live.exists(), "a fresh temp file may be a live write: kept");
+    worker.stop().await;
+    std::fs::remove_file(&live).expect("rm");
+
+    // A consumer takes an entry, starts writing its trajectory and dies. The
+    // next worker starts while that file is still fresh (kept), re-claims
+    // the entry once it has been idle for CLAIM_IDLE, and sweeps then.
+    let id = enqueue(&redis, &task("half-written"));
+    deliver_to_dead_consumers(&redis, &id, &["killed-mid-write"]).await;
+    let left = temp_file(&dir, "half-written", Duration::ZERO);
+    let (h, _) = handler(0);
+    let worker = start_worker(&redis, "sweeper-2", h, out.path(), Metrics::new()).await;
+    wait_for_trajectory(
+        out.path(),
+        "half-written",
+        Duration::from_secs(10),
+        "re-claimed",
+    )
+    .await;
+    eventually(Duration::from_secs(10), || async { !left.exists() })
+        .await
+        .expect("the dead writer's temp file is removed after its entry is re-claimed");
+    worker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infra_failure_is_retried_and_recorded() {
     let redis = RedisServer::start();
