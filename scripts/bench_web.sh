@@ -7,6 +7,9 @@
 #   BENCH_ROUNDS=5 ...                   # direct/pipeline rounds (default 3)
 #   BENCH_EGRESS=false ...               # pipeline without the egress proxy
 #   BENCH_COMPARE_EGRESS=1 ...           # each round also runs the pipeline without it
+#   BENCH_COMPARE_INTERCEPT=1 ...        # each round also runs direct CDP with a
+#                                        # pass-through Fetch interception (the part
+#                                        # of the gap the request check costs Chromium)
 #   CHROME_PATH=/usr/lib/chromium/chromium ...   # full chromium instead of the headless shell
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
 #
@@ -97,6 +100,7 @@ direct_run() {
   "$BIN/examples/bench_direct" "$SITE" "$N" "$P" "$CHROME" 2>"$WORK/direct.log" \
     | sed -n 's/^direct_tasks_per_sec=\([0-9.]*\).*/\1/p'
 }
+direct_intercept_run() { BENCH_DIRECT_INTERCEPT=1 direct_run; }
 
 # Samples the memory of process $1 and its descendants until file $3 exists;
 # writes "<peak RSS sum kB> <peak PSS sum kB> <peak runtime RSS kB> <max processes>" to $2.
@@ -171,9 +175,13 @@ pipeline_run() {
 
 log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS"
 bench_loadavg before
-NOEGRESS=()
+NOEGRESS=() INTERCEPTED=()
 for r in $(seq "$ROUNDS"); do
   bench_round "$r" "direct CDP" direct_run web-runtime
+  if [[ -n "${BENCH_COMPARE_INTERCEPT:-}" ]]; then
+    log "round $r/$ROUNDS: direct CDP with a pass-through Fetch interception"
+    INTERCEPTED+=("$(direct_intercept_run)")
+  fi
   if [[ -n "${BENCH_COMPARE_EGRESS:-}" ]]; then
     log "round $r/$ROUNDS: pipeline without the egress proxy"
     pipeline_run "$WORK/noegress$r" false
@@ -186,11 +194,11 @@ log "memory round: pipeline with the memory sampler (not timed)"
 pipeline_run "$WORK/memory" "$EGRESS" mem
 bench_loadavg after
 
-bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${NOEGRESS[*]:-}" "$(cat "$WORK/memory/mem")" \
-  "$(cat "$WORK/memory/result")" "${PIPES[@]}" <<'EOF'
+bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${NOEGRESS[*]:-}" "${INTERCEPTED[*]:-}" \
+  "$(cat "$WORK/memory/mem")" "$(cat "$WORK/memory/result")" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
 from bench_stats import q, trajectories
-work, n, p, directs, noegress, mem, memrun, *pipes = sys.argv[1:]
+work, n, p, directs, noegress, intercepted, mem, memrun, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
 rates, codes = [], [int(memrun.split()[2])]
@@ -214,6 +222,11 @@ if noegress.strip():
     ne = [float(x) for x in noegress.split()]
     print(f"pipeline, no egress proxy: {statistics.median(ne):6.2f} tasks/s  (median of {fmt(ne)}; "
           f"{100 * statistics.median(ne) / direct:.1f} % of direct)")
+if intercepted.strip():
+    ic = [float(x) for x in intercepted.split()]
+    pic = [r / ((directs[i] + directs[i + 1]) / 2) for i, r in enumerate(ic)]
+    print(f"direct CDP + pass-through Fetch interception: {statistics.median(ic):6.2f} tasks/s  (median of {fmt(ic)}; "
+          f"{100 * statistics.median(pic):.1f} % of direct, paired: {', '.join(f'{100 * x:.1f}' for x in pic)})")
 print(f"peak memory       : RSS sum {rss:.0f} MiB, PSS sum {pss:.0f} MiB "
       f"(runtime + Chromium, {procs} processes at most; untimed round); runtime alone RSS {rt:.0f} MiB")
 print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")
