@@ -98,7 +98,7 @@ bench_loadavg after
 
 bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
-from bench_stats import q, trajectories
+from bench_stats import paired as pair, q, trajectories
 work, n, p, raws, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 raws = [float(x) for x in raws.split()]
@@ -113,7 +113,7 @@ ok, steps, totals = trajectories(work, len(pipes))
 raw, pipe = statistics.median(raws), statistics.median(rates)
 # The machine's speed drifts over a run (other VMs, thermal): compare each
 # pipeline round with the raw rounds just before and after it.
-paired = [rate / ((raws[i] + raws[i + 1]) / 2) for i, rate in enumerate(rates)]
+paired = pair(rates, raws)
 fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
 print(f"tasks={n} parallelism={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"raw nsjail+python : {raw:7.1f} tasks/s  (median of {fmt(raws)})")

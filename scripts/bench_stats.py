@@ -23,3 +23,10 @@ def trajectories(work, rounds):
 def q(xs, f):
     """The f-quantile of xs (seconds), in ms."""
     return sorted(xs)[min(len(xs) - 1, int(f * len(xs)))] * 1000
+
+
+def paired(rates, bases):
+    """Each of `rates` (round i) over the mean of the baseline rounds run just
+    before and after it (bases[i], bases[i + 1]): follows a machine whose
+    speed drifts during a run better than a ratio of medians."""
+    return [rate / ((bases[i] + bases[i + 1]) / 2) for i, rate in enumerate(rates)]

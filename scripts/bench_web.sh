@@ -197,7 +197,7 @@ bench_loadavg after
 bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${NOEGRESS[*]:-}" "${INTERCEPTED[*]:-}" \
   "$(cat "$WORK/memory/mem")" "$(cat "$WORK/memory/result")" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
-from bench_stats import q, trajectories
+from bench_stats import paired as pair, q, trajectories
 work, n, p, directs, noegress, intercepted, mem, memrun, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
@@ -210,7 +210,7 @@ rss, pss, rt = (int(x) / 1024 for x in mem.split()[:3])
 procs = int(mem.split()[3])
 ok, steps, totals = trajectories(work, len(pipes))
 direct, pipe = statistics.median(directs), statistics.median(rates)
-paired = [rate / ((directs[i] + directs[i + 1]) / 2) for i, rate in enumerate(rates)]
+paired = pair(rates, directs)
 fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
 print(f"tasks={n} (3 steps each) concurrency={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"direct CDP        : {direct:6.2f} tasks/s  (median of {fmt(directs)})")
@@ -224,7 +224,7 @@ if noegress.strip():
           f"{100 * statistics.median(ne) / direct:.1f} % of direct)")
 if intercepted.strip():
     ic = [float(x) for x in intercepted.split()]
-    pic = [r / ((directs[i] + directs[i + 1]) / 2) for i, r in enumerate(ic)]
+    pic = pair(ic, directs)
     print(f"direct CDP + pass-through Fetch interception: {statistics.median(ic):6.2f} tasks/s  (median of {fmt(ic)}; "
           f"{100 * statistics.median(pic):.1f} % of direct, paired: {', '.join(f'{100 * x:.1f}' for x in pic)})")
 print(f"peak memory       : RSS sum {rss:.0f} MiB, PSS sum {pss:.0f} MiB "
