@@ -259,16 +259,9 @@ mod tests {
     #[test]
     fn only_old_files_with_the_prefix_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        for name in ["x-old", "x-new", "other"] {
-            std::fs::write(dir.path().join(name), b"").expect("write");
-        }
-        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        for name in ["x-old", "other"] {
-            std::fs::File::options()
-                .write(true)
-                .open(dir.path().join(name))
-                .and_then(|f| f.set_modified(hour_ago))
-                .expect("set mtime");
+        let hour = Duration::from_secs(3600);
+        for (name, age) in [("x-old", hour), ("x-new", Duration::ZERO), ("other", hour)] {
+            test_support::aged_file(&dir.path().join(name), age);
         }
         assert_eq!(
             remove_old_files(dir.path(), "x-", Duration::from_secs(600)),

@@ -281,9 +281,7 @@ async fn entry_of_a_dead_consumer_is_reclaimed_after_the_visibility_timeout() {
 fn temp_file(dir: &std::path::Path, name: &str, age: Duration) -> std::path::PathBuf {
     std::fs::create_dir_all(dir).expect("dir");
     let path = dir.join(format!(".tmp-{name}"));
-    let f = std::fs::File::create(&path).expect("create");
-    f.set_modified(std::time::SystemTime::now() - age)
-        .expect("mtime");
+    test_support::aged_file(&path, age);
     path
 }
 

@@ -436,13 +436,8 @@ mod tests {
         });
         let old = dir.path().join(format!("{LOG_PREFIX}old.log"));
         let live = dir.path().join(format!("{LOG_PREFIX}live.log"));
-        std::fs::write(&old, b"").expect("write");
-        std::fs::write(&live, b"").expect("write");
-        std::fs::File::options()
-            .write(true)
-            .open(&old)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)))
-            .expect("set mtime");
+        test_support::aged_file(&old, Duration::from_secs(3600));
+        test_support::aged_file(&live, Duration::ZERO);
         assert_eq!(sandbox.remove_abandoned_logs(), 1);
         assert!(!old.exists());
         assert!(live.exists(), "a live run's log stays");

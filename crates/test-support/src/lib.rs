@@ -7,7 +7,7 @@ pub mod fake_llm;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The fields every trajectory file carries (CONTRACT §3), nulls included.
 pub const TRAJECTORY_FIELDS: [&str; 10] = [
@@ -159,6 +159,14 @@ pub fn process_running(pid: u32) -> bool {
         s.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
     })
+}
+
+/// Creates an empty file at `path` last modified `age` ago, as a process
+/// that died that long ago would have left it.
+pub fn aged_file(path: &Path, age: Duration) {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_modified(SystemTime::now() - age))
+        .unwrap_or_else(|e| panic!("cannot create {} aged {age:?}: {e}", path.display()));
 }
 
 /// Polls `cond` every 20 ms until it is true or `within` passes.
