@@ -98,15 +98,15 @@ bench_loadavg after
 
 bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
-from bench_stats import paired as pair, q, trajectories
+from bench_stats import paired as pair, q, rate, trajectories
 work, n, p, raws, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 raws = [float(x) for x in raws.split()]
 rates, peaks, afters, cpus = [], [], [], []
 for line in pipes:
-    start, end, peak, now, rt_cpu, redis_cpu = line.split()
+    _, _, peak, now, rt_cpu, redis_cpu = line.split()
     cpus.append((float(rt_cpu) / n * 1000, float(redis_cpu) / n * 1000))
-    rates.append(n / (float(end) - float(start)))
+    rates.append(rate(n, line))
     peaks.append(int(peak) / 1024)
     afters.append(int(now) / 1024)
 ok, steps, totals = trajectories(work, len(pipes))

@@ -30,3 +30,10 @@ def paired(rates, bases):
     before and after it (bases[i], bases[i + 1]): follows a machine whose
     speed drifts during a run better than a ratio of medians."""
     return [rate / ((bases[i] + bases[i + 1]) / 2) for i, rate in enumerate(rates)]
+
+
+def rate(n, result):
+    """Tasks/s of a pipeline round from its result line ("<start> <end> ...",
+    seconds since the epoch)."""
+    start, end = result.split()[:2]
+    return n / (float(end) - float(start))

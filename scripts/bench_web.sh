@@ -185,7 +185,7 @@ for r in $(seq "$ROUNDS"); do
   if [[ -n "${BENCH_COMPARE_EGRESS:-}" ]]; then
     log "round $r/$ROUNDS: pipeline without the egress proxy"
     pipeline_run "$WORK/noegress$r" false
-    NOEGRESS+=("$(cut -d' ' -f1-2 "$WORK/noegress$r/result" | awk -v n="$N" '{printf "%.3f", n / ($2 - $1)}')")
+    NOEGRESS+=("$(cat "$WORK/noegress$r/result")")
   fi
 done
 log "final direct run"
@@ -194,39 +194,37 @@ log "memory round: pipeline with the memory sampler (not timed)"
 pipeline_run "$WORK/memory" "$EGRESS" mem
 bench_loadavg after
 
-bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "${NOEGRESS[*]:-}" "${INTERCEPTED[*]:-}" \
+bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "$(printf '%s\n' "${NOEGRESS[@]}")" "${INTERCEPTED[*]:-}" \
   "$(cat "$WORK/memory/mem")" "$(cat "$WORK/memory/result")" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
-from bench_stats import paired as pair, q, trajectories
+from bench_stats import paired as pair, q, rate, trajectories
 work, n, p, directs, noegress, intercepted, mem, memrun, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
-rates, codes = [], [int(memrun.split()[2])]
-for line in pipes:
-    start, end, code = line.split()
-    rates.append(n / (float(end) - float(start)))
-    codes.append(int(code))
+rates = [rate(n, line) for line in pipes]
+codes = [int(line.split()[2]) for line in [memrun, *pipes]]
 rss, pss, rt = (int(x) / 1024 for x in mem.split()[:3])
 procs = int(mem.split()[3])
 ok, steps, totals = trajectories(work, len(pipes))
 direct, pipe = statistics.median(directs), statistics.median(rates)
 paired = pair(rates, directs)
 fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
+pct = lambda xs: ", ".join(f"{100 * x:.1f}" for x in xs)
 print(f"tasks={n} (3 steps each) concurrency={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"direct CDP        : {direct:6.2f} tasks/s  (median of {fmt(directs)})")
 print(f"pipeline          : {pipe:6.2f} tasks/s  (median of {fmt(rates)}; {ok}/{n * len(rates)} tasks succeeded)")
 print(f"ratio             : {100 * statistics.median(paired):6.1f} %  (target >= 85 %; median of each pipeline round "
-      f"over its neighbouring direct rounds: {', '.join(f'{100 * x:.1f}' for x in paired)})")
+      f"over its neighbouring direct rounds: {pct(paired)})")
 print(f"ratio of medians  : {100 * pipe / direct:6.1f} %")
 if noegress.strip():
-    ne = [float(x) for x in noegress.split()]
+    ne = [rate(n, line) for line in noegress.splitlines()]
     print(f"pipeline, no egress proxy: {statistics.median(ne):6.2f} tasks/s  (median of {fmt(ne)}; "
           f"{100 * statistics.median(ne) / direct:.1f} % of direct)")
 if intercepted.strip():
     ic = [float(x) for x in intercepted.split()]
     pic = pair(ic, directs)
     print(f"direct CDP + pass-through Fetch interception: {statistics.median(ic):6.2f} tasks/s  (median of {fmt(ic)}; "
-          f"{100 * statistics.median(pic):.1f} % of direct, paired: {', '.join(f'{100 * x:.1f}' for x in pic)})")
+          f"{100 * statistics.median(pic):.1f} % of direct, paired: {pct(pic)})")
 print(f"peak memory       : RSS sum {rss:.0f} MiB, PSS sum {pss:.0f} MiB "
       f"(runtime + Chromium, {procs} processes at most; untimed round); runtime alone RSS {rt:.0f} MiB")
 print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")
