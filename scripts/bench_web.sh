@@ -10,6 +10,10 @@
 #   BENCH_COMPARE_INTERCEPT=1 ...        # each round also runs direct CDP with a
 #                                        # pass-through Fetch interception (the part
 #                                        # of the gap the request check costs Chromium)
+#   BENCH_COMPARE_SCRIPTS=1 ...          # each round also runs direct CDP with that
+#                                        # interception and the runtime's page scripts
+#                                        # (its goto, action script, an observation per
+#                                        # step): all the browser-side work of the pipeline
 #   CHROME_PATH=/usr/lib/chromium/chromium ...   # full chromium instead of the headless shell
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
 #
@@ -101,6 +105,7 @@ direct_run() {
     | sed -n 's/^direct_tasks_per_sec=\([0-9.]*\).*/\1/p'
 }
 direct_intercept_run() { BENCH_DIRECT_INTERCEPT=1 direct_run; }
+direct_scripts_run() { BENCH_DIRECT_INTERCEPT=1 BENCH_DIRECT_SCRIPTS=1 direct_run; }
 
 # Samples the memory of process $1 and its descendants until file $3 exists;
 # writes "<peak RSS sum kB> <peak PSS sum kB> <peak runtime RSS kB> <max processes>" to $2.
@@ -175,12 +180,16 @@ pipeline_run() {
 
 log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS"
 bench_loadavg before
-NOEGRESS=() INTERCEPTED=()
+NOEGRESS=() INTERCEPTED=() SCRIPTED=()
 for r in $(seq "$ROUNDS"); do
   bench_round "$r" "direct CDP" direct_run web-runtime
   if [[ -n "${BENCH_COMPARE_INTERCEPT:-}" ]]; then
     log "round $r/$ROUNDS: direct CDP with a pass-through Fetch interception"
     INTERCEPTED+=("$(direct_intercept_run)")
+  fi
+  if [[ -n "${BENCH_COMPARE_SCRIPTS:-}" ]]; then
+    log "round $r/$ROUNDS: direct CDP with the interception and the runtime's page scripts"
+    SCRIPTED+=("$(direct_scripts_run)")
   fi
   if [[ -n "${BENCH_COMPARE_EGRESS:-}" ]]; then
     log "round $r/$ROUNDS: pipeline without the egress proxy"
@@ -194,11 +203,11 @@ log "memory round: pipeline with the memory sampler (not timed)"
 pipeline_run "$WORK/memory" "$EGRESS" mem
 bench_loadavg after
 
-bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "$(printf '%s\n' "${NOEGRESS[@]}")" "${INTERCEPTED[*]:-}" \
+bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "$(printf '%s\n' "${NOEGRESS[@]}")" "${INTERCEPTED[*]:-}" "${SCRIPTED[*]:-}" \
   "$(cat "$WORK/memory/mem")" "$(cat "$WORK/memory/result")" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
 from bench_stats import paired as pair, q, rate, trajectories
-work, n, p, directs, noegress, intercepted, mem, memrun, *pipes = sys.argv[1:]
+work, n, p, directs, noegress, intercepted, scripted, mem, memrun, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
 rates = [rate(n, line) for line in pipes]
@@ -225,6 +234,15 @@ if intercepted.strip():
     pic = pair(ic, directs)
     print(f"direct CDP + pass-through Fetch interception: {statistics.median(ic):6.2f} tasks/s  (median of {fmt(ic)}; "
           f"{100 * statistics.median(pic):.1f} % of direct, paired: {pct(pic)})")
+if scripted.strip():
+    sc = [float(x) for x in scripted.split()]
+    psc = pair(sc, directs)
+    # A round runs direct, pipeline, then this: pipeline round i sits between
+    # scripted rounds i - 1 and i (the first one only after scripted round 0).
+    after = pair(rates, [sc[0], *sc])
+    print(f"direct CDP + interception + the runtime's page scripts: {statistics.median(sc):6.2f} tasks/s  "
+          f"(median of {fmt(sc)}; {100 * statistics.median(psc):.1f} % of direct, paired: {pct(psc)}); "
+          f"pipeline / this: {100 * statistics.median(after):.1f} %, paired: {pct(after)}")
 print(f"peak memory       : RSS sum {rss:.0f} MiB, PSS sum {pss:.0f} MiB "
       f"(runtime + Chromium, {procs} processes at most; untimed round); runtime alone RSS {rt:.0f} MiB")
 print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")

@@ -14,6 +14,11 @@
 //! `BENCH_DIRECT_INTERCEPT=1` adds a pass-through `Fetch` interception on the
 //! browser target (every request paused and continued, nothing checked), to
 //! measure what the interception alone costs.
+//!
+//! `BENCH_DIRECT_SCRIPTS=1` performs the steps with the runtime's own page
+//! scripts instead of bare DOM calls — the script-initiated `goto`, the
+//! action script for fill-and-submit and click, and an observation after
+//! each step — to measure what the agent's in-page work costs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +32,9 @@ use chromiumoxide::Page;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use web_runtime::browser::{BrowserSettings, DEFAULT_CHROME_PATH};
+use web_runtime::js;
+use web_runtime::observe::Observation;
+use web_runtime::page::{evaluate, EvalError};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -35,16 +43,32 @@ async fn act_and_wait_load(page: &Page, js: &str) -> Result<(), String> {
         .event_listener::<EventLoadEventFired>()
         .await
         .map_err(|e| e.to_string())?;
-    page.evaluate_expression(js)
-        .await
-        .map_err(|e| format!("{js}: {e}"))?;
+    match evaluate(page, js.to_owned()).await {
+        // The runtime's scripts await a moment; the navigation may replace
+        // the document first.
+        Ok(_) | Err(EvalError::Navigated) => {}
+        Err(e) => return Err(format!("{js}: {e}")),
+    }
     tokio::time::timeout(STEP_TIMEOUT, loads.next())
         .await
         .map_err(|_| format!("no load event after {js}"))?;
     Ok(())
 }
 
-async fn one_task(browser: &Browser, base: &str, i: usize) -> Result<(), String> {
+/// The runtime's observation of the page (its result is not needed here).
+async fn observe(page: &Page) -> Result<(), String> {
+    Observation::read(page, 4000, 60)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("observation: {e}"))
+}
+
+/// The runtime's action script with these arguments.
+fn act_script(args: serde_json::Value) -> String {
+    format!("({})({args})", js::ACT)
+}
+
+async fn one_task(browser: &Browser, base: &str, i: usize, scripts: bool) -> Result<(), String> {
     let ctx = browser
         .create_browser_context(CreateBrowserContextParams::default())
         .await
@@ -60,19 +84,30 @@ async fn one_task(browser: &Browser, base: &str, i: usize) -> Result<(), String>
             )
             .await
             .map_err(|e| e.to_string())?;
-        page.goto(format!("{base}/index.html"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let start = format!("{base}/index.html");
         let term = ["rust", "garden", "kettle", "pan"][i % 4];
-        act_and_wait_load(
-            &page,
-            &format!(
-                "(() => {{ const q = document.querySelector('input[name=q]'); q.value = '{term}'; \
-                 q.dispatchEvent(new Event('input', {{bubbles: true}})); q.form.requestSubmit(); }})()"
-            ),
-        )
-        .await?;
-        act_and_wait_load(&page, "document.querySelector('#results a').click()").await?;
+        if scripts {
+            let goto = format!("({})({})", js::ASSIGN, serde_json::json!(start));
+            act_and_wait_load(&page, &goto).await?;
+            observe(&page).await?;
+            let fill = serde_json::json!({"type": "fill_and_submit", "selector": "input[name=q]", "text": term});
+            act_and_wait_load(&page, &act_script(fill)).await?;
+            observe(&page).await?;
+            let click = serde_json::json!({"type": "click", "selector": "#results a"});
+            act_and_wait_load(&page, &act_script(click)).await?;
+            observe(&page).await?;
+        } else {
+            page.goto(start).await.map_err(|e| e.to_string())?;
+            act_and_wait_load(
+                &page,
+                &format!(
+                    "(() => {{ const q = document.querySelector('input[name=q]'); q.value = '{term}'; \
+                     q.dispatchEvent(new Event('input', {{bubbles: true}})); q.form.requestSubmit(); }})()"
+                ),
+            )
+            .await?;
+            act_and_wait_load(&page, "document.querySelector('#results a').click()").await?;
+        }
         let title: String = page
             .evaluate_expression("document.title")
             .await
@@ -144,6 +179,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         eprintln!("pass-through Fetch interception on");
     }
+    let scripts = std::env::var("BENCH_DIRECT_SCRIPTS").is_ok_and(|v| v == "1");
+    if scripts {
+        eprintln!("steps by the runtime's page scripts, with an observation after each");
+    }
     let slots = Arc::new(Semaphore::new(p));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -151,7 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let permit = slots.clone().acquire_owned().await?;
         let (b, base) = (browser.clone(), base.clone());
         tasks.spawn(async move {
-            let r = one_task(&b, &base, i).await;
+            let r = one_task(&b, &base, i, scripts).await;
             drop(permit);
             r
         });
