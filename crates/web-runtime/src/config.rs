@@ -65,6 +65,10 @@ pub struct Config {
     /// Do not load images (saves memory).
     #[arg(long, env = "WEB_BLOCK_IMAGES", default_value_t = true, action = ArgAction::Set)]
     pub web_block_images: bool,
+    /// Accept invalid HTTPS certificates (self-signed, expired, wrong
+    /// name). Off: such a page fails its step with `network_error`.
+    #[arg(long, env = "WEB_IGNORE_HTTPS_ERRORS", default_value_t = false, action = ArgAction::Set)]
+    pub web_ignore_https_errors: bool,
     /// Save a screenshot per step under `$OUTPUT_DIR/trajectories/<task_id>/`.
     #[arg(long, env = "WEB_SCREENSHOTS", default_value_t = false, action = ArgAction::Set)]
     pub web_screenshots: bool,
@@ -116,6 +120,7 @@ impl Config {
         s.launch_timeout = Duration::from_secs(self.browser_launch_timeout_secs);
         s.request_timeout = Duration::from_secs(self.browser_request_timeout_secs);
         s.block_images = self.web_block_images;
+        s.ignore_https_errors = self.web_ignore_https_errors;
         s.max_pages = usize::from(self.max_concurrent);
         s.ping_every = Duration::from_secs(self.browser_ping_secs);
         s.ping_timeout = Duration::from_secs(self.browser_ping_secs.clamp(2, 10));

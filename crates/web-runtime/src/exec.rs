@@ -162,6 +162,9 @@ fn explain_net_error(error: &str) -> String {
         }
         "net::ERR_NAME_NOT_RESOLVED" => "the host name does not resolve",
         "net::ERR_CONNECTION_REFUSED" => "the server refused the connection",
+        e if e.starts_with("net::ERR_CERT_") => {
+            "the server's HTTPS certificate is not valid; WEB_IGNORE_HTTPS_ERRORS=true accepts it"
+        }
         _ => return error.to_owned(),
     };
     format!("{error} ({why})")

@@ -122,3 +122,107 @@ async fn blocked_destinations_are_never_reached() {
     );
     h.stop().await;
 }
+
+/// `openssl s_server -www` on 127.0.0.1 with a fresh self-signed
+/// certificate; killed when dropped.
+struct SelfSignedServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SelfSignedServer {
+    fn start() -> Self {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args([
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=adp-test.invalid",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (scripts/setup.sh dev)");
+        assert!(made.success(), "openssl req failed");
+        let port = test_support::free_port();
+        let child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        test_support::wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .expect("openssl s_server listens");
+        SelfSignedServer {
+            child,
+            url: format!("https://127.0.0.1:{port}/"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for SelfSignedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_https_certificates_fail_unless_accepted() {
+    let server = SelfSignedServer::start();
+
+    // Default: the certificate is checked, as in a browser.
+    let h = Harness::start(Policy::new(false, Vec::new()), 2).await;
+    let handler = h.handler(h.settings(), None);
+    let msg = failed_goto(&handler, "tls-checked", &server.url).await;
+    assert!(
+        msg.contains("net::ERR_CERT_") && msg.contains("certificate is not valid"),
+        "{msg}"
+    );
+    h.stop().await;
+
+    // WEB_IGNORE_HTTPS_ERRORS=true: the page loads.
+    let h = Harness::start_with(Policy::new(false, Vec::new()), 2, |s| {
+        s.ignore_https_errors = true
+    })
+    .await;
+    let handler = h.handler(h.settings(), None);
+    let t = run(
+        &handler,
+        json!({"task_id": "tls-accepted", "constraints": {"actions": [{"type": "goto", "url": server.url}]}}),
+    )
+    .await;
+    assert_eq!(summary(&t), vec![("goto".into(), true, None)], "{t:#?}");
+    assert!(
+        t.steps[0].observation.contains("URL: https://127.0.0.1:"),
+        "{}",
+        t.steps[0].observation
+    );
+    h.stop().await;
+}

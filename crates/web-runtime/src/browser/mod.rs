@@ -82,6 +82,9 @@ pub struct BrowserSettings {
     pub request_timeout: Duration,
     /// Refuse image requests (saves memory and bandwidth).
     pub block_images: bool,
+    /// Accept invalid HTTPS certificates (chromiumoxide's default; off here,
+    /// as in a browser).
+    pub ignore_https_errors: bool,
     /// Pages open at once, at most (the runtime's `MAX_CONCURRENT`).
     pub max_pages: usize,
     /// A watchdog ping that takes longer marks the browser hung.
@@ -104,6 +107,7 @@ impl BrowserSettings {
             launch_timeout: Duration::from_secs(20),
             request_timeout: Duration::from_secs(30),
             block_images: true,
+            ignore_https_errors: false,
             max_pages: 4,
             ping_timeout: Duration::from_secs(5),
             ping_every: Duration::from_secs(5),
@@ -261,15 +265,18 @@ impl BrowserManager {
         } else {
             s.chrome_path.clone()
         };
-        let config = BrowserConfig::builder()
+        let mut config = BrowserConfig::builder()
             .chrome_executable(&executable)
             .no_sandbox()
             .user_data_dir(&user_data)
             .launch_timeout(s.launch_timeout)
             .request_timeout(s.request_timeout)
-            .args(s.args())
-            .build()
-            .map_err(BrowserError::Launch)?;
+            .args(s.args());
+        if !s.ignore_https_errors {
+            // chromiumoxide otherwise tells every page to ignore them.
+            config = config.respect_https_errors();
+        }
+        let config = config.build().map_err(BrowserError::Launch)?;
         let started = Instant::now();
         let (browser, mut handler) = Browser::launch(config)
             .await
