@@ -31,6 +31,7 @@ use chromiumoxide::cdp::browser_protocol::target::{
 use chromiumoxide::Page;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
+use web_runtime::agent::AgentSettings;
 use web_runtime::browser::{BrowserSettings, DEFAULT_CHROME_PATH};
 use web_runtime::js;
 use web_runtime::observe::Observation;
@@ -55,17 +56,14 @@ async fn act_and_wait_load(page: &Page, js: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The runtime's observation of the page (its result is not needed here).
+/// The runtime's observation of the page, with its default bounds (the
+/// result is not needed here).
 async fn observe(page: &Page) -> Result<(), String> {
-    Observation::read(page, 4000, 60)
+    let bounds = AgentSettings::default();
+    Observation::read(page, bounds.max_text, bounds.max_elements)
         .await
         .map(|_| ())
         .map_err(|e| format!("observation: {e}"))
-}
-
-/// The runtime's action script with these arguments.
-fn act_script(args: serde_json::Value) -> String {
-    format!("({})({args})", js::ACT)
 }
 
 async fn one_task(browser: &Browser, base: &str, i: usize, scripts: bool) -> Result<(), String> {
@@ -87,14 +85,14 @@ async fn one_task(browser: &Browser, base: &str, i: usize, scripts: bool) -> Res
         let start = format!("{base}/index.html");
         let term = ["rust", "garden", "kettle", "pan"][i % 4];
         if scripts {
-            let goto = format!("({})({})", js::ASSIGN, serde_json::json!(start));
+            let goto = js::call(js::ASSIGN, serde_json::json!(start));
             act_and_wait_load(&page, &goto).await?;
             observe(&page).await?;
             let fill = serde_json::json!({"type": "fill_and_submit", "selector": "input[name=q]", "text": term});
-            act_and_wait_load(&page, &act_script(fill)).await?;
+            act_and_wait_load(&page, &js::call(js::ACT, fill)).await?;
             observe(&page).await?;
             let click = serde_json::json!({"type": "click", "selector": "#results a"});
-            act_and_wait_load(&page, &act_script(click)).await?;
+            act_and_wait_load(&page, &js::call(js::ACT, click)).await?;
             observe(&page).await?;
         } else {
             page.goto(start).await.map_err(|e| e.to_string())?;

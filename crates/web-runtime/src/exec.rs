@@ -187,7 +187,7 @@ async fn act(session: &Session, action: &Action, budget: Duration) -> ActResult 
             // A script-initiated navigation: it never queues behind an
             // earlier navigation that did not finish, and it fails the same
             // way a click does (refusals, error pages), checked after settling.
-            let expr = format!("({})({})", js::ASSIGN, json!(url));
+            let expr = js::call(js::ASSIGN, json!(url));
             Ok(page_call(session, expr, "goto")
                 .await?
                 .map(|v| (format!("navigated to {url}"), v.as_bool().unwrap_or(true))))
@@ -221,11 +221,7 @@ async fn act(session: &Session, action: &Action, budget: Duration) -> ActResult 
                 crate::actions::Direction::Up => "up",
                 crate::actions::Direction::Down => "down",
             };
-            let expr = format!(
-                "({})({})",
-                js::ACT,
-                json!({"type": "scroll", "direction": d})
-            );
+            let expr = js::call(js::ACT, json!({"type": "scroll", "direction": d}));
             Ok(page_call(session, expr, "scroll")
                 .await?
                 .map(|_| (format!("scrolled {d}"), false)))
@@ -249,7 +245,7 @@ async fn dom_action(session: &Session, mut args: Value, target: &Target) -> ActR
         Target::Selector(s) => args["selector"] = json!(s),
         Target::Element(i) => args["element"] = json!(i),
     }
-    let expr = format!("({})({args})", js::ACT);
+    let expr = js::call(js::ACT, args);
     let v = match page_call(session, expr, &kind).await? {
         Ok(v) => v,
         Err(failed) => return Ok(Err(failed)),
@@ -421,7 +417,7 @@ pub fn text_contains(text: &str, needle: &str) -> bool {
 
 /// Whether the page's whole visible text contains `needle`.
 pub async fn page_text_contains(session: &Session, needle: &str) -> Result<bool, BrowserError> {
-    let expr = format!("({})({})", js::TEXT_CONTAINS, json!(needle));
+    let expr = js::call(js::TEXT_CONTAINS, json!(needle));
     match evaluate(&session.page, expr).await {
         Ok(v) => Ok(v.as_bool().unwrap_or(false)),
         Err(EvalError::Cdp(e)) => match cdp_failure(session, "read page text", e) {

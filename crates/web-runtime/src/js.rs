@@ -3,6 +3,12 @@
 //! `form.requestSubmit()`), not synthetic mouse events, which can hang in
 //! background pages (PITFALLS.md).
 
+/// The expression that calls one of these functions with `args` (already
+/// JavaScript: a JSON value, or a comma-separated list).
+pub fn call(function: &str, args: impl std::fmt::Display) -> String {
+    format!("({function})({args})")
+}
+
 /// `(maxText, maxElements) => observation`: title, URL, visible text and the
 /// numbered interactive elements. Keeps the elements in
 /// `window.__adpElements` so a later action can address them by index.

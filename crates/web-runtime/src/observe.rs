@@ -143,7 +143,7 @@ impl Observation {
     ) -> Result<Observation, EvalError> {
         let v = evaluate(
             page,
-            format!("({})({max_text}, {max_elements})", js::OBSERVE),
+            js::call(js::OBSERVE, format!("{max_text}, {max_elements}")),
         )
         .await?;
         serde_json::from_value(v)
