@@ -8,7 +8,7 @@
 #   full      also web-runtime, Prometheus, Grafana (docker-compose.yml);
 #             --llm adds the vLLM service (profile llm, needs an NVIDIA GPU)
 #             and points the runtimes at it unless LLM_BASE_URL is set
-#   --scale N sandbox-runtime replicas (full stack; default 2)
+#   --scale N sandbox-runtime replicas (default: 1 minimal, 2 full)
 #
 # MODE=docker (default when a Docker engine answers): docker compose in this
 # directory, reading ./tasks.jsonl and writing ./output. A missing .env is
@@ -103,7 +103,6 @@ fi
 
 scale_args=()
 [[ -n "$SCALE" ]] && scale_args=(--scale "sandbox-runtime=$SCALE")
-[[ -n "$SCALE" && "$FLAVOUR" == minimal ]] && ops_die "--scale needs the full stack (the minimal one publishes the sandbox port on the host)"
 ops_log "starting the $FLAVOUR stack ($FILE)"
 dc up -d "${BUILD[@]}" "${scale_args[@]}"
 
@@ -128,7 +127,6 @@ dc ps
 # A setting from the environment, else .env, else the default.
 setting() { local v; v=${!1:-$(sed -n "s/^$1=//p" .env | tail -n 1)}; echo "${v:-$2}"; }
 DISPATCHER_HOST_PORT=$(setting DISPATCHER_HOST_PORT 8000)
-SANDBOX_HOST_PORT=$(setting SANDBOX_HOST_PORT 8001)
 MONITORING_BIND=$(setting MONITORING_BIND 127.0.0.1)
 PROMETHEUS_HOST_PORT=$(setting PROMETHEUS_HOST_PORT 9090)
 GRAFANA_HOST_PORT=$(setting GRAFANA_HOST_PORT 3000)
@@ -146,6 +144,6 @@ Grafana:    http://$MONITORING_BIND:$GRAFANA_HOST_PORT  user $GRAFANA_ADMIN_USER
 Scale:      $COMPOSE -f $FILE up -d --scale sandbox-runtime=4
 EOF
 else
-  echo "Sandbox metrics: http://127.0.0.1:$SANDBOX_HOST_PORT/metrics" >&2
+  echo "Sandbox metrics: $COMPOSE -f $FILE exec sandbox-runtime curl -s http://127.0.0.1:8001/metrics" >&2
 fi
 echo "Stop:       scripts/deploy.sh down $FLAVOUR" >&2

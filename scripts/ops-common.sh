@@ -182,7 +182,7 @@ docker_stack_up() {
   export ADP_TASKS_FILE="$OPS_WORK/tasks.jsonl" ADP_OUTPUT_DIR="$OPS_WORK/output"
   export ADP_UID=${ADP_UID:-$(id -u)} ADP_GID=${ADP_GID:-$(id -g)}
   REDIS_HOST_PORT=$(free_port); PROMETHEUS_HOST_PORT=$(free_port); GRAFANA_HOST_PORT=$(free_port)
-  export REDIS_HOST_PORT DISPATCHER_HOST_PORT=$DISPATCHER_PORT SANDBOX_HOST_PORT=$SANDBOX_PORT
+  export REDIS_HOST_PORT DISPATCHER_HOST_PORT=$DISPATCHER_PORT
   export PROMETHEUS_HOST_PORT GRAFANA_HOST_PORT
   export GRAFANA_ADMIN_PASSWORD=${GRAFANA_ADMIN_PASSWORD:-$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')}
   ops_log "starting compose project $OPS_PROJECT ($file)"

@@ -418,17 +418,39 @@ fn services_are_production_shaped() {
         );
     }
 
+    // Runtimes scale in both files: a fixed host port would make a second
+    // replica fail to start (`--scale sandbox-runtime=2`).
+    for file in FILES {
+        let doc = compose::load(file);
+        for (name, svc) in compose::services(&doc) {
+            let name = scalar(name);
+            if name.ends_with("-runtime") {
+                assert!(
+                    svc.get("ports").is_none(),
+                    "{file}: {name} must not publish host ports (replicas would clash)"
+                );
+            }
+        }
+    }
+    // The minimal file publishes the dispatcher only.
+    let minimal = compose::load("docker-compose.minimal.yml");
+    let published: Vec<String> = compose::services(&minimal)
+        .iter()
+        .filter(|(_, svc)| svc.get("ports").is_some())
+        .map(|(name, _)| scalar(name))
+        .collect();
+    assert_eq!(
+        published,
+        ["dispatcher"],
+        "docker-compose.minimal.yml: services with host ports"
+    );
+
     // Full stack specifics.
     let doc = compose::load("docker-compose.yml");
     let services = compose::services(&doc);
     for name in ["sandbox-runtime", "web-runtime"] {
-        let svc = &services[name];
         assert!(
-            svc.get("ports").is_none(),
-            "{name} must not publish host ports (replicas would clash)"
-        );
-        assert!(
-            svc["deploy"]["replicas"].as_u64().is_some(),
+            services[name]["deploy"]["replicas"].as_u64().is_some(),
             "{name} replicas"
         );
     }
