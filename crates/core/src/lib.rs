@@ -14,6 +14,8 @@
 //! * [`metrics`]: the Prometheus registry and the `/metrics` + `/health` server.
 //! * [`health`]: runtime registration in the `runtime_health` hash.
 //! * [`llm`]: the OpenAI-compatible chat client the `openai` policies use.
+//! * [`llm_record`]: `metadata.llm_calls`, every model call as sent and as
+//!   answered, and the rebuilding of each request byte for byte.
 //! * [`config`]: shared settings, tracing, shutdown signal, Redis connections.
 //! * [`error`]: `Error`, and [`error::InfraError`] — the failure that is not the agent's.
 
@@ -23,6 +25,7 @@ pub mod error;
 pub mod health;
 pub mod lines;
 pub mod llm;
+pub mod llm_record;
 pub mod metrics;
 pub mod names;
 pub mod queue;
