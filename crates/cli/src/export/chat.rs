@@ -1,225 +1,256 @@
-//! A trajectory as a tool-calling conversation, built from its steps so it
-//! works for every policy (scripted, heuristic, openai):
+//! A trajectory as a conversation ([`Dialog`]: OpenAI chat messages and the
+//! `tools` offered), and its renderings:
 //!
-//! 1. `system`: what the agent is and which tools it has;
-//! 2. `user`: the task description (plus the start URL of a web task);
-//! 3. for each step: an `assistant` turn calling one tool (the step's action)
-//!    and a `tool` turn with the step's observation;
-//! 4. a final `assistant` turn with the answer (`final_result`).
+//! * [`to_messages`]: the OpenAI chat format (`messages` + `tools`);
+//! * [`to_sharegpt`]: the ShareGPT format of LLaMA-Factory and axolotl.
 //!
-//! [`to_messages`] renders it in the OpenAI chat format (with `tools`),
-//! [`to_sharegpt`] in the ShareGPT format used by LLaMA-Factory and axolotl.
+//! A dialog comes from the recorded model calls ([`super::recorded`],
+//! `"source": "llm"`) or, when no model was asked, from the steps
+//! ([`super::synthetic`], `"source": "synthetic"`). In both, messages are in
+//! the form the chat-completions API takes: tool-call `arguments` are JSON
+//! strings.
 
-use adp_core::TaskType;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::tools;
-use crate::view::{StepView, TrajView};
+/// Where a conversation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The recorded model calls: what the model was sent and answered.
+    Llm,
+    /// Rendered from the steps: no model call was recorded (scripted,
+    /// heuristic, a replayed plan, or a file from before calls were recorded).
+    Synthetic,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Llm => "llm",
+            Source::Synthetic => "synthetic",
+        }
+    }
+}
+
+/// A conversation in the chat-completions form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dialog {
+    pub source: Source,
+    pub messages: Vec<Value>,
+    pub tools: Vec<Value>,
+}
 
 /// How tool-call arguments are written in the `messages` format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ArgumentsAs {
-    /// A JSON object, as Hugging Face chat templates and TRL expect.
+    /// A JSON object, as Hugging Face chat templates and TRL expect
+    /// (arguments that are not a JSON object stay the string the model wrote).
     Object,
     /// A JSON-encoded string, as the OpenAI API and its fine-tuning files use.
     String,
 }
 
-/// One tool call and its result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Turn {
-    pub call_id: String,
-    pub tool: String,
-    pub arguments: Map<String, Value>,
-    pub observation: String,
+/// How `tools` and tool-call arguments are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rendering {
+    pub arguments: ArgumentsAs,
+    /// `tools` as one JSON string (Hugging Face `datasets` 3.x otherwise
+    /// merges every tool schema into one struct and pads with nulls).
+    pub tools_as_string: bool,
 }
 
-/// A trajectory as a conversation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Conversation {
-    pub system: String,
-    pub user: String,
-    pub tools: Vec<Value>,
-    pub turns: Vec<Turn>,
-    pub answer: String,
-}
-
-const CODE_SYSTEM: &str = "You are an agent that solves tasks by running Python code. \
-Call the python_executor tool to run code; its output comes back to you. \
-When you have the result, reply with the final answer.";
-
-const WEB_SYSTEM: &str = "You are a web agent controlling a browser. Each browser_* tool \
-performs one action and returns an observation: the page title, URL, visible text and a \
-numbered list of interactive elements (use a number as `element`). \
-When you are done, reply with the final answer.";
-
-/// Builds the conversation; `None` when the trajectory does not hold its task
-/// (no description to put in the user turn).
-pub fn build(t: &TrajView) -> Option<Conversation> {
-    let task = t.task.as_ref()?;
-    let web = match t.task_type() {
-        Some(TaskType::Web) => true,
-        Some(_) => false,
-        None => t.steps.iter().any(|s| s.action_type == "browser_action"),
-    };
-    let mut tool_defs = if web {
-        tools::browser_tools()
-    } else {
-        vec![tools::python_executor()]
-    };
-    let mut user = task.description.clone();
-    if web {
-        if let Some(url) = task.start_url().filter(|u| !u.trim().is_empty()) {
-            user.push_str(&format!("\n\nStart page: {url}"));
+impl Default for Rendering {
+    fn default() -> Self {
+        Rendering {
+            arguments: ArgumentsAs::Object,
+            tools_as_string: false,
         }
     }
-    let turns: Vec<Turn> = t
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| turn(i, s))
-        .collect();
-    for turn in &turns {
-        if !tool_defs
-            .iter()
-            .any(|d| tools::tool_name(d) == Some(turn.tool.as_str()))
-        {
-            tool_defs.push(
-                turn.tool
-                    .strip_prefix("browser_")
-                    .and_then(tools::browser_tool)
-                    .unwrap_or_else(|| tools::generic_tool(&turn.tool)),
-            );
-        }
-    }
-    let answer = if !t.final_result.is_empty() {
-        t.final_result.clone()
-    } else if t.success {
-        "Done.".to_owned()
-    } else {
-        format!(
-            "The task failed ({}): {}",
-            t.failure_label().unwrap_or("task_failed"),
-            t.error_message.as_deref().unwrap_or("no result")
-        )
-    };
-    Some(Conversation {
-        system: if web { WEB_SYSTEM } else { CODE_SYSTEM }.to_owned(),
-        user,
-        tools: tool_defs,
-        turns,
-        answer,
-    })
 }
 
-fn turn(i: usize, s: &StepView) -> Turn {
-    let p = &s.action_params;
-    let (tool, arguments) = match s.action_type.as_str() {
-        "code_execution" => {
-            let code = p.get("code").cloned().unwrap_or_else(|| json!(""));
-            (
-                tools::PYTHON_EXECUTOR.to_owned(),
-                Map::from_iter([("code".to_owned(), code)]),
-            )
-        }
-        "browser_action" => {
-            let action = p.get("type").and_then(Value::as_str).unwrap_or("action");
-            let mut args = p.clone();
-            args.remove("type");
-            (tools::browser_tool_name(action), args)
-        }
-        "tool_call" => {
-            let name = p
-                .get("tool")
-                .or_else(|| p.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or("tool")
-                .to_owned();
-            let args = match p.get("args").or_else(|| p.get("arguments")) {
-                Some(Value::Object(m)) => m.clone(),
-                _ => {
-                    let mut m = p.clone();
-                    m.remove("tool");
-                    m.remove("name");
-                    m
-                }
-            };
-            (name, args)
-        }
-        other => (
-            if other.is_empty() { "tool" } else { other }.to_owned(),
-            p.clone(),
-        ),
-    };
-    let mut observation = s.observation.clone();
-    if !s.success {
-        if let Some(msg) = s.error_message.as_deref().filter(|m| !m.is_empty()) {
-            if !observation.contains(msg) {
-                if !observation.is_empty() && !observation.ends_with('\n') {
-                    observation.push('\n');
-                }
-                let kind = s.error_type.as_deref().unwrap_or("error");
-                observation.push_str(&format!("[{kind}] {msg}"));
+/// `arguments` of a tool call as an object when it holds one.
+fn arguments_object(arguments: &Value) -> Option<Map<String, Value>> {
+    match arguments {
+        Value::Object(m) => Some(m.clone()),
+        Value::String(s) => match serde_json::from_str(s) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `arguments` as a JSON string (unchanged when it already is one).
+fn arguments_string(arguments: &Value) -> Value {
+    match arguments {
+        Value::String(_) => arguments.clone(),
+        other => Value::String(other.to_string()),
+    }
+}
+
+/// A message with its tool calls' arguments written as `args_as`.
+fn render_message(m: &Value, args_as: ArgumentsAs) -> Value {
+    let mut m = m.clone();
+    if let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut) {
+        for call in calls {
+            if let Some(args) = call
+                .get_mut("function")
+                .and_then(|f| f.get_mut("arguments"))
+            {
+                *args = match args_as {
+                    ArgumentsAs::Object => {
+                        arguments_object(args).map_or_else(|| args.clone(), Value::Object)
+                    }
+                    ArgumentsAs::String => arguments_string(args),
+                };
             }
         }
     }
-    Turn {
-        call_id: format!("call_{i}"),
-        tool,
-        arguments,
-        observation,
+    m
+}
+
+fn tools_value(tools: &[Value], as_string: bool) -> Value {
+    let v = Value::Array(tools.to_vec());
+    if as_string {
+        Value::String(v.to_string())
+    } else {
+        v
     }
 }
 
-/// The OpenAI chat format: `{"messages": [...], "tools": [...]}` with roles
-/// `system`, `user`, then (`assistant` with `tool_calls`, `tool`) per step,
-/// then a final `assistant`.
-pub fn to_messages(c: &Conversation, args_as: ArgumentsAs) -> (Value, Value) {
-    let mut messages = vec![
-        json!({"role": "system", "content": c.system}),
-        json!({"role": "user", "content": c.user}),
-    ];
-    for t in &c.turns {
-        let arguments = match args_as {
-            ArgumentsAs::Object => Value::Object(t.arguments.clone()),
-            ArgumentsAs::String => Value::String(Value::Object(t.arguments.clone()).to_string()),
-        };
-        messages.push(json!({
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [{
-                "id": t.call_id,
-                "type": "function",
-                "function": {"name": t.tool, "arguments": arguments}
-            }]
-        }));
-        messages.push(json!({
-            "role": "tool",
-            "tool_call_id": t.call_id,
-            "name": t.tool,
-            "content": t.observation,
-        }));
-    }
-    messages.push(json!({"role": "assistant", "content": c.answer}));
-    (Value::Array(messages), Value::Array(c.tools.clone()))
-}
-
-/// The ShareGPT format: `conversations` with `from` = `system`, `human`,
-/// then (`function_call`, `observation`) per step, then `gpt`; `tools` is the
-/// JSON-encoded tool list (LLaMA-Factory's convention).
-pub fn to_sharegpt(c: &Conversation) -> (Value, Value) {
-    let mut conv = vec![
-        json!({"from": "system", "value": c.system}),
-        json!({"from": "human", "value": c.user}),
-    ];
-    for t in &c.turns {
-        let call = json!({"name": t.tool, "arguments": Value::Object(t.arguments.clone())});
-        conv.push(json!({"from": "function_call", "value": call.to_string()}));
-        conv.push(json!({"from": "observation", "value": t.observation}));
-    }
-    conv.push(json!({"from": "gpt", "value": c.answer}));
+/// The OpenAI chat format: `(messages, tools)`.
+pub fn to_messages(d: &Dialog, r: Rendering) -> (Value, Value) {
+    let messages = d
+        .messages
+        .iter()
+        .map(|m| render_message(m, r.arguments))
+        .collect();
     (
-        Value::Array(conv),
-        Value::String(Value::Array(c.tools.clone()).to_string()),
+        Value::Array(messages),
+        tools_value(&d.tools, r.tools_as_string),
     )
+}
+
+/// Text of a message's `content` (a string, or the text parts of a list).
+fn text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The ShareGPT format: `(conversations, tools)`. `from` is `system`,
+/// `human`, `function_call` (an assistant turn calling tools: `{"name",
+/// "arguments"}`, a list for several calls), `observation` (tool results;
+/// consecutive ones joined) or `gpt` (an assistant turn without tool calls).
+/// `tools` is the JSON-encoded tool list (LLaMA-Factory's convention).
+pub fn to_sharegpt(d: &Dialog) -> (Value, Value) {
+    let mut conv: Vec<Value> = Vec::new();
+    for m in &d.messages {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let calls = m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .filter(|c| !c.is_empty());
+        let (from, value) = match (role, calls) {
+            ("system" | "developer", _) => ("system", text(m.get("content"))),
+            ("user", _) => ("human", text(m.get("content"))),
+            ("tool", _) => ("observation", text(m.get("content"))),
+            ("assistant", Some(calls)) => {
+                let calls: Vec<Value> = calls
+                    .iter()
+                    .map(|c| {
+                        let f = &c["function"];
+                        let args = arguments_object(&f["arguments"])
+                            .map_or_else(|| f["arguments"].clone(), Value::Object);
+                        json!({"name": f["name"], "arguments": args})
+                    })
+                    .collect();
+                let value = match calls.as_slice() {
+                    [one] => one.to_string(),
+                    _ => Value::Array(calls).to_string(),
+                };
+                ("function_call", value)
+            }
+            _ => ("gpt", text(m.get("content"))),
+        };
+        if from == "observation" {
+            if let Some(last) = conv.last_mut().filter(|l| l["from"] == "observation") {
+                let joined = format!("{}\n{value}", last["value"].as_str().unwrap_or(""));
+                last["value"] = Value::String(joined);
+                continue;
+            }
+        }
+        conv.push(json!({"from": from, "value": value}));
+    }
+    (Value::Array(conv), tools_value(&d.tools, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialog() -> Dialog {
+        Dialog {
+            source: Source::Llm,
+            messages: vec![
+                json!({"role": "system", "content": "s"}),
+                json!({"role": "user", "content": "u"}),
+                json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}},
+                    {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}}]}),
+                json!({"role": "tool", "tool_call_id": "a", "content": "one"}),
+                json!({"role": "tool", "tool_call_id": "b", "content": "two"}),
+                json!({"role": "assistant", "content": "done"}),
+            ],
+            tools: vec![json!({"type": "function", "function": {"name": "f"}})],
+        }
+    }
+
+    #[test]
+    fn messages_arguments_as_objects_or_strings() {
+        let (m, tools) = to_messages(&dialog(), Rendering::default());
+        assert_eq!(
+            m[2]["tool_calls"][0]["function"]["arguments"],
+            json!({"x": 1})
+        );
+        assert_eq!(
+            m[2]["tool_calls"][1]["function"]["arguments"], "not json",
+            "malformed arguments stay as the model wrote them"
+        );
+        assert!(tools.is_array());
+        let r = Rendering {
+            arguments: ArgumentsAs::String,
+            tools_as_string: true,
+        };
+        let (m, tools) = to_messages(&dialog(), r);
+        assert_eq!(m[2]["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
+        assert_eq!(m, Value::Array(dialog().messages));
+        assert!(tools.is_string());
+    }
+
+    #[test]
+    fn sharegpt_roles() {
+        let (c, tools) = to_sharegpt(&dialog());
+        let from: Vec<&str> = c
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|m| m["from"].as_str().expect("from"))
+            .collect();
+        assert_eq!(
+            from,
+            ["system", "human", "function_call", "observation", "gpt"]
+        );
+        let calls: Value = serde_json::from_str(c[2]["value"].as_str().expect("s")).expect("json");
+        assert_eq!(calls[0], json!({"name": "f", "arguments": {"x": 1}}));
+        assert_eq!(c[3]["value"], "one\ntwo");
+        assert!(tools.is_string());
+    }
 }

@@ -7,11 +7,23 @@
 //!
 //! Formats (one JSON object per line):
 //! * `trajectory`: the trajectory file as is (every field, compact);
-//! * `messages`: `{"task_id", "task_type", "success", "tools", "messages"}`,
-//!   see [`chat::to_messages`];
-//! * `sharegpt`: `{"task_id", "conversations", "tools"}`, see [`chat::to_sharegpt`].
+//! * `messages`: the labels (below), `tools` and `messages`, see
+//!   [`chat::to_messages`];
+//! * `sharegpt`: the labels, `conversations` and `tools`, see [`chat::to_sharegpt`];
+//! * `rl`: the labels and the tokens of every model call, see [`rl`].
+//!
+//! Every `messages`, `sharegpt` and `rl` row carries the labels `task_id`,
+//! `task_type`, `policy`, `model`, `success`, `reward`, `error_type` and
+//! `source` (`llm`: from the recorded model calls, [`recorded`];
+//! `synthetic`: rendered from the steps, [`synthetic`]). Trajectories that
+//! failed for infrastructure reasons (`system_error`) are left out of every
+//! format unless asked for.
 
+pub mod calls;
 pub mod chat;
+pub mod recorded;
+pub mod rl;
+pub mod synthetic;
 pub mod tools;
 
 use std::collections::BTreeMap;
@@ -21,7 +33,9 @@ use std::time::Instant;
 
 use adp_core::TaskType;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+
+use calls::Calls;
 
 use crate::error::{CliError, Outcome, Result};
 use crate::files::{self, Skips};
@@ -39,19 +53,40 @@ pub enum Format {
     Messages,
     /// ShareGPT `conversations` (LLaMA-Factory, axolotl).
     Sharegpt,
+    /// Per model call: prompt and completion token ids, completion mask and
+    /// logprobs; and the reward (GRPO-style trainers).
+    Rl,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Trajectory => "trajectory",
+            Format::Messages => "messages",
+            Format::Sharegpt => "sharegpt",
+            Format::Rl => "rl",
+        }
+    }
 }
 
 /// Export trajectories into one JSONL dataset.
 #[derive(Debug, clap::Args)]
 #[command(
-    about = "Write every trajectory into one JSONL dataset (trajectory, messages or sharegpt format)",
+    about = "Write every trajectory into one JSONL dataset (trajectory, messages, sharegpt or rl format)",
     long_about = "Write every trajectory into one JSONL dataset.\n\n\
 Formats:\n  \
 trajectory  each trajectory file as one line, all fields kept\n  \
 messages    OpenAI chat format: {\"tools\": [JSON schemas], \"messages\": [system, user, \
 (assistant with tool_calls, tool)..., assistant]} — ready for TRL's SFTTrainer\n  \
 sharegpt    {\"conversations\": [{\"from\": system|human|function_call|observation|gpt, \
-\"value\": ...}], \"tools\": \"<JSON>\"}\n\n\
+\"value\": ...}], \"tools\": \"<JSON>\"}\n  \
+rl          per model call: prompt_ids, completion_ids, completion_mask, completion_logprobs; \
+and the reward\n\n\
+A trajectory with recorded model calls (metadata.llm_calls) is exported as the model saw it: \
+the messages of its last call plus the reply (\"source\": \"llm\"); one without is rendered \
+from its steps (\"source\": \"synthetic\"). Rows carry task_id, task_type, policy, model, \
+success, reward, error_type and source. Infrastructure failures (system_error) are left out \
+unless --include-infra-failures.\n\n\
 Files are read one at a time (memory does not grow with their number). Unusable files \
 (invalid JSON, not a trajectory) are skipped and listed in the summary; the export never \
 stops half way. The dataset is written to a temp file and renamed over --out at the end.",
@@ -59,6 +94,8 @@ stops half way. The dataset is written to a temp file and renamed over --out at 
 adp export --out data.jsonl\n  \
 adp export --out sft.jsonl --format messages --success-only --min-steps 2\n  \
 adp export --out web.jsonl --format sharegpt --task-type web\n  \
+adp export --out hf.jsonl --format messages --source llm --tools-as-json-string\n  \
+adp export --out grpo.jsonl --format rl\n  \
 adp export --out - --format messages | head -1 | jq ."
 )]
 pub struct ExportArgs {
@@ -77,12 +114,26 @@ pub struct ExportArgs {
     /// Only trajectories with at least N steps.
     #[arg(long, value_name = "N")]
     pub min_steps: Option<usize>,
+    /// Only conversations of this source: `llm` (recorded model calls) or
+    /// `synthetic` (rendered from the steps).
+    #[arg(long, value_enum)]
+    pub source: Option<chat::Source>,
+    /// Also export trajectories that failed for infrastructure reasons
+    /// (`error_type: system_error`).
+    #[arg(long)]
+    pub include_infra_failures: bool,
     /// Also export archived attempts (`<task_id>.attempt-N.json`).
     #[arg(long)]
     pub include_attempts: bool,
     /// How tool-call arguments are written in the `messages` format.
     #[arg(long, value_enum, default_value = "object")]
     pub tool_arguments: chat::ArgumentsAs,
+    /// Write `tools` and every tool call's `arguments` as JSON strings
+    /// (`messages`; `sharegpt` always does): Hugging Face `datasets` 3.x
+    /// otherwise merges all tool schemas and arguments into one struct and
+    /// pads each with nulls.
+    #[arg(long)]
+    pub tools_as_json_string: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +146,10 @@ pub struct Filtered {
     pub not_successful: u64,
     pub task_type: u64,
     pub min_steps: u64,
+    /// `system_error` trajectories (left out unless `--include-infra-failures`).
+    pub infra_failure: u64,
+    /// Another source than `--source`.
+    pub source: u64,
 }
 
 /// What an export did.
@@ -107,7 +162,10 @@ pub struct Summary {
     pub bytes: u64,
     pub filtered: Filtered,
     /// Trajectories that cannot be put in the chosen format, by reason
-    /// (`missing_task`: the file holds no task, so there is no user turn).
+    /// (`missing_task`: the file holds no task, so there is no user turn;
+    /// `no_model_reply`: model calls were recorded but none was answered;
+    /// `bad_llm_calls`: the record cannot be read; `no_token_ids`: no token
+    /// ids for `rl`; `token_logprob_mismatch`).
     pub unconvertible: BTreeMap<&'static str, u64>,
     pub skipped: Skips,
     pub seconds: f64,
@@ -119,12 +177,21 @@ pub struct Filters {
     pub success_only: bool,
     pub task_type: Option<TaskType>,
     pub min_steps: Option<usize>,
+    pub source: Option<chat::Source>,
+    pub include_infra_failures: bool,
 }
+
+/// The failure label of infrastructure failures.
+const SYSTEM_ERROR: &str = "system_error";
 
 impl Filters {
     /// Which filter drops `t`, if any.
-    fn reject(&self, t: &TrajView, f: &mut Filtered) -> bool {
-        let hit = if self.success_only && !t.success {
+    fn reject(&self, t: &TrajView, source: chat::Source, f: &mut Filtered) -> bool {
+        let hit = if !self.include_infra_failures && t.failure_label() == Some(SYSTEM_ERROR) {
+            Some(&mut f.infra_failure)
+        } else if self.source.is_some_and(|s| s != source) {
+            Some(&mut f.source)
+        } else if self.success_only && !t.success {
             Some(&mut f.not_successful)
         } else if self.task_type.is_some() && t.task_type() != self.task_type {
             Some(&mut f.task_type)
@@ -144,36 +211,89 @@ impl Filters {
     }
 }
 
+/// The recorded calls of a trajectory: none, readable, or a damaged record.
+type Record = Result<Option<Calls>, &'static str>;
+
+/// Where the conversation of a trajectory comes from: `llm` when its model
+/// calls were recorded (a damaged record too: it is reported, not rendered
+/// as if no model had been asked) and at least one was answered.
+pub fn source(record: &Record) -> chat::Source {
+    match record {
+        Ok(Some(c)) if c.last_answered().is_none() => chat::Source::Synthetic,
+        Ok(Some(_)) | Err(_) => chat::Source::Llm,
+        Ok(None) => chat::Source::Synthetic,
+    }
+}
+
+/// The labels every `messages`, `sharegpt` and `rl` row starts with.
+pub fn labels(
+    raw: &Value,
+    t: &TrajView,
+    calls: Option<&Calls>,
+    source: chat::Source,
+) -> Map<String, Value> {
+    let model = t
+        .metadata
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .or_else(|| calls.and_then(Calls::model));
+    let mut m = Map::new();
+    m.insert("task_id".into(), json!(t.task_id));
+    m.insert("task_type".into(), json!(t.task_type_label()));
+    m.insert("policy".into(), json!(t.policy()));
+    m.insert("model".into(), json!(model));
+    m.insert("success".into(), json!(t.success));
+    m.insert(
+        "reward".into(),
+        json!(raw.get("reward").and_then(Value::as_f64)),
+    );
+    m.insert(
+        "error_type".into(),
+        json!(t.error_type.as_deref().filter(|e| !e.is_empty())),
+    );
+    m.insert("source".into(), json!(source.as_str()));
+    m
+}
+
 /// One output line for `t` (`Err(reason)` when it cannot be converted).
 pub fn line(
     format: Format,
     raw: Value,
     t: &TrajView,
-    args_as: chat::ArgumentsAs,
+    record: &Record,
+    rendering: chat::Rendering,
 ) -> Result<Value, &'static str> {
+    let source = source(record);
+    let calls = match (format, record) {
+        (Format::Trajectory, _) => return Ok(raw),
+        (_, Err(reason)) => return Err(reason),
+        (_, Ok(calls)) => calls.as_ref(),
+    };
+    let mut row = labels(&raw, t, calls, source);
+    let dialog = || match calls {
+        Some(c) if source == chat::Source::Llm => recorded::build(c),
+        _ => synthetic::build(t).ok_or("missing_task"),
+    };
     match format {
-        Format::Trajectory => Ok(raw),
+        Format::Trajectory => return Ok(raw),
         Format::Messages => {
-            let c = chat::build(t).ok_or("missing_task")?;
-            let (messages, tools) = chat::to_messages(&c, args_as);
-            Ok(json!({
-                "task_id": t.task_id,
-                "task_type": t.task_type_label(),
-                "success": t.success,
-                "tools": tools,
-                "messages": messages,
-            }))
+            let (messages, tools) = chat::to_messages(&dialog()?, rendering);
+            row.insert("tools".into(), tools);
+            row.insert("messages".into(), messages);
         }
         Format::Sharegpt => {
-            let c = chat::build(t).ok_or("missing_task")?;
-            let (conversations, tools) = chat::to_sharegpt(&c);
-            Ok(json!({
-                "task_id": t.task_id,
-                "conversations": conversations,
-                "tools": tools,
-            }))
+            let (conversations, tools) = chat::to_sharegpt(&dialog()?);
+            row.insert("conversations".into(), conversations);
+            row.insert("tools".into(), tools);
+        }
+        Format::Rl => {
+            let calls = calls.ok_or(rl::NO_TOKEN_IDS)?;
+            let reward = row.get("reward").and_then(Value::as_f64);
+            row.extend(rl::fields(calls, reward, t.success)?);
         }
     }
+    Ok(Value::Object(row))
 }
 
 /// Counts bytes going through a writer.
@@ -200,6 +320,16 @@ pub fn export_to(env: &Env, args: &ExportArgs, out: impl Write) -> Result<Summar
         success_only: args.success_only,
         task_type: args.task_type.as_deref().and_then(TaskType::parse),
         min_steps: args.min_steps,
+        source: args.source,
+        include_infra_failures: args.include_infra_failures,
+    };
+    let rendering = chat::Rendering {
+        arguments: if args.tools_as_json_string {
+            chat::ArgumentsAs::String
+        } else {
+            args.tool_arguments
+        },
+        tools_as_string: args.tools_as_json_string,
     };
     let dir = env.trajectories_dir();
     let bar = if progress::stderr_is_terminal() {
@@ -237,10 +367,11 @@ pub fn export_to(env: &Env, args: &ExportArgs, out: impl Write) -> Result<Summar
                 continue;
             }
         };
-        if filters.reject(&view, &mut summary.filtered) {
+        let record = Calls::of(&view.metadata);
+        if filters.reject(&view, source(&record), &mut summary.filtered) {
             continue;
         }
-        match line(args.format, raw, &view, args.tool_arguments) {
+        match line(args.format, raw, &view, &record, rendering) {
             Ok(v) => {
                 serde_json::to_writer(&mut out, &v)?;
                 out.write_all(b"\n")?;
@@ -297,20 +428,18 @@ pub fn run(env: &Env, args: ExportArgs) -> Result<Outcome> {
 
 /// The text summary.
 pub fn render(s: &Summary) -> String {
-    let format = match s.format {
-        Format::Trajectory => "trajectory",
-        Format::Messages => "messages",
-        Format::Sharegpt => "sharegpt",
-    };
+    let format = s.format.as_str();
     let mut out = format!(
         "Exported {} trajectories to {} (format {format}, {} bytes, {:.2}s).\n",
         s.written, s.out, s.bytes, s.seconds
     );
     out.push_str(&format!("Files read: {}.\n", s.files_seen));
     if s.filtered.total > 0 {
+        let f = &s.filtered;
         out.push_str(&format!(
-            "Filtered out: {} (not successful {}, other task type {}, fewer steps {}).\n",
-            s.filtered.total, s.filtered.not_successful, s.filtered.task_type, s.filtered.min_steps
+            "Filtered out: {} (infrastructure failures {}, other source {}, not successful {}, \
+             other task type {}, fewer steps {}).\n",
+            f.total, f.infra_failure, f.source, f.not_successful, f.task_type, f.min_steps
         ));
     }
     for (reason, n) in &s.unconvertible {

@@ -339,3 +339,142 @@ pub fn sorted(k: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Writes a trajectory given as JSON (fields the core type does not have yet).
+pub fn write_traj_value(dir: &Path, t: &Value) -> PathBuf {
+    let id = t["task_id"].as_str().expect("task_id");
+    let path = dir.join(format!("{id}.json"));
+    let mut body = serde_json::to_vec_pretty(t).expect("serialize");
+    body.push(b'\n');
+    adp_core::writer::write_atomic(dir, &path, &body).expect("write trajectory");
+    path
+}
+
+/// A tool call as the chat-completions API writes it.
+pub fn tool_call(id: &str, name: &str, args: Value) -> Value {
+    json!({"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}})
+}
+
+/// A model call record of `metadata.llm_calls` (docs/formats.md).
+pub fn llm_call(n: usize, request: &Value, prefix: usize, added: Value, response: Value) -> Value {
+    json!({"call": n, "step_id": n, "started_at": unix_now(), "latency": 0.2,
+           "request": request, "messages_prefix": prefix, "messages_added": added,
+           "response": response, "error": null})
+}
+
+/// A response with token ids and logprobs (`LLM_LOGPROBS=true`).
+pub fn llm_response(content: Value, calls: Vec<Value>, finish: &str, tokens: &[u64]) -> Value {
+    let lp: Vec<f64> = tokens.iter().map(|t| -0.01 * *t as f64).collect();
+    json!({"id": "chatcmpl-1", "model": "fake-model", "content": content,
+           "reasoning_content": null, "tool_calls": calls, "finish_reason": finish,
+           "usage": {"prompt_tokens": 10, "completion_tokens": tokens.len(), "total_tokens": 10 + tokens.len()},
+           "completion_token_ids": tokens, "logprobs": lp, "prompt_token_ids": [1, 2, 3]})
+}
+
+/// A code trajectory the `openai` policy produced in native tool mode: one
+/// `python` call, then a final text answer; reward 1.0.
+pub fn llm_code_traj(id: &str) -> Value {
+    let mut tr = code_traj(id, true, None, 1);
+    tr.steps[0].action_params = json!({"code": "print(6 * 7)"})
+        .as_object()
+        .cloned()
+        .expect("object");
+    tr.steps[0].observation = "42\n".into();
+    tr.final_result = "The answer is 42.".into();
+    tr.meta("policy", "openai");
+    tr.meta("model", "fake-model");
+    let tools = json!([{"type": "function", "function": {"name": "python", "description": "Run Python.",
+        "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}]);
+    let request = json!({"model": "fake-model", "tools": tools, "temperature": 0.2, "max_tokens": 512,
+                         "seed": 7, "logprobs": true});
+    let call = tool_call("call_a", "python", json!({"code": "print(6 * 7)"}));
+    let mut reply0 = llm_response(
+        json!("Let me compute."),
+        vec![call.clone()],
+        "tool_calls",
+        &[11, 12, 13],
+    );
+    reply0["reasoning_content"] = json!("six times seven");
+    let calls = json!([
+        llm_call(
+            0,
+            &request,
+            0,
+            json!([
+            {"role": "system", "content": "You solve tasks with Python (recorded prompt)."},
+            {"role": "user", "content": format!("Task {id}")}]),
+            reply0
+        ),
+        llm_call(
+            1,
+            &request,
+            2,
+            json!([
+            {"role": "assistant", "content": "Let me compute.", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_a", "content": "42\n"}]),
+            llm_response(json!("The answer is 42."), vec![], "stop", &[21, 22])
+        ),
+    ]);
+    tr.meta("llm_calls", calls);
+    let mut v = serde_json::to_value(&tr).expect("json");
+    v["reward"] = json!(1.0);
+    v["reward_breakdown"] =
+        json!([{"name": "answer", "weight": 1.0, "score": 1.0, "detail": "exact"}]);
+    v
+}
+
+/// A web trajectory the `openai` policy produced in native tool mode: the
+/// runtime's start-page navigation (with a screenshot path), a click, then
+/// `browser_finish`; no reward recorded.
+pub fn llm_web_traj(id: &str) -> Value {
+    let mut tr = web_traj(id, true);
+    tr.steps[0].action_params =
+        json!({"type": "goto", "url": "http://127.0.0.1:9/start", "auto": true,
+                                       "screenshot": "/var/adp/output/trajectories/x/0.png"})
+        .as_object()
+        .cloned()
+        .expect("object");
+    tr.steps[1].action_params = json!({"type": "click", "element": 3})
+        .as_object()
+        .cloned()
+        .expect("object");
+    tr.meta("policy", "openai");
+    let tools = json!([
+        {"type": "function", "function": {"name": "click", "description": "Click.",
+            "parameters": {"type": "object", "properties": {"element": {"type": "integer"}, "selector": {"type": "string"}}}}},
+        {"type": "function", "function": {"name": "finish", "description": "Answer.",
+            "parameters": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}}}]);
+    let request =
+        json!({"model": "fake-model", "tools": tools, "temperature": 0.0, "logprobs": true});
+    let click = tool_call("call_c", "click", json!({"element": 3}));
+    let finish = tool_call("call_f", "finish", json!({"answer": "42"}));
+    let calls = json!([
+        llm_call(
+            0,
+            &request,
+            0,
+            json!([
+            {"role": "system", "content": "You control a browser (recorded prompt)."},
+            {"role": "user", "content": format!("Task {id}\n\nTitle: Start\n[3] link Next")}]),
+            llm_response(Value::Null, vec![click.clone()], "tool_calls", &[31, 32])
+        ),
+        llm_call(
+            1,
+            &request,
+            2,
+            json!([
+            {"role": "assistant", "content": null, "tool_calls": [click]},
+            {"role": "tool", "tool_call_id": "call_c", "content": "Title: Next\nThe answer is 42"}]),
+            llm_response(Value::Null, vec![finish], "tool_calls", &[41, 42, 43])
+        ),
+    ]);
+    tr.meta("llm_calls", calls);
+    serde_json::to_value(&tr).expect("json")
+}
+
+/// A code trajectory that failed for an infrastructure reason.
+pub fn infra_traj(id: &str) -> Trajectory {
+    let mut tr = code_traj(id, false, Some(ErrorType::SystemError), 0);
+    tr.error_message = Some("sandbox: Connection refused".into());
+    tr
+}
