@@ -13,6 +13,7 @@
 //! * [`cache`]: the template (plan) cache.
 //! * [`metrics`]: the Prometheus registry and the `/metrics` + `/health` server.
 //! * [`health`]: runtime registration in the `runtime_health` hash.
+//! * [`reward`]: task checks (`expected_answer`, `tests`, `verify`, ...) → reward, breakdown, success.
 //! * [`llm`]: the OpenAI-compatible chat client the `openai` policies use.
 //! * [`llm_record`]: `metadata.llm_calls`, every model call as sent and as
 //!   answered, and the rebuilding of each request byte for byte.
@@ -29,9 +30,10 @@ pub mod llm_record;
 pub mod metrics;
 pub mod names;
 pub mod queue;
+pub mod reward;
 pub mod types;
 pub mod validate;
 pub mod writer;
 
 pub use error::{Error, InfraError, Result};
-pub use types::{ActionType, ErrorType, ExecutionStep, TaskSpec, TaskType, Trajectory};
+pub use types::{ActionType, ErrorType, ExecutionStep, RewardItem, TaskSpec, TaskType, Trajectory};

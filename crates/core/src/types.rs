@@ -202,6 +202,23 @@ pub struct Trajectory {
     /// Extension: the task this trajectory answers (used by replay and export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<TaskSpec>,
+    /// Extension (CONTRACT §8): the weighted mean of the checks' scores,
+    /// 0..1 (`None`: not scored, e.g. an infrastructure failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f64>,
+    /// Extension (CONTRACT §8): one entry per check (`reward` module).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reward_breakdown: Vec<RewardItem>,
+}
+
+/// One check's part of a trajectory's reward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardItem {
+    pub name: String,
+    pub weight: f64,
+    /// 0..1; 1 means the check passed.
+    pub score: f64,
+    pub detail: String,
 }
 
 impl Trajectory {
@@ -219,6 +236,8 @@ impl Trajectory {
             metadata: Map::new(),
             created_at: unix_now(),
             task: Some(task.clone()),
+            reward: None,
+            reward_breakdown: Vec::new(),
         }
     }
 

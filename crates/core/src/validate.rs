@@ -293,6 +293,10 @@ fn check_constraints(spec: &TaskSpec) -> Result<(), RejectReason> {
             }
         }
     }
+    crate::reward::Checks::from_task(spec).map_err(|e| RejectReason::InvalidConstraint {
+        key: e.key,
+        why: e.why,
+    })?;
     if spec.task_type == TaskType::Web {
         let first_is_goto = spec
             .actions()

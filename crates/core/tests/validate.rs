@@ -179,3 +179,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn bad_checks_are_rejected_at_dispatch_with_the_reason() {
+    let err = parse_task_line(
+        br#"{"task_id":"c","task_type":"reasoning","description":"d","constraints":{"expected_answer":{"value":"4","match":"fuzzy"}}}"#,
+    )
+    .expect_err("an unknown match mode is rejected");
+    assert_eq!(err.code(), "invalid_constraint");
+    assert!(
+        err.to_string()
+            .starts_with("constraint `expected_answer` is invalid: unknown match \"fuzzy\""),
+        "{err}"
+    );
+    let err = parse_task_line(
+        br#"{"task_id":"w","task_type":"web","description":"d","constraints":{"start_url":"http://127.0.0.1/","verify":[{"type":"url","regex":"("}]}}"#,
+    )
+    .expect_err("a bad regex is rejected");
+    assert!(
+        err.to_string().contains("verify") && err.to_string().contains("bad regular expression"),
+        "{err}"
+    );
+    let ok = parse_task_line(
+        br#"{"task_id":"ok","task_type":"code","description":"d","constraints":{"expected_answer":"42","tests":"assert x == 42"}}"#,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}

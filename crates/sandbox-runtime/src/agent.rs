@@ -1,13 +1,18 @@
 //! The agent loop of one task: pick the policy (scripted, cached plan,
 //! openai or heuristic), ask it for code, run the code in the sandbox, feed
 //! the observation back, until it finishes, `max_steps` or the task timeout.
-//! Then judge success and fill in the trajectory (CONTRACT §3, §4).
+//! Then judge the run, score the task's checks and fill in the trajectory
+//! (CONTRACT §3, §4, §8).
 //!
-//! Success = the last step ran without error AND, when
-//! `constraints.expected_output` is given, the final stdout (trimmed)
-//! contains it (with no step at all: the final answer must contain it).
+//! The run *completed* when the last step ran without error (or, with no
+//! step at all, the policy gave an answer) and it was not cut short. The
+//! checks ([`adp_core::reward`]) then decide `success`, `reward` and
+//! `reward_breakdown`: a task without `expected_answer`, `tests` or
+//! `verify` has the check `completed` (plus `expected_output`: the final
+//! stdout, trimmed, contains it), so success keeps its old meaning; the
+//! `tests` check runs in one more jail ([`crate::grader`]).
 //! `final_result` is the model's final answer if it gave one, else the last
-//! step's stdout.
+//! step's stdout; it is what answer checks check.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,12 +20,14 @@ use std::time::{Duration, Instant};
 use adp_core::cache::TemplateCache;
 use adp_core::llm::LlmClient;
 use adp_core::queue::{TaskContext, TaskHandler};
+use adp_core::reward::{self, Checks, Evaluation, FinalState, Live};
 use adp_core::types::unix_now;
 use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, Trajectory};
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::executor::{Execution, Sandbox};
+use crate::grader;
 use crate::policy::openai::{self, OpenAiSession, PromptLimits};
 use crate::policy::{heuristic, scripted, Decision, Plan, Policy, Replay};
 use crate::RUNTIME;
@@ -154,6 +161,7 @@ impl CodeAgent {
         };
 
         self.judge(task, &mut trajectory, last.as_ref(), &ending);
+        self.score(task, &mut trajectory, last.as_ref()).await?;
         trajectory.total_duration = started.elapsed().as_secs_f64();
         trajectory.meta("policy", policy.name());
         trajectory.meta("cache_hit", cache_hit);
@@ -225,22 +233,47 @@ impl CodeAgent {
             t.error_message = Some("the task ended without running any code".to_owned());
             return;
         }
-        // The text the expected output is looked for in: the final stdout, or
-        // the answer when no code ran.
-        let checked = match last {
-            Some(e) => e.stdout.text.trim().to_owned(),
-            None => answer.unwrap_or_default().trim().to_owned(),
-        };
-        match task.expected_output() {
-            Some(expected) if !checked.contains(expected.trim()) => {
-                t.success = false;
-                t.error_message = Some(format!(
-                    "expected output {:?} not found in the final output",
-                    expected.trim()
-                ));
+        t.success = true;
+    }
+
+    /// Scores the task's checks: `t.success` says on entry whether the run
+    /// completed; on return it says whether every check passed. Records the
+    /// final state. `Err` only when the test jail could not run.
+    async fn score(
+        &self,
+        task: &TaskSpec,
+        t: &mut Trajectory,
+        last: Option<&Execution>,
+    ) -> Result<(), InfraError> {
+        let checks = match Checks::from_task(task) {
+            Ok(c) => c,
+            Err(e) => {
+                Evaluation::invalid(&e).apply(t);
+                return Ok(());
             }
-            _ => t.success = true,
+        };
+        let why_not = t
+            .error_message
+            .clone()
+            .or_else(|| t.error_type.map(|e| e.as_str().to_owned()));
+        let mut live = Live::default().completed(t.success, why_not.as_deref());
+        if let Some(tests) = checks.tests() {
+            let _slot = self
+                .jail_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| InfraError::new("sandbox", "jail slots closed"))?;
+            live.set("tests", grader::run_tests(&self.sandbox, t, tests).await?);
         }
+        let state = FinalState {
+            answer: t.final_result.clone(),
+            stdout: last.map(|e| e.stdout.text.clone()),
+            ..FinalState::default()
+        };
+        t.meta(reward::FINAL_STATE_KEY, json!(state.recorded()));
+        reward::evaluate(&checks, &state, &live).apply(t);
+        Ok(())
     }
 }
 

@@ -11,7 +11,8 @@
 //! * [`jail_group`]: the process group whose guardian kills the jails when
 //!   the runtime dies.
 //! * [`policy`]: scripted, openai, heuristic, cached-plan replay.
-//! * [`agent`]: the loop of one task and the success rule; the `TaskHandler`.
+//! * [`agent`]: the loop of one task, the run's outcome and its checks; the `TaskHandler`.
+//! * [`grader`]: the `tests` check: the agent's cells replayed, then the tests, in a jail.
 //! * [`health`]: `/health` checks (Redis, nsjail probe).
 //!
 //! [`run`] wires them to adp-core's `Worker`, metrics server and health loop.
@@ -20,6 +21,7 @@ pub mod agent;
 pub mod classify;
 pub mod config;
 pub mod executor;
+pub mod grader;
 pub mod health;
 pub mod jail_group;
 pub mod policy;
