@@ -29,8 +29,8 @@ ops_begin ", stack: $FLAVOUR"
 PAGE_PID=""
 trap '[[ -n "$PAGE_PID" ]] && kill "$PAGE_PID" 2>/dev/null; ops_cleanup' EXIT
 
-# Local mode: run-local.sh starts the web runtime with WEB_BLOCK_PRIVATE unset
-# (false), so a page on 127.0.0.1 is reachable.
+# Local mode: run-local.sh starts the web runtime with WEB_BLOCK_PRIVATE=true;
+# the page on 127.0.0.1 is let through by WEB_ALLOW_HOSTS.
 WEB_EXPECT=${WEB_EXPECT:-integration page 7}
 if [[ "$FLAVOUR" == full && "$MODE" == local ]]; then
   page_port=$(free_port)
@@ -42,6 +42,7 @@ EOF
   python3 -m http.server "$page_port" --bind 127.0.0.1 --directory "$OPS_WORK/site" >/dev/null 2>&1 &
   PAGE_PID=$!
   WEB_URL="http://127.0.0.1:$page_port/"
+  export WEB_ALLOW_HOSTS="127.0.0.1:$page_port"
 fi
 ops_stack_up "$FLAVOUR"
 

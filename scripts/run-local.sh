@@ -21,6 +21,9 @@
 # SANDBOX_PORT (8001), WEB_PORT (8002), ADP_PROFILE (release; `debug` reuses
 # the test suite's build), and any setting of the binaries
 # (SANDBOX_CONCURRENCY, MAX_CONCURRENT, LLM_BASE_URL, ...), passed through.
+# The web runtime runs with WEB_BLOCK_PRIVATE=true and WEB_ALLOW_HOSTS naming
+# the demo site (127.0.0.1:$DEMO_SITE_PORT, plus any WEB_ALLOW_HOSTS given);
+# started as root, its Chromium runs as nobody with its own sandbox.
 # While running, $OUTPUT_DIR/run-local.env holds REDIS_URL and the ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,6 +138,11 @@ if [[ -d demo-site ]]; then
     log "demo site on http://127.0.0.1:$DEMO_SITE_PORT/"
   fi
 fi
+
+# Pages may reach the demo site and nothing else private (loopback included:
+# Redis, the metrics ports, the runtime's own DevTools and proxy ports).
+export WEB_BLOCK_PRIVATE=${WEB_BLOCK_PRIVATE:-true}
+export WEB_ALLOW_HOSTS="127.0.0.1:$DEMO_SITE_PORT${WEB_ALLOW_HOSTS:+,$WEB_ALLOW_HOSTS}"
 
 start() { # name port cmd...
   local name=$1 port=$2; shift 2

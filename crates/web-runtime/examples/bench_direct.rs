@@ -16,7 +16,7 @@
 //! measure what the interception alone costs.
 //!
 //! `BENCH_DIRECT_SCRIPTS=1` performs the steps with the runtime's own page
-//! scripts instead of bare DOM calls — the script-initiated `goto`, the
+//! scripts instead of bare DOM calls — the CDP `goto` (`Page.navigate`), the
 //! action script for fill-and-submit and click, and an observation after
 //! each step — to measure what the agent's in-page work costs.
 
@@ -85,8 +85,18 @@ async fn one_task(browser: &Browser, base: &str, i: usize, scripts: bool) -> Res
         let start = format!("{base}/index.html");
         let term = ["rust", "garden", "kettle", "pan"][i % 4];
         if scripts {
-            let goto = js::call(js::ASSIGN, serde_json::json!(start));
-            act_and_wait_load(&page, &goto).await?;
+            // The runtime's goto: a CDP navigation, awaited on the load event.
+            let mut loads = page
+                .event_listener::<EventLoadEventFired>()
+                .await
+                .map_err(|e| e.to_string())?;
+            let frame = page.target_id().inner().clone();
+            web_runtime::exec::navigate(&page, &frame, &start)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(STEP_TIMEOUT, loads.next())
+                .await
+                .map_err(|_| "no load event after goto".to_owned())?;
             observe(&page).await?;
             let fill = serde_json::json!({"type": "fill_and_submit", "selector": "input[name=q]", "text": term});
             act_and_wait_load(&page, &js::call(js::ACT, fill)).await?;

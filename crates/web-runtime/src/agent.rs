@@ -42,6 +42,8 @@ pub struct AgentSettings {
     pub max_text: usize,
     /// Interactive elements listed in an observation.
     pub max_elements: usize,
+    /// Bytes of one rendered observation at most.
+    pub max_bytes: usize,
     /// Save a PNG per step under `$OUTPUT_DIR/trajectories/<task_id>/`.
     pub screenshots: bool,
     pub output_dir: PathBuf,
@@ -53,6 +55,7 @@ impl Default for AgentSettings {
             action_timeout: Duration::from_secs(15),
             max_text: 4000,
             max_elements: 60,
+            max_bytes: 32_768,
             screenshots: false,
             output_dir: PathBuf::from("output"),
         }
@@ -135,6 +138,10 @@ impl WebHandler {
             r = self.drive(&task, &session, &mut policy, &mut traj, started) => r,
             _ = ctx.cancel.cancelled() => Err(InfraError::new("browser", "stopped: the shutdown grace period ran out")),
         };
+        let popups = session.popups_closed();
+        if popups > 0 {
+            traj.meta("popups_closed", popups);
+        }
         let blocked = session.refusals().since(&session.frame_id, 0);
         if !blocked.is_empty() {
             traj.meta(
@@ -327,18 +334,31 @@ impl WebHandler {
             .action_timeout
             .min(left)
             .max(Duration::from_millis(100));
-        let performed = exec::perform(session, action, budget)
+        let mut performed = exec::perform(session, action, budget)
             .await
             .map_err(infra)?;
         let acted_ms = t0.elapsed().as_millis() as u64;
         let obs = match self.observe(session).await? {
-            Some(o) => o,
-            None => Observation {
-                title: String::new(),
-                url: String::new(),
-                text: "(the page could not be read)".to_owned(),
-                ..Default::default()
-            },
+            Ok(o) if !session.crashed() => o,
+            read => {
+                // A page that crashed or cannot be read is a failed step,
+                // never a successful one with nothing in it.
+                let why = if session.crashed() {
+                    "the page's renderer crashed (out of memory, or killed)".to_owned()
+                } else {
+                    format!(
+                        "the page could not be read ({})",
+                        read.err().unwrap_or_default()
+                    )
+                };
+                if performed.error.is_none() {
+                    performed.error = Some((ErrorType::BrowserError, why.clone()));
+                }
+                Observation {
+                    text: format!("({why})"),
+                    ..Default::default()
+                }
+            }
         };
         let step_id = traj.steps.len() as u32;
         let mut params = action.to_value();
@@ -359,7 +379,7 @@ impl WebHandler {
             step_id,
             action_type: ActionType::BrowserAction,
             action_params: params,
-            observation: obs.render(),
+            observation: obs.render_capped(self.settings.max_bytes),
             success: performed.error.is_none(),
             error_type,
             error_message,
@@ -370,9 +390,11 @@ impl WebHandler {
         Ok((performed, obs))
     }
 
-    /// Reads the page; retries once if it was navigating. `None` when it
-    /// cannot be read (an infrastructure error if the browser is dead).
-    async fn observe(&self, session: &Session) -> Result<Option<Observation>, InfraError> {
+    /// Reads the page; retries if it was navigating. `Err(why)` inside when
+    /// it cannot be read (an infrastructure error outside if the browser is
+    /// dead).
+    async fn observe(&self, session: &Session) -> Result<Result<Observation, String>, InfraError> {
+        let mut why = "the page kept navigating".to_owned();
         for _ in 0..3 {
             let read = Observation::read(
                 &session.page,
@@ -380,7 +402,7 @@ impl WebHandler {
                 self.settings.max_elements,
             );
             match tokio::time::timeout(OBSERVE_TIMEOUT, read).await {
-                Ok(Ok(o)) => return Ok(Some(o)),
+                Ok(Ok(o)) => return Ok(Ok(o)),
                 Ok(Err(EvalError::Navigated)) => {
                     let before = session.events.snapshot();
                     let _ = session
@@ -400,11 +422,13 @@ impl WebHandler {
                         return Err(infra(BrowserError::Dead(why)));
                     }
                     tracing::debug!(error = %e, "Observation failed.");
-                    return Ok(None);
+                    why = e.to_string();
+                    break;
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "Observation failed.");
-                    return Ok(None);
+                    why = e.to_string();
+                    break;
                 }
                 Err(_) => {
                     if session.instance.is_dead() {
@@ -412,11 +436,13 @@ impl WebHandler {
                             session.instance.death().unwrap_or_default(),
                         )));
                     }
-                    return Ok(None);
+                    why = format!("reading it took longer than {OBSERVE_TIMEOUT:?}");
+                    break;
                 }
             }
         }
-        Ok(None)
+        crate::observe::cut(&mut why, 300);
+        Ok(Err(why))
     }
 
     /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.png`; `None` if it failed.

@@ -9,8 +9,8 @@ use adp_core::llm::LlmArgs;
 use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::agent::AgentSettings;
-use crate::browser::{BrowserSettings, DEFAULT_CHROME_PATH};
-use crate::guard::{parse_cidr_list, Cidr, Policy};
+use crate::browser::{BrowserSettings, SandboxMode, DEFAULT_CHROME_PATH};
+use crate::guard::{parse_allow_list, parse_cidr_list, AllowHost, Cidr, Policy};
 
 /// Template cache mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,6 +27,43 @@ pub struct CidrList(pub Vec<Cidr>);
 
 fn cidr_list(s: &str) -> Result<CidrList, String> {
     parse_cidr_list(s).map(CidrList)
+}
+
+/// A comma-separated `WEB_ALLOW_HOSTS` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList(pub Vec<AllowHost>);
+
+fn allow_list(s: &str) -> Result<AllowList, String> {
+    parse_allow_list(s).map(AllowList)
+}
+
+/// `CHROME_USER`: `root` (keep the runtime's user), a user name from
+/// `/etc/passwd`, or `UID[:GID]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChromeUser(pub Option<(u32, u32)>);
+
+fn chrome_user(s: &str) -> Result<ChromeUser, String> {
+    let s = s.trim();
+    if s == "root" || s == "0" || s == "0:0" {
+        return Ok(ChromeUser(None));
+    }
+    let numeric = |v: &str| v.parse::<u32>().ok();
+    if let Some(uid) = numeric(s) {
+        return Ok(ChromeUser(Some((uid, uid))));
+    }
+    if let Some((u, g)) = s.split_once(':') {
+        if let (Some(u), Some(g)) = (numeric(u), numeric(g)) {
+            return Ok(ChromeUser(Some((u, g))));
+        }
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == s)
+        .and_then(|f| Some((numeric(f[2])?, numeric(f[3])?)))
+        .map(|ids| ChromeUser(Some(ids)))
+        .ok_or_else(|| format!("{s:?} is not root, a user in /etc/passwd, or UID[:GID]"))
 }
 
 /// Browser agent runtime: consumes `tasks:web`, drives headless Chromium
@@ -57,6 +94,26 @@ pub struct Config {
     /// More CIDR blocks to refuse always, comma-separated (e.g. `10.20.0.0/16`).
     #[arg(long, env = "WEB_BLOCK_EXTRA", default_value = "", value_parser = cidr_list)]
     pub web_block_extra: CidrList,
+    /// Hosts let through `WEB_BLOCK_PRIVATE`, comma-separated `HOST[:PORT]`
+    /// (e.g. the demo site `127.0.0.1:8765`). Never the metadata addresses
+    /// or the runtime's own ports.
+    #[arg(long, env = "WEB_ALLOW_HOSTS", default_value = "", value_parser = allow_list)]
+    pub web_allow_hosts: AllowList,
+    /// When the runtime runs as root, Chromium runs as this user instead
+    /// (`root` keeps root, which also turns Chromium's sandbox off).
+    #[arg(long, env = "CHROME_USER", default_value = "nobody", value_parser = chrome_user)]
+    pub chrome_user: ChromeUser,
+    /// Chromium's own sandbox: `auto` (on unless Chromium runs as root;
+    /// off with a warning where the host has no user namespaces), `on`, `off`.
+    #[arg(long, env = "CHROME_SANDBOX", value_enum, default_value = "auto")]
+    pub chrome_sandbox: SandboxMode,
+    /// Memory ceiling of the whole browser in MiB (a cgroup, where the host
+    /// allows one; 0: none).
+    #[arg(long, env = "WEB_BROWSER_MEMORY_MB", default_value_t = 4096)]
+    pub web_browser_memory_mb: u64,
+    /// JavaScript heap limit of each page's renderer, in MiB.
+    #[arg(long, env = "WEB_RENDERER_HEAP_MB", default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=16384))]
+    pub web_renderer_heap_mb: u32,
     /// Route all browser traffic through the runtime's egress proxy, which
     /// applies the same rules to the address it actually connects to
     /// (closes DNS rebinding and WebSockets). Disable only to debug.
@@ -78,6 +135,10 @@ pub struct Config {
     /// Visible text kept in an observation, in characters.
     #[arg(long, env = "WEB_MAX_TEXT_CHARS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(100..=1_000_000))]
     pub web_max_text_chars: u64,
+    /// Bytes of one rendered observation at most (the whole of it; each
+    /// field is cut before).
+    #[arg(long, env = "WEB_MAX_OBSERVATION_BYTES", default_value_t = 32_768, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub web_max_observation_bytes: u64,
     /// Interactive elements listed in an observation.
     #[arg(long, env = "WEB_MAX_ELEMENTS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub web_max_elements: u64,
@@ -111,6 +172,7 @@ impl Config {
     /// The destination rules.
     pub fn policy(&self) -> Policy {
         Policy::new(self.web_block_private, self.web_block_extra.0.clone())
+            .with_allow(self.web_allow_hosts.0.clone())
     }
 
     /// The browser manager's settings (the egress proxy address is filled in
@@ -123,6 +185,10 @@ impl Config {
         s.ignore_https_errors = self.web_ignore_https_errors;
         s.max_pages = usize::from(self.max_concurrent);
         s.ping_every = Duration::from_secs(self.browser_ping_secs);
+        s.run_as = self.chrome_user.0;
+        s.sandbox = self.chrome_sandbox;
+        s.memory_mb = self.web_browser_memory_mb;
+        s.renderer_heap_mb = self.web_renderer_heap_mb;
         s.ping_timeout = Duration::from_secs(self.browser_ping_secs.clamp(2, 10));
         s.extra_args = self
             .chrome_extra_args
@@ -138,6 +204,7 @@ impl Config {
             action_timeout: Duration::from_millis(self.web_action_timeout_ms),
             max_text: self.web_max_text_chars as usize,
             max_elements: self.web_max_elements as usize,
+            max_bytes: self.web_max_observation_bytes as usize,
             screenshots: self.web_screenshots,
             output_dir: self.common.output_dir.clone(),
         }
@@ -168,5 +235,21 @@ mod tests {
         assert_eq!(c.browser_settings().extra_args, vec!["foo", "bar=1"]);
         assert!(Config::try_parse_from(["web-runtime", "--web-block-extra", "nope"]).is_err());
         assert!(Config::try_parse_from(["web-runtime", "--max-concurrent", "0"]).is_err());
+        assert_eq!(c.chrome_user, ChromeUser(Some((65534, 65534))));
+        let c = Config::try_parse_from([
+            "web-runtime",
+            "--chrome-user",
+            "root",
+            "--web-allow-hosts",
+            "127.0.0.1:8765,demo.test",
+        ])
+        .expect("user and allow list");
+        assert_eq!(c.chrome_user, ChromeUser(None));
+        assert_eq!(c.policy().allow.len(), 2);
+        assert!(c.policy().allowed("127.0.0.1", 8765));
+        assert!(
+            Config::try_parse_from(["web-runtime", "--chrome-user", "no-such-user-x"]).is_err()
+        );
+        assert!(Config::try_parse_from(["web-runtime", "--web-allow-hosts", "a:b:c/d"]).is_err());
     }
 }

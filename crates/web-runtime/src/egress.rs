@@ -32,6 +32,33 @@ const REP_REFUSED: u8 = 5;
 const REP_COMMAND: u8 = 7;
 const REP_ADDRESS_TYPE: u8 = 8;
 
+/// The destinations (`host:port` as Chromium asked) of the last
+/// connections the proxy was asked for, allowed or not. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Destinations(Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+/// Destinations a [`Destinations`] log keeps.
+const DESTINATIONS_KEPT: usize = 1000;
+
+impl Destinations {
+    fn record(&self, dest: String) {
+        if let Ok(mut d) = self.0.lock() {
+            if d.len() >= DESTINATIONS_KEPT {
+                d.pop_front();
+            }
+            d.push_back(dest);
+        }
+    }
+
+    /// The destinations asked for, oldest first.
+    pub fn list(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// Starts the proxy on 127.0.0.1 (any free port); runs until `shutdown`.
 /// Returns the `socks5://` URL to give Chromium.
 pub async fn start(
@@ -39,8 +66,21 @@ pub async fn start(
     metrics: WebMetrics,
     shutdown: CancellationToken,
 ) -> std::io::Result<String> {
+    start_logged(policy, metrics, shutdown, Destinations::default()).await
+}
+
+/// [`start`], noting every destination asked for in `log`.
+pub async fn start_logged(
+    policy: Policy,
+    metrics: WebMetrics,
+    shutdown: CancellationToken,
+    log: Destinations,
+) -> std::io::Result<String> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
+    // A page must not chain through the proxy to the proxy (or to the
+    // runtime's other ports).
+    policy.own_ports.add(addr.port(), "egress proxy");
     let policy = Arc::new(policy);
     tokio::spawn(async move {
         loop {
@@ -53,9 +93,10 @@ pub async fn start(
                     let policy = policy.clone();
                     let metrics = metrics.clone();
                     let stop = shutdown.clone();
+                    let log = log.clone();
                     tokio::spawn(async move {
                         tokio::select! {
-                            _ = serve(stream, &policy, &metrics) => {}
+                            _ = serve(stream, &policy, &metrics, &log) => {}
                             _ = stop.cancelled() => {}
                         }
                     });
@@ -77,7 +118,7 @@ enum Dest {
     Name(String),
 }
 
-async fn serve(mut client: TcpStream, policy: &Policy, metrics: &WebMetrics) {
+async fn serve(mut client: TcpStream, policy: &Policy, metrics: &WebMetrics, log: &Destinations) {
     let _ = client.set_nodelay(true);
     let request = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut client)).await;
     let (dest, port) = match request {
@@ -87,6 +128,16 @@ async fn serve(mut client: TcpStream, policy: &Policy, metrics: &WebMetrics) {
             return;
         }
         Ok(Err(_)) | Err(_) => return,
+    };
+    let allowed = match &dest {
+        Dest::Ip(ip) => {
+            log.record(SocketAddr::new(*ip, port).to_string());
+            policy.allowed(&ip.to_string(), port)
+        }
+        Dest::Name(name) => {
+            log.record(format!("{name}:{port}"));
+            policy.allowed(name, port)
+        }
     };
     let (label, addrs) = match dest {
         Dest::Ip(ip) => (ip.to_string(), vec![ip]),
@@ -100,7 +151,10 @@ async fn serve(mut client: TcpStream, policy: &Policy, metrics: &WebMetrics) {
             }
         },
     };
-    if let Some(why) = addrs.iter().find_map(|ip| policy.check_ip(*ip)) {
+    if let Some(why) = addrs
+        .iter()
+        .find_map(|ip| policy.check_addr(*ip, Some(port), allowed))
+    {
         metrics.egress_refused.inc();
         tracing::info!(host = %label, port, reason = %why, "Egress refused by the destination policy.");
         let _ = reply(&mut client, REP_NOT_ALLOWED).await;
@@ -259,7 +313,17 @@ mod tests {
         assert_eq!(code, REP_NOT_ALLOWED);
         let (code, _) = socks_connect(&proxy, b"169.254.169.254", 3, 80).await;
         assert_eq!(code, REP_NOT_ALLOWED);
-        assert_eq!(metrics.egress_refused.get(), 2);
+        // The proxy's own port, by address and by name.
+        let own = proxy
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("port");
+        let (code, _) = socks_connect(&proxy, &[127, 0, 0, 1], 1, own).await;
+        assert_eq!(code, REP_NOT_ALLOWED);
+        let (code, _) = socks_connect(&proxy, b"localhost", 3, own).await;
+        assert_eq!(code, REP_NOT_ALLOWED);
+        assert_eq!(metrics.egress_refused.get(), 4);
         stop.cancel();
     }
 }

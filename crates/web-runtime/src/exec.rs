@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use adp_core::ErrorType;
 use chromiumoxide::cdp::browser_protocol::input::{DispatchKeyEventParams, DispatchKeyEventType};
 use chromiumoxide::cdp::browser_protocol::page::{
-    GetNavigationHistoryParams, NavigateToHistoryEntryParams,
+    GetNavigationHistoryParams, NavigateParams, NavigateToHistoryEntryParams,
 };
 use chromiumoxide::error::CdpError;
 use serde_json::{json, Value};
@@ -56,7 +56,7 @@ pub async fn perform(
     let dead = session.instance.dead_token().clone();
 
     let acted = tokio::select! {
-        r = tokio::time::timeout(budget, act(session, action, budget)) => r,
+        r = tokio::time::timeout(budget, act(session, action, budget, &before, mark)) => r,
         _ = dead.cancelled() => return Err(dead_error(session)),
     };
     let note = match acted {
@@ -175,7 +175,13 @@ fn explain_net_error(error: &str) -> String {
 type ActResult = Result<Result<(String, bool), Performed>, BrowserError>;
 
 /// The action itself, before settling.
-async fn act(session: &Session, action: &Action, budget: Duration) -> ActResult {
+async fn act(
+    session: &Session,
+    action: &Action,
+    budget: Duration,
+    before: &NavState,
+    mark: usize,
+) -> ActResult {
     match action {
         Action::Goto { url } => {
             if let Err(why) = guard::check_navigation_scheme(url) {
@@ -184,13 +190,34 @@ async fn act(session: &Session, action: &Action, budget: Duration) -> ActResult 
                     format!("navigation to {url} refused: {why}"),
                 )));
             }
-            // A script-initiated navigation: it never queues behind an
-            // earlier navigation that did not finish, and it fails the same
-            // way a click does (refusals, error pages), checked after settling.
-            let expr = js::call(js::ASSIGN, json!(url));
-            Ok(page_call(session, expr, "goto")
-                .await?
-                .map(|v| (format!("navigated to {url}"), v.as_bool().unwrap_or(true))))
+            // CDP navigation (no page script involved: a page cannot
+            // redirect it by replacing `location` or `URL`). A new one
+            // replaces a navigation that never finished.
+            match navigate(&session.page, &session.frame_id, url).await {
+                Ok(Navigation::Started { cross_document }) => {
+                    Ok(Ok((format!("navigated to {url}"), cross_document)))
+                }
+                Ok(Navigation::Failed(error)) => {
+                    let after = session.events.snapshot();
+                    Ok(Err(navigation_failure(session, before, &after, mark)
+                        .unwrap_or_else(|| {
+                            Performed::failed(
+                                ErrorType::NetworkError,
+                                format!(
+                                    "navigation to {url} failed: {}",
+                                    explain_net_error(&error)
+                                ),
+                            )
+                        })))
+                }
+                Err(e) => match cdp_failure(session, "goto", e) {
+                    BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
+                    other => Ok(Err(Performed::failed(
+                        ErrorType::BrowserError,
+                        other.to_string(),
+                    ))),
+                },
+            }
         }
         Action::Click { target } => dom_action(session, json!({"type": "click"}), target).await,
         Action::Fill { target, text } => {
@@ -236,6 +263,40 @@ async fn act(session: &Session, action: &Action, budget: Duration) -> ActResult 
         Action::Extract => Ok(Ok(("read the page".to_owned(), false))),
         Action::Finish { .. } => Ok(Ok(("finished".to_owned(), false))),
     }
+}
+
+/// How a CDP navigation began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Navigation {
+    /// Under way; `cross_document` false for a jump within the document.
+    Started { cross_document: bool },
+    /// Chromium's error (`net::ERR_...`) before any document committed.
+    Failed(String),
+}
+
+/// `Page.navigate` of the main frame `frame` to the absolute `url`. A
+/// navigation that was replaced or turned into a download is `Started`
+/// without a new document.
+pub async fn navigate(
+    page: &chromiumoxide::Page,
+    frame: &str,
+    url: &str,
+) -> Result<Navigation, CdpError> {
+    let params = NavigateParams::builder()
+        .url(url)
+        .frame_id(frame.to_owned())
+        .build()
+        .map_err(CdpError::msg)?;
+    let r = page.execute(params).await?.result;
+    Ok(match r.error_text.filter(|e| !e.is_empty()) {
+        Some(e) if e == "net::ERR_ABORTED" => Navigation::Started {
+            cross_document: false,
+        },
+        Some(e) => Navigation::Failed(e),
+        None => Navigation::Started {
+            cross_document: r.loader_id.is_some(),
+        },
+    })
 }
 
 /// Runs the in-page action script for a targeted action.

@@ -168,6 +168,160 @@ const PRIVATE: &[(Cidr, &str)] = &[
     ),
 ];
 
+/// The runtime's own listening ports (DevTools, egress proxy, metrics):
+/// refused for every page on every local address, whatever
+/// `WEB_BLOCK_PRIVATE` says. Shared by every clone of a [`Policy`], so a
+/// port registered after a relaunch counts everywhere at once.
+#[derive(Debug, Clone, Default)]
+pub struct OwnPorts(
+    std::sync::Arc<std::sync::RwLock<std::collections::BTreeMap<u16, &'static str>>>,
+);
+
+impl OwnPorts {
+    /// Registers `port` as the runtime's `what` (e.g. `"DevTools"`).
+    pub fn add(&self, port: u16, what: &'static str) {
+        if let Ok(mut m) = self.0.write() {
+            m.insert(port, what);
+        }
+    }
+
+    pub fn remove(&self, port: u16) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(&port);
+        }
+    }
+
+    fn get(&self, port: u16) -> Option<&'static str> {
+        self.0.read().ok().and_then(|m| m.get(&port).copied())
+    }
+
+    /// The registered ports, sorted.
+    pub fn list(&self) -> Vec<u16> {
+        self.0
+            .read()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One `WEB_ALLOW_HOSTS` entry: a host name or address, optionally with a
+/// port, let through the `WEB_BLOCK_PRIVATE` ranges (never through the
+/// always-blocked ones, nor to the runtime's own ports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowHost {
+    /// Lower-case name, or an address without brackets.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl FromStr for AllowHost {
+    type Err = String;
+
+    /// `demo.local`, `127.0.0.1:8765`, `[::1]:8080`, `localhost:8765`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let bad = || format!("{s:?} is not HOST or HOST:PORT");
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p),
+                None if after.is_empty() => None,
+                None => return Err(bad()),
+            };
+            (h.to_owned(), port)
+        } else if s.matches(':').count() > 1 {
+            (s.to_owned(), None) // a bare IPv6 address
+        } else {
+            match s.split_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (s.to_owned(), None),
+            }
+        };
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            return Err(bad());
+        }
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| format!("{s:?}: bad port {p:?}"))
+            })
+            .transpose()?;
+        Ok(AllowHost {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for AllowHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.port {
+            Some(p) => write!(f, "{host}:{p}"),
+            None => f.write_str(&host),
+        }
+    }
+}
+
+/// Parses a comma-separated `WEB_ALLOW_HOSTS` list.
+pub fn parse_allow_list(s: &str) -> Result<Vec<AllowHost>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(AllowHost::from_str)
+        .collect()
+}
+
+/// The IPv4 addresses an IPv6 address carries (IPv4-mapped/compatible,
+/// NAT64 `64:ff9b::/96` and the local-use `64:ff9b:1::/48` in every RFC 6052
+/// layout, 6to4 `2002::/16`, Teredo `2001::/32` server and client): a
+/// translator or relay would deliver the packet there, so it is judged as
+/// that address.
+pub fn embedded_ipv4(v6: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let s = v6.segments();
+    let b = v6.octets();
+    let v4 = |o: [u8; 4]| Ipv4Addr::from(o);
+    let mut out = Vec::new();
+    if let Some(m) = v6.to_ipv4_mapped() {
+        out.push(m);
+    } else if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+        out.push(v4([b[12], b[13], b[14], b[15]]));
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        out.push(v4([b[12], b[13], b[14], b[15]]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // RFC 6052 §2.2: prefix lengths 32..96, the octet at bits 64..72
+        // (index 8) is skipped.
+        out.push(v4([b[4], b[5], b[6], b[7]])); // /32
+        out.push(v4([b[5], b[6], b[7], b[9]])); // /40
+        out.push(v4([b[6], b[7], b[9], b[10]])); // /48
+        out.push(v4([b[7], b[9], b[10], b[11]])); // /56
+        out.push(v4([b[9], b[10], b[11], b[12]])); // /64
+        out.push(v4([b[12], b[13], b[14], b[15]])); // /96
+    }
+    if s[0] == 0x2002 {
+        out.push(v4([b[2], b[3], b[4], b[5]]));
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        out.push(v4([b[4], b[5], b[6], b[7]])); // Teredo server
+        out.push(v4([!b[12], !b[13], !b[14], !b[15]])); // Teredo client (obfuscated)
+    }
+    out
+}
+
+/// Whether `ip` is an address of this machine (loopback, unspecified, or on
+/// one of its interfaces: binding to it succeeds; nothing is sent).
+fn is_local_address(ip: IpAddr) -> bool {
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// The destination rules of one runtime.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -175,6 +329,10 @@ pub struct Policy {
     pub block_private: bool,
     /// `WEB_BLOCK_EXTRA`: more blocks refused always.
     pub extra: Vec<Cidr>,
+    /// `WEB_ALLOW_HOSTS`: destinations let through the private ranges.
+    pub allow: Vec<AllowHost>,
+    /// The runtime's own ports, refused on local addresses always.
+    pub own_ports: OwnPorts,
 }
 
 impl Policy {
@@ -182,36 +340,86 @@ impl Policy {
         Policy {
             block_private,
             extra,
+            ..Default::default()
         }
     }
 
-    /// Why `ip` is refused, or `None` when it may be reached.
+    /// The same rules with `allow` let through the private ranges.
+    pub fn with_allow(mut self, allow: Vec<AllowHost>) -> Self {
+        self.allow = allow;
+        self
+    }
+
+    /// Whether `host` (a name or an address, brackets optional) on `port` is
+    /// on the `WEB_ALLOW_HOSTS` list.
+    pub fn allowed(&self, host: &str, port: u16) -> bool {
+        if self.allow.is_empty() {
+            return false;
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.allow
+            .iter()
+            .any(|a| a.host == host && a.port.is_none_or(|p| p == port))
+    }
+
+    /// Why `ip` is refused, or `None` when it may be reached (no port, not
+    /// on the allow list).
     pub fn check_ip(&self, ip: IpAddr) -> Option<String> {
-        // An IPv4 address in IPv6 clothing (::ffff:a.b.c.d, ::a.b.c.d) is
-        // judged as the IPv4 address it is.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .or_else(|| {
-                    let s = v6.segments();
-                    (s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1))
-                        .then(|| IpAddr::V4(Ipv4Addr::from(u128::from(v6) as u32)))
-                })
-                .unwrap_or(ip),
-            v4 => v4,
+        self.check_addr(ip, None, false)
+    }
+
+    /// Why a connection to `ip` (on `port`, when known) is refused, or
+    /// `None`. `allowed`: the destination is on `WEB_ALLOW_HOSTS`, so the
+    /// `WEB_BLOCK_PRIVATE` ranges do not apply.
+    pub fn check_addr(&self, ip: IpAddr, port: Option<u16>, allowed: bool) -> Option<String> {
+        // An IPv4 address in IPv6 clothing (mapped, NAT64, 6to4, Teredo) is
+        // judged as the IPv4 address it leads to, as well as itself.
+        let mut candidates = vec![ip];
+        if let IpAddr::V6(v6) = ip {
+            candidates.extend(embedded_ipv4(v6).into_iter().map(IpAddr::V4));
+        }
+        let shown = |c: IpAddr| {
+            if c == ip {
+                c.to_string()
+            } else {
+                format!("{ip} (= {c})")
+            }
         };
-        if let Some((_, why)) = ALWAYS_BLOCKED.iter().find(|(c, _)| c.contains(ip)) {
-            return Some(format!("{ip} is in the {why} (always blocked)"));
+        for &c in &candidates {
+            if let Some((_, why)) = ALWAYS_BLOCKED.iter().find(|(b, _)| b.contains(c)) {
+                return Some(format!("{} is in the {why} (always blocked)", shown(c)));
+            }
         }
-        if let Some(c) = self.extra.iter().find(|c| c.contains(ip)) {
-            return Some(format!("{ip} is in {c} (blocked by WEB_BLOCK_EXTRA)"));
+        if let Some(port) = port {
+            if let Some(what) = self.own_ports.get(port) {
+                if let Some(&c) = candidates.iter().find(|c| is_local_address(**c)) {
+                    return Some(format!(
+                        "{}:{port} is the runtime's own {what} port (always blocked)",
+                        shown(c)
+                    ));
+                }
+            }
         }
-        if self.block_private {
-            if let Some((_, why)) = PRIVATE.iter().find(|(c, _)| c.contains(ip)) {
+        for &c in &candidates {
+            if let Some(b) = self.extra.iter().find(|b| b.contains(c)) {
                 return Some(format!(
-                    "{ip} is in the {why} (blocked by WEB_BLOCK_PRIVATE=true)"
+                    "{} is in {b} (blocked by WEB_BLOCK_EXTRA)",
+                    shown(c)
                 ));
+            }
+        }
+        if self.block_private && !allowed {
+            for &c in &candidates {
+                if let Some((_, why)) = PRIVATE.iter().find(|(b, _)| b.contains(c)) {
+                    return Some(format!(
+                        "{} is in the {why} (blocked by WEB_BLOCK_PRIVATE=true; WEB_ALLOW_HOSTS lets a host through)",
+                        shown(c)
+                    ));
+                }
             }
         }
         None
@@ -232,13 +440,15 @@ impl Policy {
             other => return Err(format!("scheme {other}: is not allowed")),
         }
         let port = url.port_or_known_default().unwrap_or(80);
+        let allowed = url.host_str().is_some_and(|h| self.allowed(h, port));
+        let refuse = |ip: IpAddr| self.check_addr(ip, Some(port), allowed);
         match url.host() {
-            Some(url::Host::Ipv4(ip)) => self.check_ip(IpAddr::V4(ip)).map_or(Ok(()), Err),
-            Some(url::Host::Ipv6(ip)) => self.check_ip(IpAddr::V6(ip)).map_or(Ok(()), Err),
+            Some(url::Host::Ipv4(ip)) => refuse(IpAddr::V4(ip)).map_or(Ok(()), Err),
+            Some(url::Host::Ipv6(ip)) => refuse(IpAddr::V6(ip)).map_or(Ok(()), Err),
             Some(url::Host::Domain(name)) => {
                 let addrs = dns.resolve(name, port).await?;
                 for ip in &addrs {
-                    if let Some(why) = self.check_ip(*ip) {
+                    if let Some(why) = refuse(*ip) {
                         return Err(format!("{name} resolves to {why}"));
                     }
                 }
@@ -250,9 +460,10 @@ impl Policy {
 
     /// Resolves `host` and refuses it if any of its addresses is refused.
     pub async fn check_host(&self, host: &str, port: u16) -> Result<(), String> {
+        let allowed = self.allowed(host, port);
         let addrs = resolve(host, port).await?;
         for ip in &addrs {
-            if let Some(why) = self.check_ip(*ip) {
+            if let Some(why) = self.check_addr(*ip, Some(port), allowed) {
                 return Err(format!("{host} resolves to {why}"));
             }
         }
@@ -371,6 +582,89 @@ mod tests {
         let why = p.check_ip(ip("169.254.169.254")).expect("blocked");
         assert!(why.contains("169.254.0.0/16"), "{why}");
         assert!(why.contains("always blocked"), "{why}");
+    }
+
+    #[test]
+    fn translated_forms_of_the_metadata_address_are_blocked() {
+        let p = Policy::default();
+        for a in [
+            "64:ff9b::a9fe:a9fe",                   // NAT64 well-known prefix
+            "64:ff9b::169.254.169.254",             // same, dotted
+            "64:ff9b:1::a9fe:a9fe",                 // local-use NAT64, /96 layout
+            "64:ff9b:1:a9fe:a9:fe00::",             // local-use NAT64, /48 layout
+            "2002:a9fe:a9fe::1",                    // 6to4
+            "2001:0:a9fe:a9fe::1",                  // Teredo server
+            "2001:0:4136:e378:8000:63bf:5601:5601", // Teredo client 169.254.169.254 (inverted)
+        ] {
+            let why = p
+                .check_ip(ip(a))
+                .unwrap_or_else(|| panic!("{a} must be blocked"));
+            assert!(why.contains("169.254"), "{a}: {why}");
+        }
+        // A public address behind NAT64 / 6to4 stays reachable.
+        assert!(p.check_ip(ip("64:ff9b::808:808")).is_none());
+        assert!(p.check_ip(ip("2002:808:808::1")).is_none());
+        let closed = Policy::new(true, Vec::new());
+        for a in ["64:ff9b::7f00:1", "2002:a00:1::1", "64:ff9b::a00:1"] {
+            assert!(
+                closed.check_ip(ip(a)).is_some(),
+                "{a}: private behind a translator"
+            );
+        }
+    }
+
+    #[test]
+    fn own_ports_are_refused_on_local_addresses_whatever_the_settings() {
+        let p = Policy::new(false, Vec::new())
+            .with_allow(parse_allow_list("127.0.0.1").expect("allow"));
+        p.own_ports.add(9222, "DevTools");
+        let clone = p.clone();
+        for a in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::7f00:1",
+        ] {
+            let why = clone
+                .check_addr(ip(a), Some(9222), true)
+                .unwrap_or_else(|| panic!("{a}:9222 must be refused"));
+            assert!(why.contains("own DevTools port"), "{why}");
+        }
+        assert!(p.check_addr(ip("127.0.0.1"), Some(9223), false).is_none());
+        // Another machine's port 9222 is none of our business.
+        assert!(p.check_addr(ip("8.8.8.8"), Some(9222), false).is_none());
+        p.own_ports.remove(9222);
+        assert!(clone
+            .check_addr(ip("127.0.0.1"), Some(9222), false)
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn allow_list_opens_private_hosts_but_not_metadata() {
+        let list = parse_allow_list("127.0.0.1:8765, localhost, [::1]:80").expect("allow");
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[0].to_string(), "127.0.0.1:8765");
+        assert_eq!(list[2].to_string(), "[::1]:80");
+        assert!(parse_allow_list("http://x/").is_err());
+        assert!(parse_allow_list("x:99999").is_err());
+        let p = Policy::new(true, Vec::new()).with_allow(list);
+        assert!(p
+            .check_url("http://127.0.0.1:8765/index.html")
+            .await
+            .is_ok());
+        let e = p
+            .check_url("http://127.0.0.1:8766/")
+            .await
+            .expect_err("other port");
+        assert!(e.contains("WEB_ALLOW_HOSTS"), "{e}");
+        assert!(p.check_url("http://localhost:1/").await.is_ok());
+        assert!(p.check_url("http://[::1]/").await.is_ok());
+        assert!(p.check_url("http://169.254.169.254/").await.is_err());
+        let meta = Policy::new(true, Vec::new())
+            .with_allow(parse_allow_list("169.254.169.254").expect("allow"));
+        assert!(meta.check_url("http://169.254.169.254/").await.is_err());
     }
 
     #[test]

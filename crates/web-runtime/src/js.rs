@@ -13,9 +13,13 @@ pub fn call(function: &str, args: impl std::fmt::Display) -> String {
 /// numbered interactive elements. Keeps the elements in
 /// `window.__adpElements` so a later action can address them by index.
 pub const OBSERVE: &str = r#"(maxText, maxEls) => {
+  // Strings are cut before any other work on them (a page's title or href
+  // may be megabytes long); the Rust side cuts every field again.
   const clean = (s, n) => {
-    s = (s || '').replace(/\s+/g, ' ').trim();
-    return n && s.length > n ? s.slice(0, n) + '…' : s;
+    s = String(s || '');
+    if (s.length > 4 * n + 64) s = s.slice(0, 4 * n + 64);
+    s = s.replace(/\s+/g, ' ').trim();
+    return s.length > n ? s.slice(0, n) + '…' : s;
   };
   const visible = (el) => {
     if (!el.getClientRects().length) return false;
@@ -23,7 +27,10 @@ pub const OBSERVE: &str = r#"(maxText, maxEls) => {
     return st.visibility !== 'hidden' && st.display !== 'none';
   };
   const body = document.body;
-  let text = body ? (body.innerText || '') : '';
+  let text = body ? String(body.innerText || '') : '';
+  const rawLen = text.length;
+  const cut = rawLen > 4 * maxText + 1024;
+  if (cut) text = text.slice(0, 4 * maxText + 1024);
   text = text.split('\n').map(l => l.replace(/[ \t\u00a0]+/g, ' ').trim()).filter(l => l).join('\n');
   const sel = 'a[href], button, input, select, textarea, [role=button], [role=link], '
     + '[role=searchbox], [role=textbox], [role=combobox], [contenteditable=""], [contenteditable="true"]';
@@ -49,16 +56,16 @@ pub const OBSERVE: &str = r#"(maxText, maxEls) => {
     if (kind === 'link' || kind === 'button') {
       const img = el.querySelector && el.querySelector('img[alt]');
       e.text = clean(el.innerText || el.value || el.getAttribute('aria-label') || el.title || (img && img.alt), 100);
-      if (kind === 'link' && el.href) e.href = el.href;
+      if (kind === 'link' && el.href) e.href = clean(el.href, 300);
     } else {
-      if (el.name) e.name = el.name;
-      if (tag === 'input') e.type = el.type;
+      if (el.name) e.name = clean(el.name, 80);
+      if (tag === 'input') e.type = clean(el.type, 20);
       if (el.placeholder) e.placeholder = clean(el.placeholder, 80);
       const aria = el.getAttribute('aria-label');
       if (label || aria) e.label = label || clean(aria, 80);
-      if (el.id) e.id = el.id;
+      if (el.id) e.id = clean(el.id, 80);
       if (kind === 'select') {
-        e.options = Array.from(el.options).slice(0, 30).map(o => clean(o.text, 60) || o.value);
+        e.options = Array.from(el.options).slice(0, 30).map(o => clean(o.text, 60) || clean(o.value, 60));
         const s = el.options[el.selectedIndex];
         if (s) e.value = clean(s.text, 60) || s.value;
       } else if (el.isContentEditable) {
@@ -75,10 +82,10 @@ pub const OBSERVE: &str = r#"(maxText, maxEls) => {
   }
   Object.defineProperty(window, '__adpElements', { value: els, configurable: true, writable: true, enumerable: false });
   return {
-    title: document.title || '',
-    url: location.href,
+    title: clean(document.title, 300),
+    url: clean(location.href, 2000),
     text: text.length > maxText ? text.slice(0, maxText) : text,
-    text_len: text.length,
+    text_len: cut ? rawLen : text.length,
     elements: out,
     elements_total: total,
   };
@@ -205,16 +212,6 @@ pub const WATCH_NAVIGATION: &str = r#"(() => {
   }
   return !!window.navigation;
 })()"#;
-
-/// `(url) => navigating`: a script-initiated navigation to `url`; false only
-/// for a jump within the current document (same URL, a `#fragment`).
-pub const ASSIGN: &str = r#"(url) => {
-  const target = new URL(url, location.href);
-  const strip = (u) => u.split('#')[0];
-  const sameDocument = target.hash !== '' && strip(target.href) === strip(location.href);
-  location.assign(target.href);
-  return !sameDocument;
-}"#;
 
 /// `() => navigating` after a key press (see [`WATCH_NAVIGATION`]).
 pub const NAVIGATING: &str = "!!window.__adpNavigating";

@@ -21,6 +21,8 @@ pub struct WebMetrics {
     pub requests_blocked: IntCounterVec,
     /// Connections refused by the egress proxy.
     pub egress_refused: IntCounter,
+    /// Pages closed that the runtime did not open (popups).
+    pub targets_closed: IntCounter,
     peak: Arc<AtomicI64>,
 }
 
@@ -51,6 +53,11 @@ impl WebMetrics {
             "Connections refused by the egress proxy (destination blocked or unresolvable).",
         )
         .expect("valid metric");
+        let targets_closed = IntCounter::new(
+            "web_targets_closed_total",
+            "Pages (popups, window.open) the runtime did not open, closed on sight.",
+        )
+        .expect("valid metric");
         for kind in ["navigation", "subresource"] {
             requests_blocked.with_label_values(&[kind]);
         }
@@ -62,12 +69,14 @@ impl WebMetrics {
         let _ = r.register(Box::new(browser_restarts.clone()));
         let _ = r.register(Box::new(requests_blocked.clone()));
         let _ = r.register(Box::new(egress_refused.clone()));
+        let _ = r.register(Box::new(targets_closed.clone()));
         WebMetrics {
             pages_open,
             pages_peak,
             browser_restarts,
             requests_blocked,
             egress_refused,
+            targets_closed,
             peak: Arc::new(AtomicI64::new(0)),
         }
     }

@@ -97,6 +97,67 @@ impl Element {
     }
 }
 
+/// Longest title kept, in characters.
+pub const MAX_TITLE: usize = 300;
+/// Longest URL kept (the page's, a link's), in characters.
+pub const MAX_URL: usize = 2000;
+/// Longest link target shown, in characters.
+pub const MAX_HREF: usize = 300;
+/// Longest other element field (text, name, label, value...), in characters.
+pub const MAX_FIELD: usize = 100;
+/// Options of a select listed at most.
+pub const MAX_OPTIONS: usize = 30;
+
+/// `s` cut to `max` characters (an ellipsis marks the cut).
+pub fn cut(s: &mut String, max: usize) {
+    if let Some((at, _)) = s.char_indices().nth(max) {
+        s.truncate(at);
+        s.push('…');
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut_bytes(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
+impl Element {
+    /// Every field cut to its bound: whatever the page's script returned,
+    /// an element stays small.
+    fn bound(&mut self) {
+        cut(&mut self.kind, 20);
+        for f in [
+            &mut self.text,
+            &mut self.name,
+            &mut self.input_type,
+            &mut self.placeholder,
+            &mut self.label,
+            &mut self.id,
+            &mut self.value,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut(f, MAX_FIELD);
+        }
+        if let Some(h) = &mut self.href {
+            cut(h, MAX_HREF);
+        }
+        if let Some(o) = &mut self.options {
+            o.truncate(MAX_OPTIONS);
+            for v in o.iter_mut() {
+                cut(v, 60);
+            }
+        }
+    }
+}
+
 /// Same-origin links as a path, others as they are.
 fn shorten_href<'a>(href: &'a str, page_url: &str) -> &'a str {
     let origin = |u: &str| -> Option<usize> {
@@ -146,8 +207,40 @@ impl Observation {
             js::call(js::OBSERVE, format!("{max_text}, {max_elements}")),
         )
         .await?;
-        serde_json::from_value(v)
-            .map_err(|e| EvalError::Exception(format!("unexpected observation shape: {e}")))
+        let mut o: Observation = serde_json::from_value(v)
+            .map_err(|e| EvalError::Exception(format!("unexpected observation shape: {e}")))?;
+        o.bound(max_text, max_elements);
+        Ok(o)
+    }
+
+    /// Every field cut to its bound, in Rust: the page cannot make an
+    /// observation bigger than the bounds say.
+    pub fn bound(&mut self, max_text: usize, max_elements: usize) {
+        cut(&mut self.title, MAX_TITLE);
+        cut(&mut self.url, MAX_URL);
+        if let Some((at, _)) = self.text.char_indices().nth(max_text) {
+            self.text.truncate(at);
+        }
+        self.text_len = self.text_len.max(self.text.chars().count());
+        self.elements_total = self.elements_total.max(self.elements.len());
+        self.elements.truncate(max_elements);
+        for e in &mut self.elements {
+            e.bound();
+        }
+    }
+
+    /// [`Self::render`] cut to `max_bytes` (the cut is marked).
+    pub fn render_capped(&self, max_bytes: usize) -> String {
+        let mut s = self.render();
+        if s.len() > max_bytes {
+            let note = format!(
+                "\n[… observation cut at {max_bytes} bytes of {}]\n",
+                s.len()
+            );
+            cut_bytes(&mut s, max_bytes.saturating_sub(note.len()));
+            s.push_str(&note);
+        }
+        s
     }
 
     /// The text as it goes into a step and a prompt.
@@ -245,5 +338,39 @@ mod tests {
             "{r}"
         );
         assert!(r.ends_with("[… 1 more elements not listed]\n"), "{r}");
+    }
+
+    #[test]
+    fn every_field_is_cut_in_rust_and_the_whole_is_capped() {
+        let huge = "é".repeat(100_000);
+        let mut o = Observation {
+            title: huge.clone(),
+            url: huge.clone(),
+            text: huge.clone(),
+            text_len: 5,
+            elements: (0..500)
+                .map(|_| Element {
+                    kind: huge.clone(),
+                    text: Some(huge.clone()),
+                    href: Some(huge.clone()),
+                    options: Some(vec![huge.clone(); 100]),
+                    ..Default::default()
+                })
+                .collect(),
+            elements_total: 0,
+        };
+        o.bound(4000, 60);
+        assert!(o.title.chars().count() <= MAX_TITLE + 1);
+        assert!(o.url.chars().count() <= MAX_URL + 1);
+        assert_eq!(o.text.chars().count(), 4000);
+        assert_eq!(o.text_len, 4000);
+        assert_eq!(o.elements.len(), 60);
+        assert_eq!(o.elements_total, 500);
+        let e = &o.elements[0];
+        assert!(e.href.as_ref().expect("href").chars().count() <= MAX_HREF + 1);
+        assert_eq!(e.options.as_ref().expect("options").len(), MAX_OPTIONS);
+        let r = o.render_capped(32_768);
+        assert!(r.len() <= 32_768, "{}", r.len());
+        assert!(r.contains("[… observation cut at 32768 bytes of"), "{r}");
     }
 }

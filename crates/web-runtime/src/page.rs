@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use chromiumoxide::cdp::browser_protocol::network::{
     EventLoadingFailed, EventLoadingFinished, EventRequestWillBeSent, ResourceType,
 };
+use chromiumoxide::cdp::browser_protocol::page::CreateIsolatedWorldParams;
 use chromiumoxide::cdp::browser_protocol::page::{
     DialogType, EventFrameNavigated, EventFrameRequestedNavigation, EventFrameStartedLoading,
     EventFrameStoppedLoading, EventJavascriptDialogOpening, HandleJavaScriptDialogParams,
 };
-use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::cdp::js_protocol::runtime::{EvaluateParams, ExecutionContextId};
 use chromiumoxide::error::CdpError;
 use chromiumoxide::Page;
 use futures::stream::{BoxStream, StreamExt};
@@ -311,32 +312,92 @@ pub enum EvalError {
     Cdp(CdpError),
 }
 
-/// Evaluates `expression` in the main frame's main world, awaiting a
-/// returned promise; the result comes back as JSON.
+/// Evaluates `expression` in the page's main frame, in an isolated world
+/// (the DOM is shared, the JavaScript globals are not: a page that replaces
+/// `String.prototype.slice`, `window.URL` or `JSON` does not change what
+/// the runtime's scripts do), awaiting a returned promise; the result comes
+/// back as JSON.
 pub async fn evaluate(page: &Page, expression: String) -> Result<Value, EvalError> {
-    let params = EvaluateParams::builder()
-        .expression(expression)
-        .await_promise(true)
-        .return_by_value(true)
+    let mut stale = None;
+    for _ in 0..3 {
+        let context = isolated_context(page, stale).await?;
+        let params = EvaluateParams::builder()
+            .expression(expression.clone())
+            .context_id(context)
+            .await_promise(true)
+            .return_by_value(true)
+            .build()
+            .map_err(|e| EvalError::Cdp(CdpError::msg(e)))?;
+        match page.execute(params).await {
+            Ok(resp) => {
+                let r = resp.result;
+                if let Some(ex) = r.exception_details {
+                    let detail = ex
+                        .exception
+                        .as_ref()
+                        .and_then(|o| o.description.clone())
+                        .unwrap_or(ex.text);
+                    return Err(EvalError::Exception(detail));
+                }
+                return Ok(r.result.value.unwrap_or(Value::Null));
+            }
+            // The world we were told about is already gone (a new document
+            // replaced it a moment ago): take the new one.
+            Err(CdpError::Chrome(e)) if is_context_unknown(&e.message) => stale = Some(context),
+            Err(CdpError::ChromeMessage(m)) if is_context_unknown(&m) => stale = Some(context),
+            Err(CdpError::Chrome(e)) if is_context_gone(&e.message) => {
+                return Err(EvalError::Navigated)
+            }
+            Err(CdpError::ChromeMessage(m)) if is_context_gone(&m) => {
+                return Err(EvalError::Navigated)
+            }
+            Err(e) => return Err(EvalError::Cdp(e)),
+        }
+    }
+    Err(EvalError::Navigated)
+}
+
+/// The main frame's isolated ("utility") world, which chromiumoxide creates
+/// in every document; waits a moment for a new one when `stale` is the
+/// last one seen, and creates one if none comes.
+async fn isolated_context(
+    page: &Page,
+    stale: Option<ExecutionContextId>,
+) -> Result<ExecutionContextId, EvalError> {
+    for _ in 0..25 {
+        match page.secondary_execution_context().await {
+            Ok(Some(id)) if Some(id) != stale => return Ok(id),
+            Ok(_) => {}
+            Err(e) => return Err(EvalError::Cdp(e)),
+        }
+        if stale.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let frame = page
+        .mainframe()
+        .await
+        .map_err(EvalError::Cdp)?
+        .ok_or(EvalError::Navigated)?;
+    let params = CreateIsolatedWorldParams::builder()
+        .frame_id(frame)
+        .world_name(ISOLATED_WORLD)
         .build()
         .map_err(|e| EvalError::Cdp(CdpError::msg(e)))?;
     match page.execute(params).await {
-        Ok(resp) => {
-            let r = resp.result;
-            if let Some(ex) = r.exception_details {
-                let detail = ex
-                    .exception
-                    .as_ref()
-                    .and_then(|o| o.description.clone())
-                    .unwrap_or(ex.text);
-                return Err(EvalError::Exception(detail));
-            }
-            Ok(r.result.value.unwrap_or(Value::Null))
-        }
+        Ok(r) => Ok(r.result.execution_context_id),
         Err(CdpError::Chrome(e)) if is_context_gone(&e.message) => Err(EvalError::Navigated),
-        Err(CdpError::ChromeMessage(m)) if is_context_gone(&m) => Err(EvalError::Navigated),
         Err(e) => Err(EvalError::Cdp(e)),
     }
+}
+
+/// Name of the isolated world the runtime creates when chromiumoxide's is
+/// not there yet.
+const ISOLATED_WORLD: &str = "__adp_isolated_world__";
+
+fn is_context_unknown(message: &str) -> bool {
+    message.contains("Cannot find context with specified id")
 }
 
 fn is_context_gone(message: &str) -> bool {

@@ -97,6 +97,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         block_private = config.web_block_private,
         block_extra = ?config.web_block_extra.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
         egress_proxy = config.web_egress_proxy,
+        allow_hosts = ?config.web_allow_hosts.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "Browser ready."
     );
     let watchdog = browser.spawn_watchdog(stop_aux.clone());
@@ -125,6 +126,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         }
     };
     tracing::info!(addr = %metrics_addr, "Serving /metrics and /health.");
+    // Pages may not reach the runtime's own endpoints (whatever
+    // WEB_BLOCK_PRIVATE says).
+    policy.own_ports.add(metrics_addr.port(), "metrics");
 
     let consumer = consumer_name();
     let health_loop = spawn_health_loop(

@@ -126,6 +126,22 @@ async fn inside_private_netns() {
             "169.254.0.0/16",
         ),
         ("decimal", "http://2852039166/".to_owned(), "169.254.0.0/16"),
+        // The metadata address behind a NAT64 translator or a 6to4 relay.
+        (
+            "nat64",
+            "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/".to_owned(),
+            "(= 169.254.169.254)",
+        ),
+        (
+            "nat64_local",
+            "http://[64:ff9b:1::a9fe:a9fe]/".to_owned(),
+            "(= 169.254.169.254)",
+        ),
+        (
+            "6to4",
+            "http://[2002:a9fe:a9fe::1]/".to_owned(),
+            "(= 169.254.169.254)",
+        ),
         (
             "redirect",
             format!("{shop}/redirect?to=http://169.254.169.254/latest/meta-data/"),

@@ -28,12 +28,28 @@ pub struct Instance {
     pub(super) request_timeout: Duration,
     /// The fresh user-data-dir; removed once the instance is gone.
     pub(super) profile: tempfile::TempDir,
+    /// The DevTools port (refused to pages while the instance lives).
+    pub(super) devtools_port: Option<u16>,
+    /// The memory ceiling's cgroup, if the host allowed one.
+    pub(super) cgroup: Option<MemoryCgroup>,
+    /// Whether Chromium runs with its own sandbox.
+    pub sandboxed: bool,
 }
 
 impl Instance {
     /// The Chromium process id.
     pub fn pid(&self) -> Option<u32> {
         self.pid
+    }
+
+    /// The port of Chromium's DevTools server.
+    pub fn devtools_port(&self) -> Option<u16> {
+        self.devtools_port
+    }
+
+    /// The memory ceiling's cgroup directory, when there is one.
+    pub fn cgroup(&self) -> Option<&std::path::Path> {
+        self.cgroup.as_ref().map(|c| c.path.as_path())
     }
 
     /// The launch's temporary directory (user-data-dir and launcher);
@@ -197,29 +213,104 @@ pub(super) fn cdp_error(what: &'static str, e: CdpError) -> BrowserError {
     }
 }
 
-/// `setpriv` of util-linux, which can set the parent-death signal.
+/// `setpriv` of util-linux, which can set the parent-death signal and
+/// drop to another user.
 const SETPRIV: &str = "/usr/bin/setpriv";
 
-/// Writes `<dir>/chromium.sh`, which runs Chromium with SIGKILL as its
-/// parent-death signal (`setpriv --pdeathsig KILL`): if the runtime itself is
-/// killed (SIGKILL, OOM), Chromium goes with it instead of living on as an
-/// orphan. Without `setpriv`, Chromium is started directly.
-pub(super) fn launcher(
-    dir: &std::path::Path,
-    chrome: &std::path::Path,
-) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    if !std::path::Path::new(SETPRIV).exists() {
-        return Ok(chrome.to_path_buf());
+/// How Chromium is started: through a small launcher script when anything
+/// has to happen before it runs.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Launch {
+    /// SIGKILL Chromium when the runtime dies (`setpriv --pdeathsig KILL`).
+    pub die_with_runtime: bool,
+    /// Run as this uid:gid (the runtime is root).
+    pub run_as: Option<(u32, u32)>,
+    /// Join this cgroup (its `cgroup.procs`) first: a memory ceiling for
+    /// every process Chromium starts.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Launch {
+    /// Writes `<dir>/chromium.sh` when needed and returns what to execute.
+    /// Without `setpriv`, Chromium is started directly (as the runtime's
+    /// user, without a parent-death signal).
+    pub(super) fn executable(
+        &self,
+        dir: &std::path::Path,
+        chrome: &std::path::Path,
+    ) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let setpriv = std::path::Path::new(SETPRIV).exists();
+        if (!setpriv || (!self.die_with_runtime && self.run_as.is_none())) && self.cgroup.is_none()
+        {
+            return Ok(chrome.to_path_buf());
+        }
+        let quote =
+            |p: &std::path::Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+        let mut script = String::from("#!/bin/sh\n");
+        if let Some(cg) = &self.cgroup {
+            script.push_str(&format!(
+                "echo $$ > {} 2>/dev/null || true\n",
+                quote(&cg.join("cgroup.procs"))
+            ));
+        }
+        script.push_str("exec ");
+        if setpriv && (self.die_with_runtime || self.run_as.is_some()) {
+            script.push_str(SETPRIV);
+            if let Some((uid, gid)) = self.run_as {
+                script.push_str(&format!(" --reuid {uid} --regid {gid} --clear-groups"));
+            }
+            if self.die_with_runtime {
+                script.push_str(" --pdeathsig KILL");
+            }
+            script.push_str(" -- ");
+        }
+        script.push_str(&quote(chrome));
+        script.push_str(" \"$@\"\n");
+        let path = dir.join("chromium.sh");
+        std::fs::write(&path, script)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(path)
     }
-    let quoted = chrome.display().to_string().replace('\'', "'\\''");
-    let script = dir.join("chromium.sh");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\nexec {SETPRIV} --pdeathsig KILL -- '{quoted}' \"$@\"\n"),
-    )?;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
-    Ok(script)
+}
+
+/// A cgroup (v1 `memory` controller, or v2 with `memory` enabled) limiting
+/// one Chromium's memory, removed on drop. `None` where the host does not
+/// let us create one (not root, read-only or absent cgroup fs).
+#[derive(Debug)]
+pub(super) struct MemoryCgroup {
+    pub path: PathBuf,
+}
+
+impl MemoryCgroup {
+    pub(super) fn create(name: &str, limit_mb: u64) -> Result<Self, String> {
+        let bytes = (limit_mb * 1024 * 1024).to_string();
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+        let (path, file) = if v1.join("memory.limit_in_bytes").exists() {
+            (v1.join(name), "memory.limit_in_bytes")
+        } else {
+            let root = std::path::Path::new("/sys/fs/cgroup");
+            let controllers =
+                std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
+            if !controllers.split_whitespace().any(|c| c == "memory") {
+                return Err("no cgroup memory controller available".to_owned());
+            }
+            (root.join(name), "memory.max")
+        };
+        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cg = MemoryCgroup { path };
+        std::fs::write(cg.path.join(file), &bytes)
+            .map_err(|e| format!("{}: {e}", cg.path.join(file).display()))?;
+        Ok(cg)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Empty once Chromium and its helpers are gone; a leftover (helpers
+        // still exiting) is harmless and small.
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }
 
 /// Whether a process exists and is not a zombie (Linux `/proc`).

@@ -24,11 +24,13 @@
 
 mod instance;
 mod session;
+mod targets;
 
 pub use instance::{process_alive, Instance};
 pub use session::Session;
+pub use targets::Targets;
 
-use instance::{cdp_error, launcher};
+use instance::{cdp_error, Launch};
 use session::dispose_context;
 
 use std::path::PathBuf;
@@ -98,6 +100,26 @@ pub struct BrowserSettings {
     /// Kill Chromium when the runtime dies, even by SIGKILL (parent-death
     /// signal, via `setpriv`).
     pub die_with_runtime: bool,
+    /// When the runtime runs as root: run Chromium as this uid:gid instead
+    /// (`CHROME_USER`, default nobody); `None` keeps root.
+    pub run_as: Option<(u32, u32)>,
+    /// Chromium's own sandbox (`CHROME_SANDBOX`).
+    pub sandbox: SandboxMode,
+    /// V8 heap limit of each renderer, in MiB (`--max-old-space-size`).
+    pub renderer_heap_mb: u32,
+    /// Memory ceiling of the whole browser (all its processes), in MiB, set
+    /// through a cgroup when the host allows it (`WEB_BROWSER_MEMORY_MB`).
+    pub memory_mb: u64,
+}
+
+/// Whether Chromium runs with its own sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxMode {
+    /// On when Chromium does not run as root; if it fails to start that
+    /// way (no user namespaces, e.g. some containers), off, with a warning.
+    Auto,
+    On,
+    Off,
 }
 
 impl BrowserSettings {
@@ -114,41 +136,75 @@ impl BrowserSettings {
             proxy: None,
             extra_args: Vec::new(),
             die_with_runtime: true,
+            run_as: Some((65534, 65534)),
+            sandbox: SandboxMode::Auto,
+            renderer_heap_mb: 512,
+            memory_mb: 4096,
         }
     }
 
     /// The Chromium command-line flags, without the leading `--` (the crate
-    /// adds it).
+    /// adds it). chromiumoxide's own defaults are switched off
+    /// (`disable_default_args`): they include `--disable-popup-blocking` and
+    /// `--enable-automation`; every flag Chromium gets is listed here, plus
+    /// what the crate always adds (`remote-debugging-port=0`,
+    /// `user-data-dir`, `disable-extensions`, `headless`, `hide-scrollbars`,
+    /// `mute-audio`, and `no-sandbox` when the sandbox is off).
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = [
             // Containers: no GPU, /dev/shm is small, no D-Bus or keyring.
             "disable-gpu",
             "disable-software-rasterizer",
             "disable-dev-shm-usage",
-            // Closed network: nothing phones home or updates itself.
+            "password-store=basic",
+            "use-mock-keychain",
+            // Closed network: nothing phones home, updates itself or
+            // fetches models in the background.
             "disable-background-networking",
             "disable-component-update",
+            "disable-component-extensions-with-background-pages",
             "disable-sync",
             "disable-default-apps",
             "disable-domain-reliability",
             "disable-client-side-phishing-detection",
+            "disable-field-trial-config",
             "disable-breakpad",
             "disable-crash-reporter",
+            "no-service-autorun",
             "no-pings",
             "no-first-run",
             "no-default-browser-check",
             "metrics-recording-only",
             "safebrowsing-disable-auto-update",
+            // One list: Chromium reads only the last --disable-features.
+            "disable-features=OptimizationHints,OptimizationGuideModelDownloading,\
+OptimizationHintsFetching,OptimizationTargetPrediction,OptimizationGuideOnDeviceModel,\
+Translate,TranslateUI,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,\
+CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions,\
+PrivacySandboxSettings4,HttpsUpgrades,BackForwardCache",
             "disable-quic",
             "force-webrtc-ip-handling-policy=disable_non_proxied_udp",
             "webrtc-ip-handling-policy=disable_non_proxied_udp",
             "disable-notifications",
-            "mute-audio",
-            "hide-scrollbars",
+            // Popups stay blocked (the crate's defaults unblock them); the
+            // ones a page still opens are closed by the runtime.
+            "block-new-web-contents",
+            // Tasks run in background pages: keep them at full speed.
+            "disable-background-timer-throttling",
+            "disable-backgrounding-occluded-windows",
+            "disable-renderer-backgrounding",
+            "disable-hang-monitor",
+            "disable-prompt-on-repost",
+            "force-color-profile=srgb",
+            "lang=en-US",
         ]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        args.push(format!(
+            "js-flags=--max-old-space-size={}",
+            self.renderer_heap_mb
+        ));
         if self.block_images {
             args.push("blink-settings=imagesEnabled=false".to_owned());
         }
@@ -168,11 +224,24 @@ struct Shared {
     policy: Arc<Policy>,
     refusals: Refusals,
     metrics: WebMetrics,
+    targets: Targets,
     current: Mutex<Option<Arc<Instance>>>,
     relaunch: tokio::sync::Mutex<()>,
     generation: AtomicU64,
     pages: Arc<Semaphore>,
     stopping: CancellationToken,
+}
+
+/// Whether the runtime runs as root (effective uid 0, from `/proc`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// Owns the runtime's Chromium. Cheap to clone.
@@ -194,6 +263,7 @@ impl BrowserManager {
                 settings,
                 policy: Arc::new(policy),
                 refusals: Refusals::default(),
+                targets: Targets::default(),
                 metrics,
                 current: Mutex::new(None),
                 relaunch: tokio::sync::Mutex::new(()),
@@ -243,6 +313,9 @@ impl BrowserManager {
         let old = self.shared.current.lock().ok().and_then(|mut g| g.take());
         if let Some(old) = old {
             old.close().await;
+            if let Some(port) = old.devtools_port() {
+                self.shared.policy.own_ports.remove(port);
+            }
         }
         let instance = self.start_instance().await?;
         if let Ok(mut g) = self.shared.current.lock() {
@@ -253,25 +326,74 @@ impl BrowserManager {
 
     async fn start_instance(&self) -> Result<Arc<Instance>, BrowserError> {
         let s = &self.shared.settings;
+        let root = is_root();
+        let run_as = if root { s.run_as } else { None };
+        let unprivileged = !root || run_as.is_some();
+        let sandbox = match s.sandbox {
+            SandboxMode::On => true,
+            SandboxMode::Off => false,
+            SandboxMode::Auto => unprivileged,
+        };
+        match self.launch_once(run_as, sandbox).await {
+            Err(BrowserError::Launch(e)) if sandbox && s.sandbox == SandboxMode::Auto => {
+                tracing::warn!(error = %e, "Chromium did not start with its sandbox (no user namespaces here?); starting it without (CHROME_SANDBOX=off silences this).");
+                self.launch_once(run_as, false).await
+            }
+            other => other,
+        }
+    }
+
+    async fn launch_once(
+        &self,
+        run_as: Option<(u32, u32)>,
+        sandbox: bool,
+    ) -> Result<Arc<Instance>, BrowserError> {
+        let s = &self.shared.settings;
         let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let profile = tempfile::Builder::new()
             .prefix("adp-chromium-")
             .tempdir()
             .map_err(|e| BrowserError::Launch(format!("cannot create a user-data-dir: {e}")))?;
         let user_data = profile.path().join("profile");
-        let executable = if s.die_with_runtime {
-            launcher(profile.path(), &s.chrome_path)
-                .map_err(|e| BrowserError::Launch(format!("cannot write the launcher: {e}")))?
+        if let Some((uid, gid)) = run_as {
+            std::fs::create_dir_all(&user_data)
+                .and_then(|()| std::os::unix::fs::chown(profile.path(), Some(uid), Some(gid)))
+                .and_then(|()| std::os::unix::fs::chown(&user_data, Some(uid), Some(gid)))
+                .map_err(|e| {
+                    BrowserError::Launch(format!("cannot give the user-data-dir to {uid}: {e}"))
+                })?;
+        }
+        let cgroup = if s.memory_mb > 0 && is_root() {
+            let name = format!("adp-web-{}-{generation}", std::process::id());
+            match instance::MemoryCgroup::create(&name, s.memory_mb) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "No memory ceiling for Chromium (cgroup not available); only the per-renderer heap limit applies.");
+                    None
+                }
+            }
         } else {
-            s.chrome_path.clone()
+            None
         };
+        let launch = Launch {
+            die_with_runtime: s.die_with_runtime,
+            run_as,
+            cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+        };
+        let executable = launch
+            .executable(profile.path(), &s.chrome_path)
+            .map_err(|e| BrowserError::Launch(format!("cannot write the launcher: {e}")))?;
         let mut config = BrowserConfig::builder()
             .chrome_executable(&executable)
-            .no_sandbox()
+            .disable_default_args()
             .user_data_dir(&user_data)
+            .env("HOME", profile.path().display().to_string())
             .launch_timeout(s.launch_timeout)
             .request_timeout(s.request_timeout)
             .args(s.args());
+        if !sandbox {
+            config = config.no_sandbox();
+        }
         if !s.ignore_https_errors {
             // chromiumoxide otherwise tells every page to ignore them.
             config = config.respect_https_errors();
@@ -283,6 +405,15 @@ impl BrowserManager {
             .map_err(|e| BrowserError::Launch(format!("{} ({e})", s.chrome_path.display())))?;
         let mut browser = browser;
         let pid = browser.get_mut_child().and_then(|c| c.inner.id());
+        let devtools_port = url::Url::parse(browser.websocket_address())
+            .ok()
+            .and_then(|u| u.port());
+        match devtools_port {
+            Some(port) => self.shared.policy.own_ports.add(port, "DevTools"),
+            None => {
+                tracing::warn!(address = %browser.websocket_address(), "Cannot tell Chromium's DevTools port; pages are not kept from it.")
+            }
+        }
         let instance = Instance {
             generation,
             browser: RwLock::new(browser),
@@ -291,6 +422,9 @@ impl BrowserManager {
             why_dead: Mutex::new(None),
             request_timeout: s.request_timeout,
             profile,
+            devtools_port,
+            cgroup,
+            sandboxed: sandbox,
         };
         let dead = instance.dead.clone();
 
@@ -343,10 +477,22 @@ impl BrowserManager {
                 "cannot enable request interception: {e}"
             )));
         }
+        if let Err(e) = targets::watch(
+            instance.clone(),
+            self.shared.targets.clone(),
+            self.shared.metrics.clone(),
+        )
+        .await
+        {
+            instance.close().await;
+            return Err(BrowserError::Launch(format!(
+                "cannot watch the browser's targets: {e}"
+            )));
+        }
         if generation > 1 {
             self.shared.metrics.browser_restarts.inc();
         }
-        tracing::info!(generation, pid = ?pid, path = %s.chrome_path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "Chromium launched.");
+        tracing::info!(generation, pid = ?pid, sandbox, user = ?run_as.map(|(u, _)| u), devtools_port = ?devtools_port, path = %s.chrome_path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "Chromium launched.");
         Ok(instance)
     }
 
@@ -369,6 +515,7 @@ impl BrowserManager {
             )
             .await?
             .browser_context_id;
+        self.shared.targets.register_context(context.inner());
         let params = CreateTargetParams::builder()
             .url("about:blank")
             .browser_context_id(context.clone())
@@ -377,15 +524,20 @@ impl BrowserManager {
         let page = match instance.new_page(params).await {
             Ok(p) => p,
             Err(e) => {
+                self.shared.targets.unregister(context.inner(), "");
                 dispose_context(&instance, context).await;
                 return Err(e);
             }
         };
+        self.shared
+            .targets
+            .register_page(context.inner(), page.target_id().inner());
         let t_page = t0.elapsed();
         let frame_id = page.target_id().inner().clone();
         let events = match PageEvents::start(&page, &frame_id).await {
             Ok(e) => e,
             Err(e) => {
+                self.shared.targets.unregister(context.inner(), &frame_id);
                 dispose_context(&instance, context).await;
                 return Err(instance.classify(cdp_error("subscribe to page events", e)));
             }
@@ -399,6 +551,7 @@ impl BrowserManager {
         );
         Ok(Session {
             instance,
+            context_id: context.inner().clone(),
             context: Some(context),
             page,
             frame_id,

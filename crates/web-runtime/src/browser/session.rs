@@ -32,6 +32,8 @@ pub(super) async fn dispose_context(instance: &Instance, context: BrowserContext
 pub struct Session {
     pub instance: Arc<Instance>,
     pub(super) context: Option<BrowserContextId>,
+    /// The context's id (kept after it is disposed).
+    pub(super) context_id: String,
     pub page: Page,
     /// The page's main frame id (= its target id).
     pub frame_id: String,
@@ -43,6 +45,21 @@ pub struct Session {
 impl Session {
     pub fn refusals(&self) -> &Refusals {
         &self.manager.shared.refusals
+    }
+
+    /// The task's browser context id.
+    pub fn context_id(&self) -> &str {
+        &self.context_id
+    }
+
+    /// Pages opened in this task's context that the runtime closed (popups).
+    pub fn popups_closed(&self) -> u64 {
+        self.manager.shared.targets.closed_in(&self.context_id)
+    }
+
+    /// Whether this task's page renderer crashed.
+    pub fn crashed(&self) -> bool {
+        self.manager.shared.targets.crashed(&self.frame_id)
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -61,6 +78,10 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.events.stop();
         self.manager.shared.refusals.unregister(&self.frame_id);
+        self.manager
+            .shared
+            .targets
+            .unregister(&self.context_id, &self.frame_id);
         self.manager.shared.metrics.page_closed();
         // Dropped without close() (the task was cancelled): dispose in the background.
         if let Some(context) = self.context.take() {

@@ -283,6 +283,8 @@ impl Recorder {
 /// A real Chromium (through the egress proxy) and a place for outputs.
 pub struct Harness {
     pub browser: BrowserManager,
+    /// Every destination Chromium asked the egress proxy for.
+    pub destinations: web_runtime::egress::Destinations,
     pub web_metrics: WebMetrics,
     pub metrics: Metrics,
     pub out: tempfile::TempDir,
@@ -303,9 +305,15 @@ impl Harness {
         let metrics = Metrics::new();
         let web_metrics = WebMetrics::register(&metrics);
         let stop = CancellationToken::new();
-        let proxy = web_runtime::egress::start(policy.clone(), web_metrics.clone(), stop.clone())
-            .await
-            .expect("egress proxy");
+        let destinations = web_runtime::egress::Destinations::default();
+        let proxy = web_runtime::egress::start_logged(
+            policy.clone(),
+            web_metrics.clone(),
+            stop.clone(),
+            destinations.clone(),
+        )
+        .await
+        .expect("egress proxy");
         let mut settings = BrowserSettings::new(chrome_path());
         settings.max_pages = max_pages;
         settings.proxy = Some(proxy);
@@ -316,6 +324,7 @@ impl Harness {
             .expect("Chromium launches (scripts/setup.sh web)");
         Harness {
             browser,
+            destinations,
             web_metrics,
             metrics,
             out: tempfile::tempdir().expect("tempdir"),
@@ -434,4 +443,61 @@ pub async fn wait_for(out: &Path, ids: &[String], within: Duration) -> Vec<Traje
 /// Whether a process `pid` exists (a zombie counts: it is not reaped yet).
 pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Resident memory (kB) of `pid` and all its descendants (from `/proc`).
+pub fn tree_rss_kb(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            total += status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        stack.extend(children(p));
+    }
+    total
+}
+
+/// The pids whose parent is `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = task.path().join("children");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            out.extend(s.split_whitespace().filter_map(|v| v.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// `pid` and all its descendants.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        all.push(p);
+        stack.extend(children(p));
+    }
+    all
+}
+
+/// The real user id of a process, from `/proc`.
+pub fn process_uid(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Uid:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
