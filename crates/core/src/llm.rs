@@ -3,11 +3,15 @@
 //!
 //! * [`LlmArgs`]: the `LLM_*` settings, to `#[command(flatten)]` into a
 //!   binary's clap config. `LLM_BASE_URL` falls back to `VLLM_URL`.
-//! * [`LlmClient::chat`]: `POST {base}/v1/chat/completions` with `model`,
-//!   `messages`, `temperature`, `max_tokens` (+ `Authorization: Bearer` when a
-//!   key is set), retried with exponential backoff on 408/429/5xx, connect
-//!   errors and timeouts (a small `Retry-After` is honoured); returns
-//!   `choices[0].message.content`.
+//! * [`LlmClient::complete`]: `POST {base}/v1/chat/completions` with `model`,
+//!   `messages`, the [`Sampling`] fields, `tools` in native [`ToolMode`], and
+//!   the vLLM token fields with `LLM_LOGPROBS=true` (+ `Authorization: Bearer`
+//!   when a key is set); retried with exponential backoff on 408/429/5xx,
+//!   connect errors and timeouts (a small `Retry-After` is honoured). Every
+//!   call is recorded in a [`CallLog`] (`metadata.llm_calls`, see
+//!   [`crate::llm_record`]); the body is sent as `serde_json::to_vec` of one
+//!   JSON object (`model`, `messages`, then the rest) so the record rebuilds
+//!   it byte for byte. [`LlmClient::chat`] is the text-only shortcut.
 //! * [`LlmError`]: every failure; all of them are infrastructure failures
 //!   (`From<LlmError> for InfraError`, component `llm`): the task is retried by
 //!   the worker and never silently handed to another policy.
@@ -24,11 +28,15 @@
 
 use std::time::Duration;
 
+use std::time::Instant;
+
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::OnceCell;
 
 use crate::error::InfraError;
+use crate::llm_record::{CallLog, CallOutcome, LlmResponse, MESSAGES_KEY};
+use crate::types::unix_now;
 
 /// Environment variable read when `LLM_BASE_URL` is not set (CONTRACT §4).
 pub const VLLM_URL_ENV: &str = "VLLM_URL";
@@ -58,20 +66,31 @@ pub struct LlmArgs {
     /// Bearer token; unset or empty sends no Authorization header.
     #[arg(long = "llm-api-key", env = "LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<String>,
-    /// Sampling temperature.
-    #[arg(
-        long = "llm-temperature",
-        env = "LLM_TEMPERATURE",
-        default_value_t = 0.2
-    )]
-    pub llm_temperature: f32,
+    /// `native`: the request carries `tools` and the reply's `tool_calls`
+    /// drive each step; `text`: actions are parsed from the reply's text
+    /// (for endpoints without tool support).
+    #[arg(long = "llm-tool-mode", env = "LLM_TOOL_MODE", value_enum, default_value_t = ToolMode::Native)]
+    pub llm_tool_mode: ToolMode,
+    /// Sampling temperature (0–2).
+    #[arg(long = "llm-temperature", env = "LLM_TEMPERATURE", default_value_t = 0.2,
+          value_parser = parse_temperature)]
+    pub llm_temperature: f64,
+    /// Nucleus sampling (0 < top_p ≤ 1); unset: not sent (the server's default).
+    #[arg(long = "llm-top-p", env = "LLM_TOP_P", value_parser = parse_top_p)]
+    pub llm_top_p: Option<f64>,
     /// Upper bound of tokens in one reply.
-    #[arg(
-        long = "llm-max-tokens",
-        env = "LLM_MAX_TOKENS",
-        default_value_t = 1024
-    )]
+    #[arg(long = "llm-max-tokens", env = "LLM_MAX_TOKENS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_max_tokens: u32,
+    /// Sampling seed sent with each request; unset: not sent.
+    #[arg(long = "llm-seed", env = "LLM_SEED")]
+    pub llm_seed: Option<u64>,
+    /// Ask for logprobs and token ids the way vLLM's OpenAI-compatible server
+    /// offers them (`logprobs`, `return_token_ids`,
+    /// `return_tokens_as_token_ids`) and record them in `metadata.llm_calls`.
+    #[arg(long = "llm-logprobs", env = "LLM_LOGPROBS", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub llm_logprobs: bool,
     /// Timeout of one HTTP request, in seconds.
     #[arg(long = "llm-timeout-secs", env = "LLM_TIMEOUT_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -87,6 +106,120 @@ pub struct LlmArgs {
         default_value_t = 500
     )]
     pub llm_retry_backoff_ms: u64,
+}
+
+fn parse_temperature(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    check_temperature(v)
+}
+
+fn parse_top_p(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    check_top_p(v)
+}
+
+fn check_temperature(v: f64) -> Result<f64, String> {
+    if (0.0..=2.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("temperature must be within 0..=2, got {v}"))
+    }
+}
+
+fn check_top_p(v: f64) -> Result<f64, String> {
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("top_p must be > 0 and ≤ 1, got {v}"))
+    }
+}
+
+/// How the `openai` policies exchange actions with the model (`LLM_TOOL_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolMode {
+    /// `tools` in the request, `tool_calls` in the reply, results as `tool` messages.
+    #[default]
+    Native,
+    /// Actions parsed from the reply's text, results as `user` messages.
+    Text,
+}
+
+/// Sampling fields of a request. `None` fields are not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// The task constraint that overrides the runtime's sampling settings.
+pub const SAMPLING_CONSTRAINT: &str = "sampling";
+
+impl Sampling {
+    /// `constraints.sampling` of a task (`temperature`, `top_p`,
+    /// `max_tokens`, `seed`; each optional). `Ok(default)` when absent or
+    /// null; a clear message for a wrong shape, type or range, or an unknown key.
+    pub fn from_constraints(constraints: &Map<String, Value>) -> Result<Sampling, String> {
+        let obj = match constraints.get(SAMPLING_CONSTRAINT) {
+            None | Some(Value::Null) => return Ok(Sampling::default()),
+            Some(Value::Object(o)) => o,
+            Some(_) => return Err("must be an object".to_owned()),
+        };
+        let mut out = Sampling::default();
+        for (key, v) in obj {
+            if v.is_null() {
+                continue;
+            }
+            match key.as_str() {
+                "temperature" => {
+                    let t = v.as_f64().ok_or("temperature must be a number")?;
+                    out.temperature = Some(check_temperature(t)?);
+                }
+                "top_p" => {
+                    let p = v.as_f64().ok_or("top_p must be a number")?;
+                    out.top_p = Some(check_top_p(p)?);
+                }
+                "max_tokens" => {
+                    let m = v
+                        .as_u64()
+                        .filter(|m| (1..=u64::from(u32::MAX)).contains(m))
+                        .ok_or("max_tokens must be a whole number ≥ 1")?;
+                    out.max_tokens = Some(m as u32);
+                }
+                "seed" => {
+                    out.seed = Some(v.as_u64().ok_or("seed must be a whole number ≥ 0")?);
+                }
+                other => {
+                    return Err(format!(
+                        "unknown key {other:?} (expected temperature, top_p, max_tokens, seed)"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `self` with every field `over` sets replaced.
+    pub fn overridden_by(self, over: Sampling) -> Sampling {
+        Sampling {
+            temperature: over.temperature.or(self.temperature),
+            top_p: over.top_p.or(self.top_p),
+            max_tokens: over.max_tokens.or(self.max_tokens),
+            seed: over.seed.or(self.seed),
+        }
+    }
 }
 
 impl LlmArgs {
@@ -111,8 +244,14 @@ impl LlmArgs {
                 .clone()
                 .map(|k| k.trim().to_owned())
                 .filter(|k| !k.is_empty()),
-            temperature: self.llm_temperature,
-            max_tokens: self.llm_max_tokens,
+            tool_mode: self.llm_tool_mode,
+            sampling: Sampling {
+                temperature: Some(self.llm_temperature),
+                top_p: self.llm_top_p,
+                max_tokens: Some(self.llm_max_tokens),
+                seed: self.llm_seed,
+            },
+            logprobs: self.llm_logprobs,
             timeout: Duration::from_secs(self.llm_timeout_secs),
             retries: self.llm_retries,
             retry_backoff: Duration::from_millis(self.llm_retry_backoff_ms),
@@ -129,8 +268,13 @@ pub struct LlmConfig {
     /// Model name; empty → discovered from `GET /v1/models`.
     pub model: String,
     pub api_key: Option<String>,
-    pub temperature: f32,
-    pub max_tokens: u32,
+    /// Native tool calls or text parsing (read by the policies).
+    pub tool_mode: ToolMode,
+    /// Sampling sent with every request (a task's `constraints.sampling`
+    /// overrides it field by field).
+    pub sampling: Sampling,
+    /// Ask for logprobs and token ids (vLLM fields).
+    pub logprobs: bool,
     /// Timeout of one HTTP request.
     pub timeout: Duration,
     /// Retries after the first attempt.
@@ -140,15 +284,21 @@ pub struct LlmConfig {
 }
 
 impl LlmConfig {
-    /// Defaults (model discovered, temperature 0.2, 1024 tokens, 60 s, 3
-    /// retries from 500 ms) for `base_url`.
+    /// Defaults (model discovered, native tools, temperature 0.2, 1024
+    /// tokens, no top_p/seed/logprobs, 60 s, 3 retries from 500 ms) for `base_url`.
     pub fn new(base_url: impl Into<String>) -> Self {
         LlmConfig {
             base_url: base_url.into(),
             model: String::new(),
             api_key: None,
-            temperature: 0.2,
-            max_tokens: 1024,
+            tool_mode: ToolMode::Native,
+            sampling: Sampling {
+                temperature: Some(0.2),
+                top_p: None,
+                max_tokens: Some(1024),
+                seed: None,
+            },
+            logprobs: false,
             timeout: Duration::from_secs(60),
             retries: 3,
             retry_backoff: Duration::from_millis(500),
@@ -223,8 +373,8 @@ pub enum LlmError {
         attempts: u32,
         body: String,
     },
-    /// A 200 whose body is not a chat completion with a text in
-    /// `choices[0].message.content`.
+    /// A 200 whose body is not a chat completion (no `choices[0].message`
+    /// object, or content that is neither text nor null).
     #[error("LLM reply from {url} not understood: {message}")]
     BadReply { url: String, message: String },
     /// The configuration cannot work (bad URL, no model to discover).
@@ -308,42 +458,99 @@ impl LlmClient {
             .cloned()
     }
 
-    /// Sends `messages` and returns the assistant's text
-    /// (`choices[0].message.content`).
+    /// Sends `messages` (text only: no tools, the configured sampling, no
+    /// record) and returns the assistant's text (`choices[0].message.content`,
+    /// `""` when null).
     pub async fn chat(&self, messages: &[ChatMessage]) -> Result<String, LlmError> {
-        let model = self.model().await?;
-        let url = format!("{}/chat/completions", self.config.api_root());
-        let request = json!({
-            "model": model,
-            "messages": messages,
-            "temperature": self.config.temperature,
-            "max_tokens": self.config.max_tokens,
-        });
-        let body = self.send_with_retries(&url, Some(&request)).await?;
-        let choice = body
-            .get("choices")
-            .and_then(Value::as_array)
-            .and_then(|c| c.first());
-        match choice.and_then(|c| c.pointer("/message/content")) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            // Some servers send `null` content with a finish_reason such as "length".
-            Some(Value::Null) => Ok(String::new()),
-            _ => Err(LlmError::BadReply {
-                url,
-                message: format!(
-                    "no choices[0].message.content in {}",
-                    cut(&body.to_string(), ERROR_BODY_CAP)
-                ),
-            }),
-        }
+        let messages: Vec<Value> = messages
+            .iter()
+            .map(|m| json!({"role": m.role, "content": m.content}))
+            .collect();
+        let mut log = CallLog::new();
+        let reply = self
+            .complete(&mut log, &messages, None, self.config.sampling)
+            .await?;
+        Ok(reply.content.unwrap_or_default())
     }
 
-    /// GET (`request = None`) or POST a JSON body, with retries; the parsed
-    /// JSON of the first successful answer.
+    /// The request body: `model`, `messages`, the set `sampling` fields,
+    /// `tools` + `tool_choice: "auto"` when given, and the vLLM logprob /
+    /// token-id fields when `logprobs` is on. Key order is part of the record
+    /// format (docs/formats.md): `model` first, `messages` second.
+    pub fn request_body(
+        &self,
+        model: &str,
+        messages: &[Value],
+        tools: Option<&Value>,
+        sampling: Sampling,
+    ) -> Map<String, Value> {
+        let mut body = Map::new();
+        body.insert("model".into(), json!(model));
+        body.insert(MESSAGES_KEY.into(), Value::Array(messages.to_vec()));
+        if let Some(t) = sampling.temperature {
+            body.insert("temperature".into(), json!(t));
+        }
+        if let Some(p) = sampling.top_p {
+            body.insert("top_p".into(), json!(p));
+        }
+        if let Some(m) = sampling.max_tokens {
+            body.insert("max_tokens".into(), json!(m));
+        }
+        if let Some(s) = sampling.seed {
+            body.insert("seed".into(), json!(s));
+        }
+        if let Some(tools) = tools {
+            body.insert("tools".into(), tools.clone());
+            body.insert("tool_choice".into(), json!("auto"));
+        }
+        if self.config.logprobs {
+            // vLLM: per-token logprobs (OpenAI field), token ids of the
+            // completion (`choices[0].token_ids`) and prompt
+            // (`prompt_token_ids`), and, for servers older than
+            // `return_token_ids`, logprob tokens spelled `token_id:<id>`.
+            body.insert("logprobs".into(), json!(true));
+            body.insert("return_token_ids".into(), json!(true));
+            body.insert("return_tokens_as_token_ids".into(), json!(true));
+        }
+        body
+    }
+
+    /// One chat call: sends `messages` (+ `tools` when given) with
+    /// `sampling`, records it in `log` (whatever the outcome) and returns the
+    /// parsed reply. The call's index in `log` is `log.len() - 1` afterwards.
+    pub async fn complete(
+        &self,
+        log: &mut CallLog,
+        messages: &[Value],
+        tools: Option<&Value>,
+        sampling: Sampling,
+    ) -> Result<LlmResponse, LlmError> {
+        let model = self.model().await?;
+        let url = format!("{}/chat/completions", self.config.api_root());
+        let body = self.request_body(&model, messages, tools, sampling);
+        let bytes = serde_json::to_vec(&body)
+            .map_err(|e| LlmError::Config(format!("request not serialisable: {e}")))?;
+        let started_at = unix_now();
+        let clock = Instant::now();
+        let result = self
+            .send_with_retries(&url, Some(&bytes))
+            .await
+            .and_then(|reply| parse_completion(&url, &reply));
+        log.push(CallOutcome {
+            body: &body,
+            started_at,
+            latency: clock.elapsed().as_secs_f64(),
+            result: result.as_ref().map_err(ToString::to_string).cloned(),
+        });
+        result
+    }
+
+    /// GET (`request = None`) or POST these JSON bytes, with retries; the
+    /// parsed JSON of the first successful answer.
     async fn send_with_retries(
         &self,
         url: &str,
-        request: Option<&Value>,
+        request: Option<&[u8]>,
     ) -> Result<Value, LlmError> {
         let attempts = self.config.retries + 1;
         let mut attempt = 1;
@@ -370,11 +577,15 @@ impl LlmClient {
     async fn send_once(
         &self,
         url: &str,
-        request: Option<&Value>,
+        request: Option<&[u8]>,
         attempt: u32,
     ) -> Result<Value, Attempt> {
         let mut builder = match request {
-            Some(body) => self.http.post(url).json(body),
+            Some(body) => self
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec()),
             None => self.http.get(url),
         };
         if let Some(key) = &self.config.api_key {
@@ -441,6 +652,87 @@ impl LlmClient {
             retry_after: None,
         }
     }
+}
+
+/// The parts of a chat completion that are recorded; `BadReply` when there
+/// is no `choices[0].message` object.
+fn parse_completion(url: &str, body: &Value) -> Result<LlmResponse, LlmError> {
+    let choice = body
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first());
+    let Some(message) = choice
+        .and_then(|c| c.get("message"))
+        .and_then(Value::as_object)
+    else {
+        return Err(LlmError::BadReply {
+            url: url.to_owned(),
+            message: format!(
+                "no choices[0].message in {}",
+                cut(&body.to_string(), ERROR_BODY_CAP)
+            ),
+        });
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let content = match message.get("content") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            return Err(LlmError::BadReply {
+                url: url.to_owned(),
+                message: format!(
+                    "choices[0].message.content is neither text nor null: {}",
+                    cut(&other.to_string(), ERROR_BODY_CAP)
+                ),
+            })
+        }
+    };
+    let ids = |v: Option<&Value>| -> Option<Vec<u64>> {
+        v.and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect())
+    };
+    let choice = choice.unwrap_or(&Value::Null);
+    let token_logprobs = choice
+        .pointer("/logprobs/content")
+        .and_then(Value::as_array);
+    let logprobs = token_logprobs.and_then(|c| {
+        c.iter()
+            .map(|t| t.get("logprob").and_then(Value::as_f64))
+            .collect::<Option<Vec<f64>>>()
+    });
+    // `choices[0].token_ids` (vLLM `return_token_ids`), else the logprob
+    // tokens when every one is spelled `token_id:<id>`
+    // (`return_tokens_as_token_ids`).
+    let completion_token_ids = ids(choice.get("token_ids")).or_else(|| {
+        token_logprobs.and_then(|c| {
+            c.iter()
+                .map(|t| {
+                    t.get("token")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.strip_prefix("token_id:"))
+                        .and_then(|id| id.parse::<u64>().ok())
+                })
+                .collect()
+        })
+    });
+    Ok(LlmResponse {
+        id: text(body.get("id")),
+        model: text(body.get("model")),
+        content,
+        reasoning_content: text(message.get("reasoning_content"))
+            .or_else(|| text(message.get("reasoning"))),
+        tool_calls: message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        finish_reason: text(choice.get("finish_reason")),
+        usage: body.get("usage").filter(|u| !u.is_null()).cloned(),
+        completion_token_ids,
+        logprobs,
+        prompt_token_ids: ids(body.get("prompt_token_ids"))
+            .or_else(|| ids(choice.get("prompt_token_ids"))),
+    })
 }
 
 /// `e` and its sources, `: `-joined (reqwest's top-level message alone is vague).
@@ -515,6 +807,75 @@ mod tests {
             serde_json::to_value(&m).expect("serializable"),
             json!({"role": "user", "content": "hi"})
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        llm: LlmArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<LlmArgs, clap::Error> {
+        use clap::Parser;
+        let mut argv = vec!["x", "--llm-base-url", "http://h"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| c.llm)
+    }
+
+    #[test]
+    fn sampling_settings_parse_and_bad_values_are_refused() {
+        let a = parse(&[]).expect("defaults");
+        let c = a.config().expect("config");
+        assert_eq!(c.tool_mode, ToolMode::Native);
+        assert_eq!(
+            c.sampling,
+            Sampling {
+                temperature: Some(0.2),
+                top_p: None,
+                max_tokens: Some(1024),
+                seed: None
+            }
+        );
+        assert!(!c.logprobs);
+        let a = parse(&[
+            "--llm-tool-mode",
+            "text",
+            "--llm-temperature",
+            "0",
+            "--llm-top-p",
+            "0.9",
+            "--llm-max-tokens",
+            "64",
+            "--llm-seed",
+            "42",
+            "--llm-logprobs",
+            "true",
+        ])
+        .expect("all set");
+        let c = a.config().expect("config");
+        assert_eq!(c.tool_mode, ToolMode::Text);
+        assert_eq!(
+            c.sampling,
+            Sampling {
+                temperature: Some(0.0),
+                top_p: Some(0.9),
+                max_tokens: Some(64),
+                seed: Some(42)
+            }
+        );
+        assert!(c.logprobs);
+        for bad in [
+            &["--llm-temperature", "2.5"][..],
+            &["--llm-temperature", "warm"],
+            &["--llm-top-p", "0"],
+            &["--llm-top-p", "1.5"],
+            &["--llm-max-tokens", "0"],
+            &["--llm-seed", "-1"],
+            &["--llm-tool-mode", "json"],
+            &["--llm-logprobs", "maybe"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -145,6 +145,16 @@ impl CallLog {
         }
     }
 
+    /// Clears every `step_id` ≥ `steps` (steps a reply chose that never ran,
+    /// e.g. the task's timeout came first).
+    pub fn clear_step_ids_from(&mut self, steps: u32) {
+        for c in &mut self.calls {
+            if c.step_id.is_some_and(|s| s >= steps) {
+                c.step_id = None;
+            }
+        }
+    }
+
     pub fn calls(&self) -> &[LlmCall] {
         &self.calls
     }

@@ -297,6 +297,12 @@ fn check_constraints(spec: &TaskSpec) -> Result<(), RejectReason> {
         key: e.key,
         why: e.why,
     })?;
+    if let Err(why) = crate::llm::Sampling::from_constraints(c) {
+        return Err(RejectReason::InvalidConstraint {
+            key: "sampling",
+            why,
+        });
+    }
     if spec.task_type == TaskType::Web {
         let first_is_goto = spec
             .actions()

@@ -23,7 +23,7 @@ use adp_core::queue::{TaskContext, TaskHandler};
 use adp_core::reward::{self, Checks, Evaluation, FinalState, Live};
 use adp_core::types::unix_now;
 use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, Trajectory};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::executor::{Execution, Sandbox};
@@ -85,20 +85,24 @@ impl CodeAgent {
         if let Some(code) = task.code() {
             return (Policy::Scripted(scripted::Scripted::new(code)), false);
         }
-        let system = openai::system_prompt(self.limits());
-        let user = openai::task_prompt(task);
         if let Some(plan) = self
             .cache
             .get::<Plan>(task.task_type, &task.description)
             .await
         {
             if !plan.code.is_empty() {
+                let system = openai::system_prompt(self.limits());
+                let user = openai::task_prompt(task);
                 return (Policy::Replay(Replay::new(plan, &system, &user)), true);
             }
         }
         match &self.llm {
             Some(client) => (
-                Policy::OpenAi(Box::new(OpenAiSession::new(client.clone(), system, user))),
+                Policy::OpenAi(Box::new(OpenAiSession::new(
+                    client.clone(),
+                    self.limits(),
+                    task,
+                ))),
                 false,
             ),
             None => (
@@ -169,11 +173,9 @@ impl CodeAgent {
             trajectory.meta("intent", intent);
         }
         if let Some(messages) = policy.messages() {
-            trajectory.meta("messages", json!(messages));
+            trajectory.meta("messages", messages);
         }
-        if matches!(policy, Policy::OpenAi(_)) {
-            trajectory.meta("llm_calls", policy.llm_calls());
-        }
+        policy.record(trajectory.steps.len(), &mut trajectory);
 
         if trajectory.success && !cache_hit {
             if let Some(plan) = policy.plan() {

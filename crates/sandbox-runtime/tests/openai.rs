@@ -1,16 +1,43 @@
 //! The `openai` policy against a scripted OpenAI-compatible server on
-//! 127.0.0.1 (real HTTP), through Redis and the real sandbox; and the plan
-//! cache (a hit re-executes the code and costs no LLM call).
+//! 127.0.0.1 (real HTTP), through Redis and the real sandbox: native tool
+//! calls (default) and text mode, every call recorded as sent (compared with
+//! the bytes the server logged), odd replies; and the plan cache (a hit
+//! re-executes the code and costs no LLM call).
 
 mod common;
 
-use adp_core::{ErrorType, TaskType};
+use adp_core::llm_record;
+use adp_core::{ErrorType, TaskType, Trajectory};
 use common::{observation, task, Harness};
 use serde_json::{json, Value};
-use test_support::fake_llm::{FakeLlm, Reply};
+use test_support::fake_llm::{Completion, FakeLlm, Reply};
 use test_support::free_port;
 
-/// The runtime with the openai policy on `url`, and `extra` arguments.
+/// The runtime with the openai policy in text mode on `url`, and `extra` arguments.
+async fn start_text_mode(url: &str, extra: &[&str]) -> Harness {
+    let mut args = vec!["--llm-tool-mode", "text"];
+    args.extend_from_slice(extra);
+    start_with_llm(url, &args).await
+}
+
+/// Asserts that `t`'s `metadata.llm_calls` rebuild every request `llm`
+/// received, byte for byte, and returns the records.
+fn assert_calls_as_sent(t: &Trajectory, llm: &FakeLlm) -> Vec<llm_record::LlmCall> {
+    let calls = llm_record::from_metadata(&t.metadata).expect("valid llm_calls");
+    let reqs = llm.requests();
+    assert_eq!(calls.len(), reqs.len(), "one record per request");
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(&llm_record::request_body(&calls, i)),
+            String::from_utf8_lossy(&r.raw),
+            "call {i} as sent"
+        );
+        assert_eq!(Value::Object(llm_record::request_value(&calls, i)), r.body);
+    }
+    calls
+}
+
+/// The runtime with the openai policy (native tool calls) on `url`, and `extra` arguments.
 async fn start_with_llm(url: &str, extra: &[&str]) -> Harness {
     let mut args = vec![
         "--llm-base-url",
@@ -33,7 +60,7 @@ async fn code_then_done(code: &'static str) -> FakeLlm {
         if req.messages().len() > 2 {
             Reply::text("done")
         } else {
-            Reply::text(code)
+            Reply::tool_call("python", json!({ "code": code }))
         }
     })
     .await
@@ -58,7 +85,7 @@ async fn multi_step_loop_records_the_conversation() {
         Reply::text("The answer is 42."),
     ])
     .await;
-    let h = start_with_llm(&llm.url(), &[]).await;
+    let h = start_text_mode(&llm.url(), &[]).await;
     let t = h
         .run(&task(
             "llm_multi",
@@ -78,7 +105,14 @@ async fn multi_step_loop_records_the_conversation() {
     );
     assert_eq!(t.metadata["policy"], "openai");
     assert_eq!(t.metadata["cache_hit"], false);
-    assert_eq!(t.metadata["llm_calls"], 3);
+    assert_eq!(t.metadata["model"], "test-model");
+    let calls = assert_calls_as_sent(&t, &llm);
+    assert_eq!(calls.len(), 3);
+    assert!(calls.iter().all(|c| !c.request.contains_key("tools")));
+    assert_eq!(
+        calls.iter().map(|c| c.step_id).collect::<Vec<_>>(),
+        [Some(0), Some(1), None]
+    );
     let messages = &t.metadata["messages"];
     assert_eq!(
         roles(messages),
@@ -119,8 +153,8 @@ async fn multi_step_loop_records_the_conversation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_steps_go_back_to_the_model() {
     let llm = FakeLlm::start(vec![
-        Reply::text("```python\nprint(1 / 0)\n```"),
-        Reply::text("```python\nprint(1 / 1)\n```"),
+        Reply::tool_call("python", json!({"code": "print(1 / 0)"})),
+        Reply::tool_call("python", json!({"code": "print(1 / 1)"})),
         Reply::text("It is 1.0"),
     ])
     .await;
@@ -130,12 +164,16 @@ async fn failing_steps_go_back_to_the_model() {
         .await;
     assert!(t.success, "{t:?}");
     assert_eq!(t.steps[0].error_type, Some(ErrorType::RuntimeError));
-    let fed_back = llm.requests()[1].messages()[3]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    assert!(fed_back.contains("failed with runtime_error"), "{fed_back}");
-    assert!(fed_back.contains("ZeroDivisionError"), "{fed_back}");
+    let fed_back = &llm.requests()[1].messages()[3];
+    assert_eq!(fed_back["role"], "tool");
+    assert_eq!(fed_back["tool_call_id"], "call_1_0");
+    let text = fed_back["content"].as_str().unwrap_or("");
+    assert!(text.contains("failed with runtime_error"), "{text}");
+    assert!(text.contains("ZeroDivisionError"), "{text}");
+    assert_eq!(
+        t.final_result, "It is 1.0",
+        "a reply without a tool call is the answer"
+    );
     h.stop().await;
 }
 
@@ -149,7 +187,7 @@ async fn server_errors_and_rate_limits_are_retried() {
         Reply::text("About 3.14159."),
     ])
     .await;
-    let h = start_with_llm(&llm.url(), &[]).await;
+    let h = start_text_mode(&llm.url(), &[]).await;
     let t = h
         .run(&task(
             "llm_retry",
@@ -211,7 +249,10 @@ async fn unreachable_endpoint_ends_in_system_error_after_max_deliveries() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cache_hit_re_executes_without_llm_calls() {
     let llm = FakeLlm::start(vec![
-        Reply::text("```python\nimport time\nprint(sum(range(10)))\n```"),
+        Reply::tool_call(
+            "python",
+            json!({"code": "import time\nprint(sum(range(10)))"}),
+        ),
         Reply::text("The sum is 45."),
     ])
     .await;
@@ -262,7 +303,7 @@ async fn cache_hit_re_executes_without_llm_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_runs_are_not_cached_and_cache_off_disables_it() {
-    let llm = code_then_done("```python\nraise SystemExit(3)\n```").await;
+    let llm = code_then_done("raise SystemExit(3)").await;
     let h = start_with_llm(&llm.url(), &[]).await;
     let a = h
         .run(&task("fail_1", TaskType::Code, "exit three", json!({})))
@@ -275,7 +316,7 @@ async fn failed_runs_are_not_cached_and_cache_off_disables_it() {
     assert_eq!(llm.request_count(), 4);
     h.stop().await;
 
-    let llm = code_then_done("```python\nprint('ok')\n```").await;
+    let llm = code_then_done("print('ok')").await;
     let h = start_with_llm(&llm.url(), &["--cache-mode", "off"]).await;
     for id in ["off_1", "off_2"] {
         let t = h.run(&task(id, TaskType::Code, "say ok", json!({}))).await;
@@ -283,5 +324,203 @@ async fn failed_runs_are_not_cached_and_cache_off_disables_it() {
         assert_eq!(t.metadata["cache_hit"], false);
     }
     assert_eq!(llm.request_count(), 4);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_tool_calls_with_logprobs_are_recorded_as_sent() {
+    let llm = FakeLlm::start(vec![
+        Completion::text("Let me compute.")
+            .reasoning("6*7, then check")
+            .call("python", r#"{"code": "print(6 * 7)"}"#)
+            .into(),
+        // Two tool calls in one reply: the first runs, the second is refused.
+        Completion::default()
+            .call("python", r#"{"code": "print('second')"}"#)
+            .call("python", r#"{"code": "print('never')"}"#)
+            .into(),
+        Reply::tool_call("final_answer", json!({"answer": "42"})),
+    ])
+    .await;
+    let h = start_with_llm(
+        &llm.url(),
+        &[
+            "--llm-logprobs",
+            "true",
+            "--llm-top-p",
+            "0.9",
+            "--llm-seed",
+            "5",
+        ],
+    )
+    .await;
+    let t = h
+        .run(&task(
+            "native_multi",
+            TaskType::Code,
+            "What is six times seven?",
+            json!({"sampling": {"temperature": 0, "max_tokens": 256}}),
+        ))
+        .await;
+    assert!(t.success, "{t:#?}");
+    assert_eq!(t.final_result, "42");
+    assert_eq!(t.steps.len(), 2);
+    assert_eq!(observation(&t, 0), "42\n");
+    assert_eq!(observation(&t, 1), "second\n");
+    assert_eq!(t.metadata["model"], "test-model");
+
+    let calls = assert_calls_as_sent(&t, &llm);
+    assert_eq!(
+        calls.iter().map(|c| c.step_id).collect::<Vec<_>>(),
+        [Some(0), Some(1), None]
+    );
+    // Sampling: the runtime's settings with the task's override.
+    let req = &calls[0].request;
+    assert_eq!(req["temperature"], 0.0);
+    assert_eq!(req["max_tokens"], 256);
+    assert_eq!(req["top_p"], 0.9);
+    assert_eq!(req["seed"], 5);
+    assert_eq!(req["logprobs"], true);
+    assert_eq!(req["return_token_ids"], true);
+    let tool_names: Vec<&str> = req["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+        .collect();
+    assert_eq!(tool_names, ["python", "final_answer"]);
+    // The response as answered, tokens included.
+    let r0 = calls[0].response.as_ref().expect("response");
+    assert_eq!(r0.reasoning_content.as_deref(), Some("6*7, then check"));
+    assert_eq!(r0.content.as_deref(), Some("Let me compute."));
+    assert_eq!(r0.finish_reason.as_deref(), Some("tool_calls"));
+    let ids = r0.completion_token_ids.as_ref().expect("completion ids");
+    assert_eq!(r0.logprobs.as_ref().expect("logprobs").len(), ids.len());
+    assert!(r0.prompt_token_ids.as_ref().is_some_and(|p| !p.is_empty()));
+    assert!(r0.usage.is_some());
+    // Prefixes are shared: call 1 adds the reply and the tool result.
+    assert_eq!(calls[1].messages_prefix, 2);
+    let added = &calls[1].messages_added;
+    assert_eq!(added[0]["role"], "assistant");
+    assert_eq!(added[0]["tool_calls"][0]["id"], "call_1_0");
+    assert_eq!(added[1]["role"], "tool");
+    assert_eq!(added[1]["tool_call_id"], "call_1_0");
+    assert!(added[1]["content"].as_str().unwrap_or("").contains("42"));
+    // The refused second call is answered, in order.
+    let sent = llm.requests()[2].messages();
+    let n = sent.len();
+    assert_eq!(sent[n - 2]["tool_call_id"], "call_2_0");
+    assert!(sent[n - 2]["content"]
+        .as_str()
+        .unwrap_or("")
+        .contains("second"));
+    assert_eq!(sent[n - 1]["tool_call_id"], "call_2_1");
+    assert!(sent[n - 1]["content"]
+        .as_str()
+        .unwrap_or("")
+        .contains("Not run"));
+    // metadata.messages: the last request plus the final reply.
+    let messages = t.metadata["messages"].as_array().expect("messages");
+    assert_eq!(messages[..n].to_vec(), sent);
+    assert_eq!(
+        messages[n]["tool_calls"][0]["function"]["name"],
+        "final_answer"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_native_replies_end_in_recorded_outcomes() {
+    let llm = FakeLlm::start_fn(|req| {
+        let task = req.messages()[1]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let n = req.messages().len();
+        if task.contains("malformed once") {
+            match n {
+                2 => Completion::default()
+                    .call("python", r#"{"code": "print(1)"#)
+                    .into(),
+                4 => Reply::tool_call("python", json!({"code": "print('fixed')"})),
+                _ => Reply::text("fixed it"),
+            }
+        } else if task.contains("malformed twice") {
+            Completion::default()
+                .call("shell", r#"{"cmd": "ls"}"#)
+                .into()
+        } else {
+            Completion::default()
+                .call("python", r#"{"code": "print('cut"#)
+                .finish("length")
+                .into()
+        }
+    })
+    .await;
+    let h = start_with_llm(&llm.url(), &[]).await;
+
+    let t = h
+        .run(&task(
+            "odd_once",
+            TaskType::Code,
+            "malformed once",
+            json!({}),
+        ))
+        .await;
+    assert!(t.success, "{t:#?}");
+    assert_eq!(t.final_result, "fixed it");
+    assert_eq!(t.steps.len(), 1);
+    let calls = assert_calls_as_sent(&t, &llm);
+    assert_eq!(
+        calls.iter().map(|c| c.step_id).collect::<Vec<_>>(),
+        [None, Some(0), None]
+    );
+    let told = &calls[1].messages_added[1];
+    assert_eq!(told["role"], "tool");
+    assert!(
+        told["content"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Invalid tool call"),
+        "{told}"
+    );
+    let seen = llm.request_count();
+
+    let t = h
+        .run(&task(
+            "odd_twice",
+            TaskType::Code,
+            "malformed twice",
+            json!({}),
+        ))
+        .await;
+    assert!(!t.success);
+    assert!(t.steps.is_empty());
+    let msg = t.error_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("invalid twice") && msg.contains("unknown tool"),
+        "{msg}"
+    );
+    assert_eq!(llm.request_count() - seen, 2);
+    let calls = llm_record::from_metadata(&t.metadata).expect("records");
+    assert_eq!(calls.len(), 2);
+    let seen = llm.request_count();
+
+    let t = h
+        .run(&task("odd_length", TaskType::Code, "cut reply", json!({})))
+        .await;
+    assert!(!t.success);
+    assert!(t.steps.is_empty(), "nothing of a cut reply runs");
+    let msg = t.error_message.clone().unwrap_or_default();
+    assert!(msg.contains("finish_reason \"length\""), "{msg}");
+    assert_eq!(llm.request_count() - seen, 1);
+    let calls = llm_record::from_metadata(&t.metadata).expect("records");
+    assert_eq!(
+        calls[0]
+            .response
+            .as_ref()
+            .and_then(|r| r.finish_reason.as_deref()),
+        Some("length")
+    );
     h.stop().await;
 }

@@ -21,8 +21,19 @@
 //!   HTTP 500 `"fake LLM: no scripted reply left"` so an unexpected call fails loudly.
 //! * `GET /v1/models`: `{"data": [{"id": "fake-model"}]}` (not counted).
 //!
-//! Every chat request is recorded ([`FakeLlm::requests`]) with its JSON body
-//! and `Authorization` header. The server stops when the `FakeLlm` is dropped.
+//! Every chat request is recorded ([`FakeLlm::requests`]) with its raw bytes,
+//! its JSON body and `Authorization` header. The server stops when the
+//! `FakeLlm` is dropped.
+//!
+//! Replies speak what vLLM's OpenAI-compatible server does: `tool_calls`
+//! ([`Reply::tool_call`], [`Completion`]), reasoning text
+//! (`message.reasoning_content`), `usage`, and, when the request asks for
+//! them, `choices[0].logprobs.content` (`"logprobs": true`; tokens spelled
+//! `token_id:<id>` with `"return_tokens_as_token_ids": true`),
+//! `choices[0].token_ids` and a top-level `prompt_token_ids`
+//! (`"return_token_ids": true`). Fake tokens: the prompt has one token per 4
+//! bytes of its `messages` JSON; a completion has one per 4 bytes of its text
+//! and arguments unless [`Completion::tokens`] says how many.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -45,6 +56,8 @@ pub const FAKE_MODEL: &str = "fake-model";
 pub enum Reply {
     /// HTTP 200 with a chat completion whose `choices[0].message.content` is this text.
     Text(String),
+    /// HTTP 200 with this completion (tool calls, reasoning, finish reason).
+    Completion(Completion),
     /// This HTTP status with a small JSON error body.
     Status(u16),
     /// This HTTP status with a `Retry-After: <secs>` header.
@@ -60,6 +73,62 @@ impl Reply {
     pub fn text(s: impl Into<String>) -> Self {
         Reply::Text(s.into())
     }
+
+    /// A reply with one tool call of `name` whose arguments are `args` as
+    /// JSON text; no content.
+    pub fn tool_call(name: &str, args: Value) -> Self {
+        Reply::Completion(Completion::default().call(name, &args.to_string()))
+    }
+}
+
+/// A scripted chat completion.
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    /// `message.content` (`None`: JSON null).
+    pub content: Option<String>,
+    /// `message.reasoning_content`.
+    pub reasoning: Option<String>,
+    /// `(function name, raw arguments text)` of each tool call, in order;
+    /// ids are `call_<request n>_<k>`.
+    pub tool_calls: Vec<(String, String)>,
+    /// `finish_reason`; default `tool_calls` with tool calls, else `stop`.
+    pub finish_reason: Option<String>,
+    /// Completion tokens to report (ids, logprobs, usage).
+    pub tokens: Option<usize>,
+}
+
+impl Completion {
+    /// A completion whose content is `text`.
+    pub fn text(text: impl Into<String>) -> Self {
+        Completion {
+            content: Some(text.into()),
+            ..Default::default()
+        }
+    }
+    /// Adds a tool call with these raw arguments (may be malformed JSON).
+    pub fn call(mut self, name: &str, raw_arguments: &str) -> Self {
+        self.tool_calls
+            .push((name.to_owned(), raw_arguments.to_owned()));
+        self
+    }
+    pub fn reasoning(mut self, text: impl Into<String>) -> Self {
+        self.reasoning = Some(text.into());
+        self
+    }
+    pub fn finish(mut self, reason: &str) -> Self {
+        self.finish_reason = Some(reason.to_owned());
+        self
+    }
+    pub fn tokens(mut self, n: usize) -> Self {
+        self.tokens = Some(n);
+        self
+    }
+}
+
+impl From<Completion> for Reply {
+    fn from(c: Completion) -> Self {
+        Reply::Completion(c)
+    }
 }
 
 /// One chat request as the server received it.
@@ -67,6 +136,8 @@ impl Reply {
 pub struct RecordedRequest {
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The body's bytes, as received.
+    pub raw: Vec<u8>,
     /// The JSON body (`Value::Null` when it was not JSON).
     pub body: Value,
 }
@@ -189,44 +260,138 @@ async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+        raw: body.to_vec(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     };
     let reply = (shared.responder)(&request);
-    let model = request
-        .body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(FAKE_MODEL)
-        .to_owned();
+    let asked = Asked::of(&request.body);
     let n = {
         let mut requests = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
         requests.push(request);
         requests.len()
     };
-    respond(reply, &model, n).await
+    respond(reply, &asked, n).await
 }
 
-fn respond(reply: Reply, model: &str, n: usize) -> BoxedResponse<'_> {
-    Box::pin(async move { respond_now(reply, model, n).await })
+/// What a request asked for that shapes the reply.
+struct Asked {
+    model: String,
+    logprobs: bool,
+    token_ids: bool,
+    tokens_as_ids: bool,
+    /// Fake prompt token ids (one per 4 bytes of the messages JSON).
+    prompt_ids: Vec<u64>,
 }
 
-async fn respond_now(reply: Reply, model: &str, n: usize) -> Response {
+impl Asked {
+    fn of(body: &Value) -> Self {
+        let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let messages = body
+            .get("messages")
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let prompt_ids = messages
+            .as_bytes()
+            .chunks(4)
+            .map(|c| c.iter().map(|b| u64::from(*b)).sum::<u64>())
+            .collect();
+        Asked {
+            model: body
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or(FAKE_MODEL)
+                .to_owned(),
+            logprobs: flag("logprobs"),
+            token_ids: flag("return_token_ids"),
+            tokens_as_ids: flag("return_tokens_as_token_ids"),
+            prompt_ids,
+        }
+    }
+}
+
+/// The JSON of a chat completion for `c`, the `n`-th request.
+fn completion_json(c: Completion, asked: &Asked, n: usize) -> Value {
+    let tool_calls: Vec<Value> = c
+        .tool_calls
+        .iter()
+        .enumerate()
+        .map(|(k, (name, args))| {
+            json!({"id": format!("call_{n}_{k}"), "type": "function",
+                   "function": {"name": name, "arguments": args}})
+        })
+        .collect();
+    let text_len = c.content.as_deref().map_or(0, str::len)
+        + c.reasoning.as_deref().map_or(0, str::len)
+        + c.tool_calls
+            .iter()
+            .map(|(a, b)| a.len() + b.len())
+            .sum::<usize>();
+    let count = c.tokens.unwrap_or(text_len.div_ceil(4).max(1));
+    let ids: Vec<u64> = (0..count as u64)
+        .map(|k| 1000 + (k * 7919) % 50_000)
+        .collect();
+    let mut message = serde_json::Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert("content".into(), json!(c.content));
+    if let Some(r) = &c.reasoning {
+        message.insert("reasoning_content".into(), json!(r));
+    }
+    if !tool_calls.is_empty() {
+        message.insert("tool_calls".into(), json!(tool_calls));
+    }
+    let finish = c.finish_reason.unwrap_or_else(|| {
+        if tool_calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        }
+        .to_owned()
+    });
+    let mut choice = json!({"index": 0, "message": message, "finish_reason": finish});
+    if asked.logprobs {
+        let content: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                let token = if asked.tokens_as_ids {
+                    format!("token_id:{id}")
+                } else {
+                    format!("t{k}")
+                };
+                json!({"token": token, "logprob": -((k % 8) as f64) * 0.125 - 0.0625,
+                       "bytes": [], "top_logprobs": []})
+            })
+            .collect();
+        choice["logprobs"] = json!({"content": content});
+    }
+    if asked.token_ids {
+        choice["token_ids"] = json!(ids);
+    }
+    let mut out = json!({
+        "id": format!("chatcmpl-fake-{n}"),
+        "object": "chat.completion",
+        "created": 0,
+        "model": asked.model,
+        "choices": [choice],
+        "usage": {"prompt_tokens": asked.prompt_ids.len(), "completion_tokens": count,
+                  "total_tokens": asked.prompt_ids.len() + count}
+    });
+    if asked.token_ids {
+        out["prompt_token_ids"] = json!(asked.prompt_ids);
+    }
+    out
+}
+
+fn respond<'a>(reply: Reply, asked: &'a Asked, n: usize) -> BoxedResponse<'a> {
+    Box::pin(async move { respond_now(reply, asked, n).await })
+}
+
+async fn respond_now(reply: Reply, asked: &Asked, n: usize) -> Response {
     let status =
         |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match reply {
-        Reply::Text(text) => Json(json!({
-            "id": format!("chatcmpl-fake-{n}"),
-            "object": "chat.completion",
-            "created": 0,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop"
-            }],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        }))
-        .into_response(),
+        Reply::Text(text) => Json(completion_json(Completion::text(text), asked, n)).into_response(),
+        Reply::Completion(c) => Json(completion_json(c, asked, n)).into_response(),
         Reply::Status(code) => (
             status(code),
             Json(json!({"error": {"message": format!("fake LLM scripted HTTP {code}"), "code": code}})),
@@ -241,7 +406,7 @@ async fn respond_now(reply: Reply, model: &str, n: usize) -> Response {
         Reply::Raw(code, body) => (status(code), body).into_response(),
         Reply::Delayed(d, inner) => {
             tokio::time::sleep(d).await;
-            respond(*inner, model, n).await
+            respond(*inner, asked, n).await
         }
     }
 }

@@ -87,19 +87,22 @@ impl Policy {
     }
 
     /// The conversation so far in OpenAI format (`metadata.messages`).
-    pub fn messages(&self) -> Option<Vec<ChatMessage>> {
+    pub fn messages(&self) -> Option<serde_json::Value> {
         match self {
-            Policy::OpenAi(p) => Some(p.messages().to_vec()),
-            Policy::Replay(p) => p.messages.clone(),
+            Policy::OpenAi(p) => Some(p.messages()),
+            Policy::Replay(p) => p.messages.as_ref().map(|m| serde_json::json!(m)),
             Policy::Scripted(_) | Policy::Heuristic(_) => None,
         }
     }
 
-    /// Chat requests made for this task.
-    pub fn llm_calls(&self) -> u32 {
-        match self {
-            Policy::OpenAi(p) => p.llm_calls(),
-            _ => 0,
+    /// What the policy records besides the conversation: `metadata.llm_calls`
+    /// (every model call, `steps` steps having run) and `metadata.model`.
+    pub fn record(&self, steps: usize, trajectory: &mut adp_core::Trajectory) {
+        if let Policy::OpenAi(p) = self {
+            trajectory.meta("llm_calls", p.llm_calls(steps));
+            if let Some(model) = p.model() {
+                trajectory.meta("model", model);
+            }
         }
     }
 }

@@ -1,18 +1,41 @@
 //! `openai`: an OpenAI-compatible model drives a code → observation loop
-//! (CONTRACT §4). The first fenced Python block of a reply is run; its
-//! observation goes back as the next user message; a reply without a code
-//! block is the final answer. The conversation is kept in OpenAI format for
-//! `metadata.messages`. A failing endpoint is an infrastructure failure (the
-//! task is retried, never handed to another policy).
+//! (CONTRACT §4). A failing endpoint is an infrastructure failure (the task is
+//! retried, never handed to another policy). Every call is recorded as sent
+//! and as answered (`metadata.llm_calls`, docs/formats.md).
+//!
+//! Two ways to exchange actions (`LLM_TOOL_MODE`):
+//!
+//! * `native` (default): the request carries the [`tools`] `python {code}` and
+//!   `final_answer {answer}`; the reply's first tool call is the step, its
+//!   observation goes back as a `tool` message with the call's id. A reply
+//!   with no tool call ends the task, its text being the answer. Outcomes of
+//!   odd replies (each recorded in the calls, never a crash):
+//!   - more than one tool call: the first runs; each other one is answered
+//!     with a `tool` message saying it was not run;
+//!   - malformed arguments, an unknown tool, or no `code`: a `tool` message
+//!     says what is wrong and the model is asked again; a second invalid reply
+//!     in a row ends the task (failure, the reason in `error_message`);
+//!   - `finish_reason: "length"` (the reply was cut at `max_tokens`): the task
+//!     ends as a failure saying so; nothing of the cut reply runs.
+//! * `text`: the first fenced Python block of a reply is run; its observation
+//!   goes back as the next user message; a reply without a code block is the
+//!   final answer (endpoints without tool support).
 
-use adp_core::llm::{ChatMessage, LlmClient};
+use adp_core::llm::{LlmClient, Sampling, ToolMode};
+use adp_core::llm_record::CallLog;
 use adp_core::{InfraError, TaskSpec};
+use serde_json::{json, Value};
 
 use super::{extract_code, Decision, Plan};
 use crate::executor::Execution;
 
 /// `metadata.policy` of this policy.
 pub const NAME: &str = "openai";
+
+/// Name of the tool that runs code (native mode).
+pub const PYTHON_TOOL: &str = "python";
+/// Name of the tool that gives the final answer (native mode).
+pub const ANSWER_TOOL: &str = "final_answer";
 
 /// Limits the system prompt tells the model about.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +44,8 @@ pub struct PromptLimits {
     pub memory_mb: u64,
 }
 
-/// The system prompt: the tool, the sandbox's rules and the reply format.
+/// The system prompt of `text` mode: the tool, the sandbox's rules and the
+/// reply format.
 pub fn system_prompt(limits: PromptLimits) -> String {
     format!(
         "You are a careful coding agent. You solve the user's task by running Python code.\n\
@@ -43,6 +67,44 @@ pub fn system_prompt(limits: PromptLimits) -> String {
     )
 }
 
+/// The system prompt of `native` mode (the tools carry their own schemas).
+pub fn native_system_prompt(limits: PromptLimits) -> String {
+    format!(
+        "You are a careful coding agent. You solve the user's task by running Python code \
+         with the `{PYTHON_TOOL}` tool, one call at a time.\n\
+         \n\
+         Each call runs as a fresh Python 3.11 process (standard library only, no third-party \
+         packages), with no network, a private empty /tmp as working directory, at most {step} s \
+         of wall time and {mem} MiB of memory. Nothing carries over between calls: no variables, \
+         no files. The tool result is the code's stdout and stderr (long output is cut).\n\
+         \n\
+         Print every value you need to see. When you know the answer, call `{ANSWER_TOOL}` with \
+         it; that ends the task.",
+        step = limits.step_timeout_secs,
+        mem = limits.memory_mb,
+    )
+}
+
+/// The `tools` of a native request: `python {code}` and `final_answer {answer}`.
+pub fn tools() -> Value {
+    json!([
+        {"type": "function", "function": {
+            "name": PYTHON_TOOL,
+            "description": "Run Python 3 code in a fresh sandboxed process (no network, standard library only) and return its stdout and stderr.",
+            "parameters": {"type": "object",
+                "properties": {"code": {"type": "string", "description": "The Python source to run."}},
+                "required": ["code"]}
+        }},
+        {"type": "function", "function": {
+            "name": ANSWER_TOOL,
+            "description": "Give the final answer to the task. Ends the task.",
+            "parameters": {"type": "object",
+                "properties": {"answer": {"type": "string", "description": "The final answer."}},
+                "required": ["answer"]}
+        }}
+    ])
+}
+
 /// The first user message: the task and its budget.
 pub fn task_prompt(task: &TaskSpec) -> String {
     format!(
@@ -53,7 +115,7 @@ pub fn task_prompt(task: &TaskSpec) -> String {
     )
 }
 
-/// The user message that reports step `step_id`'s result to the model.
+/// The message that reports step `step_id`'s result to the model.
 pub fn observation_message(step_id: usize, exec: &Execution) -> String {
     let status = match (&exec.verdict.error_type, &exec.verdict.message) {
         (None, _) => "ran without error".to_owned(),
@@ -69,51 +131,215 @@ pub fn observation_message(step_id: usize, exec: &Execution) -> String {
     format!("Observation of step {step_id} ({status}):\n{body}")
 }
 
+/// What the tool message of an extra tool call says.
+const NOT_RUN: &str =
+    "Not run: only the first tool call of a reply is executed. Call one tool at a time.";
+
 /// One task's conversation with the model.
 pub struct OpenAiSession {
     client: LlmClient,
-    messages: Vec<ChatMessage>,
+    mode: ToolMode,
+    sampling: Sampling,
+    tools: Option<Value>,
+    /// The conversation as it will be sent next.
+    messages: Vec<Value>,
+    log: CallLog,
+    /// Tool calls of the last reply still owed a `tool` message (native):
+    /// the one being run (`None`) and the extras (`Some(reason)`).
+    pending: Vec<(String, Option<String>)>,
+    invalid_replies: u32,
     code: Vec<String>,
     replies: Vec<String>,
-    calls: u32,
+    model: Option<String>,
 }
 
 impl OpenAiSession {
-    pub fn new(client: LlmClient, system: String, task: String) -> Self {
+    /// A session for `task`. The task's `constraints.sampling` overrides the
+    /// client's sampling settings (validated by the dispatcher; an invalid
+    /// one here is ignored with a warning).
+    pub fn new(client: LlmClient, limits: PromptLimits, task: &TaskSpec) -> Self {
+        let mode = client.config().tool_mode;
+        let over = Sampling::from_constraints(&task.constraints).unwrap_or_else(|why| {
+            tracing::warn!(task_id = %task.task_id, error = %why, "Invalid constraints.sampling ignored.");
+            Sampling::default()
+        });
+        let sampling = client.config().sampling.overridden_by(over);
+        let system = match mode {
+            ToolMode::Native => native_system_prompt(limits),
+            ToolMode::Text => system_prompt(limits),
+        };
         OpenAiSession {
             client,
-            messages: vec![ChatMessage::system(system), ChatMessage::user(task)],
+            mode,
+            sampling,
+            tools: (mode == ToolMode::Native).then(tools),
+            messages: vec![
+                json!({"role": "system", "content": system}),
+                json!({"role": "user", "content": task_prompt(task)}),
+            ],
+            log: CallLog::new(),
+            pending: Vec::new(),
+            invalid_replies: 0,
             code: Vec::new(),
             replies: Vec::new(),
-            calls: 0,
+            model: None,
         }
     }
 
     pub(crate) async fn next(&mut self, last: Option<&Execution>) -> Result<Decision, InfraError> {
         if let Some(last) = last {
             let step_id = self.code.len().saturating_sub(1);
-            self.messages
-                .push(ChatMessage::user(observation_message(step_id, last)));
-        }
-        self.calls += 1;
-        let reply = self.client.chat(&self.messages).await?;
-        self.messages.push(ChatMessage::assistant(reply.clone()));
-        self.replies.push(reply.clone());
-        Ok(match extract_code(&reply) {
-            Some(code) => {
-                self.code.push(code.clone());
-                Decision::Run(code)
+            let text = observation_message(step_id, last);
+            match self.mode {
+                ToolMode::Text => self.messages.push(json!({"role": "user", "content": text})),
+                ToolMode::Native => self.answer_pending(Some(text)),
             }
-            None => Decision::Finish(Some(reply.trim().to_owned())),
-        })
+        }
+        loop {
+            let reply = self
+                .client
+                .complete(
+                    &mut self.log,
+                    &self.messages,
+                    self.tools.as_ref(),
+                    self.sampling,
+                )
+                .await?;
+            let call = self.log.len() - 1;
+            if self.model.is_none() {
+                self.model = self
+                    .log
+                    .calls()
+                    .last()
+                    .and_then(|c| c.request.get("model"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+            }
+            let content = reply.content.clone().unwrap_or_default();
+            let decision = match self.mode {
+                ToolMode::Text => {
+                    self.messages
+                        .push(json!({"role": "assistant", "content": content}));
+                    self.replies.push(content.clone());
+                    Some(match extract_code(&content) {
+                        Some(code) => Decision::Run(code),
+                        None => Decision::Finish(Some(content.trim().to_owned())),
+                    })
+                }
+                ToolMode::Native => self.native_decision(&reply),
+            };
+            match decision {
+                Some(Decision::Run(code)) => {
+                    self.log.set_step_id(call, self.code.len() as u32);
+                    self.code.push(code.clone());
+                    return Ok(Decision::Run(code));
+                }
+                Some(d) => return Ok(d),
+                None => continue,
+            }
+        }
     }
 
-    pub fn messages(&self) -> &[ChatMessage] {
-        &self.messages
+    /// The decision of a native reply; `None`: the reply was invalid and the
+    /// model is asked again (the tool messages saying why are queued).
+    fn native_decision(&mut self, reply: &adp_core::llm_record::LlmResponse) -> Option<Decision> {
+        let mut assistant = json!({"role": "assistant", "content": reply.content});
+        // Tool calls as returned; an id the server left out is made up so
+        // that the tool message can refer to it.
+        let mut calls = reply.tool_calls.clone();
+        for (k, c) in calls.iter_mut().enumerate() {
+            if c.get("id").and_then(Value::as_str).is_none() {
+                c["id"] = json!(format!("call_{}_{k}", self.log.len() - 1));
+            }
+        }
+        if !calls.is_empty() {
+            assistant["tool_calls"] = json!(calls);
+        }
+        self.messages.push(assistant);
+        let text = reply.content.clone().unwrap_or_default();
+        if reply.finish_reason.as_deref() == Some("length") {
+            self.replies.push(text);
+            return Some(Decision::GiveUp(
+                "the model's reply was cut at max_tokens (finish_reason \"length\"); nothing of it was run"
+                    .to_owned(),
+            ));
+        }
+        let Some(first) = calls.first() else {
+            self.replies.push(text.clone());
+            return Some(Decision::Finish(Some(text.trim().to_owned())));
+        };
+        let ids: Vec<String> = calls
+            .iter()
+            .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        match parse_tool_call(first) {
+            Ok(ToolCall::Python(code)) => {
+                self.invalid_replies = 0;
+                self.replies.push(text);
+                self.pending = ids
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, id)| (id, (k > 0).then(|| NOT_RUN.to_owned())))
+                    .collect();
+                Some(Decision::Run(code))
+            }
+            Ok(ToolCall::Answer(answer)) => {
+                self.replies.push(answer.clone());
+                Some(Decision::Finish(Some(answer.trim().to_owned())))
+            }
+            Err(why) => {
+                self.invalid_replies += 1;
+                self.pending = ids
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, id)| {
+                        let msg = if k == 0 {
+                            format!("Invalid tool call: {why}. Nothing was run.")
+                        } else {
+                            NOT_RUN.to_owned()
+                        };
+                        (id, Some(msg))
+                    })
+                    .collect();
+                if self.invalid_replies >= 2 {
+                    // Not sent: the conversation ends here.
+                    self.pending.clear();
+                    return Some(Decision::GiveUp(format!(
+                        "the model's tool call was invalid twice in a row (last: {why})"
+                    )));
+                }
+                self.answer_pending(None);
+                None
+            }
+        }
     }
 
-    pub fn llm_calls(&self) -> u32 {
-        self.calls
+    /// Answers every pending tool call: the run one with `result`, the others
+    /// with their reason.
+    fn answer_pending(&mut self, result: Option<String>) {
+        for (id, reason) in std::mem::take(&mut self.pending) {
+            let content = reason.or_else(|| result.clone()).unwrap_or_default();
+            self.messages
+                .push(json!({"role": "tool", "tool_call_id": id, "content": content}));
+        }
+    }
+
+    /// The conversation in OpenAI format (`metadata.messages`): the last
+    /// request's messages plus the final reply.
+    pub fn messages(&self) -> Value {
+        Value::Array(self.messages.clone())
+    }
+
+    /// The call records; a step id beyond `steps` (a step that never ran,
+    /// the task timed out first) is cleared.
+    pub fn llm_calls(&self, steps: usize) -> Value {
+        let mut log = self.log.clone();
+        log.clear_step_ids_from(steps as u32);
+        log.to_value()
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     pub fn plan(&self) -> Plan {
@@ -122,5 +348,98 @@ impl OpenAiSession {
             code: self.code.clone(),
             replies: self.replies.clone(),
         }
+    }
+}
+
+/// A native tool call, understood.
+enum ToolCall {
+    Python(String),
+    Answer(String),
+}
+
+/// Reads one entry of `tool_calls`: `python {code}` or `final_answer {answer}`.
+fn parse_tool_call(call: &Value) -> Result<ToolCall, String> {
+    let name = call
+        .pointer("/function/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let raw = match call.pointer("/function/arguments") {
+        Some(Value::String(s)) => s.clone(),
+        // Some servers send the arguments as an object.
+        Some(v @ Value::Object(_)) => v.to_string(),
+        _ => String::new(),
+    };
+    let args: Value = if raw.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(&raw)
+            .map_err(|e| format!("the arguments of {name:?} are not valid JSON ({e})"))?
+    };
+    let field = |key: &str| -> Result<String, String> {
+        match args.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) if key == "answer" => Ok(n.to_string()),
+            Some(other) => Err(format!("{name}: \"{key}\" must be a string, got {other}")),
+            None => Err(format!("{name}: missing \"{key}\"")),
+        }
+    };
+    match name {
+        PYTHON_TOOL => {
+            let code = field("code")?;
+            if code.trim().is_empty() {
+                return Err(format!("{name}: \"code\" is empty"));
+            }
+            Ok(ToolCall::Python(code))
+        }
+        ANSWER_TOOL => Ok(ToolCall::Answer(field("answer")?)),
+        other => Err(format!(
+            "unknown tool {other:?} (the tools are {PYTHON_TOOL} and {ANSWER_TOOL})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(name: &str, args: &str) -> Value {
+        json!({"id": "c", "type": "function", "function": {"name": name, "arguments": args}})
+    }
+
+    #[test]
+    fn tool_calls_are_read_or_explained() {
+        assert!(matches!(
+            parse_tool_call(&call("python", r#"{"code": "print(1)"}"#)),
+            Ok(ToolCall::Python(c)) if c == "print(1)"
+        ));
+        assert!(matches!(
+            parse_tool_call(&call("final_answer", r#"{"answer": 42}"#)),
+            Ok(ToolCall::Answer(a)) if a == "42"
+        ));
+        for (name, args, expect) in [
+            ("python", r#"{"code": "print(1)""#, "not valid JSON"),
+            ("python", r#"{"src": "x"}"#, "missing \"code\""),
+            ("python", r#"{"code": "  "}"#, "empty"),
+            ("python", r#"{"code": 3}"#, "must be a string"),
+            ("shell", r#"{}"#, "unknown tool \"shell\""),
+        ] {
+            let e = match parse_tool_call(&call(name, args)) {
+                Err(e) => e,
+                Ok(_) => panic!("{name} {args} accepted"),
+            };
+            assert!(e.contains(expect), "{e}");
+        }
+    }
+
+    #[test]
+    fn tools_name_only_schema_parameters() {
+        let t = tools();
+        let names: Vec<&str> = t
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
+            .collect();
+        assert_eq!(names, [PYTHON_TOOL, ANSWER_TOOL]);
     }
 }
