@@ -23,7 +23,7 @@ use adp_core::queue::{TaskContext, TaskHandler};
 use adp_core::reward::{self, Checks, Evaluation, FinalState, Live};
 use adp_core::types::unix_now;
 use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, Trajectory};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 
 use crate::executor::{Execution, Sandbox};

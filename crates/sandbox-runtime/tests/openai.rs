@@ -524,3 +524,75 @@ async fn odd_native_replies_end_in_recorded_outcomes() {
     );
     h.stop().await;
 }
+
+/// The size of a trajectory with `LLM_LOGPROBS=true`: 10 code steps and a
+/// final answer, every reply 500 tokens (~2,000 characters of text), prompt
+/// token ids returned for every call (the fake server counts one prompt token
+/// per 4 bytes of the messages). Prints the figure quoted in the README:
+/// `cargo test -p sandbox-runtime --test openai -- --ignored --nocapture trajectory_size`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement; prints the trajectory size"]
+async fn trajectory_size_with_logprobs() {
+    let text = "Let me think about this step carefully. ".repeat(50);
+    let llm = FakeLlm::start_fn(move |req| {
+        let step = req.messages().len().saturating_sub(2) / 2;
+        let c = Completion::text(text.clone()).tokens(500);
+        if step < 10 {
+            c.call(
+                "python",
+                &json!({"code": format!("print({step} * {step})")}).to_string(),
+            )
+            .into()
+        } else {
+            c.call("final_answer", r#"{"answer": "done"}"#).into()
+        }
+    })
+    .await;
+    let h = start_with_llm(&llm.url(), &["--llm-logprobs", "true"]).await;
+    let mut t = task("size_10", TaskType::Code, "Square ten numbers", json!({}));
+    t.max_steps = 11; // ten code steps, then the final answer
+    let traj = h.run(&t).await;
+    assert_eq!(traj.steps.len(), 10, "{traj:#?}");
+    assert!(traj.success, "{traj:#?}");
+    let calls = assert_calls_as_sent(&traj, &llm);
+    assert_eq!(calls.len(), 11);
+    let file = common::trajectory_path(h.out.path(), "size_10");
+    let size = std::fs::metadata(&file).expect("trajectory file").len();
+    let part = |key: &str| {
+        serde_json::to_string_pretty(&traj.metadata[key])
+            .map(|s| s.len())
+            .unwrap_or(0)
+    };
+    let prompt_ids: usize = calls
+        .iter()
+        .filter_map(|c| c.response.as_ref()?.prompt_token_ids.as_ref().map(Vec::len))
+        .sum();
+    // The same trajectory without the token arrays (what LLM_LOGPROBS=false keeps).
+    let mut lean = serde_json::to_value(&traj).expect("json");
+    for c in lean["metadata"]["llm_calls"]
+        .as_array_mut()
+        .expect("calls")
+        .iter_mut()
+    {
+        if let Some(r) = c["response"].as_object_mut() {
+            for k in ["completion_token_ids", "logprobs", "prompt_token_ids"] {
+                r.remove(k);
+            }
+        }
+    }
+    let lean = serde_json::to_vec_pretty(&lean)
+        .map(|v| v.len())
+        .unwrap_or(0);
+    println!(
+        "trajectory size, 10 steps + final answer, 500-token replies, LLM_LOGPROBS=true: \
+         {size} bytes ({:.0} KiB; without the token arrays {lean} bytes = {:.0} KiB); \
+         metadata.llm_calls {} bytes, metadata.messages {} bytes (pretty-printed alone); \
+         {prompt_ids} prompt token ids in all, {} completion token ids and logprobs",
+        size as f64 / 1024.0,
+        lean as f64 / 1024.0,
+        part("llm_calls"),
+        part("messages"),
+        11 * 500
+    );
+    h.stop().await;
+}

@@ -24,6 +24,9 @@ async fn tests_see_the_state_of_earlier_steps_and_the_final_answer() {
         &llm.url(),
         "--llm-model",
         "test-model",
+        // The script answers in text (code blocks), not with tool calls.
+        "--llm-tool-mode",
+        "text",
         "--cache-mode",
         "off",
     ])

@@ -245,7 +245,7 @@ impl WebHandler {
             }
         }
         match &self.llm {
-            Some(client) => (Policy::OpenAi(OpenAi::new(client.clone())), false),
+            Some(client) => (Policy::OpenAi(Box::new(OpenAi::new(client.clone()))), false),
             None => (Policy::Heuristic(Heuristic::new(&task.description)), false),
         }
     }
@@ -298,6 +298,7 @@ impl WebHandler {
             let action = match decision {
                 Decision::Act(a) => a,
                 Decision::Done => break,
+                Decision::Answer(text) => return Ok((obs, Some(text), None)),
                 Decision::GiveUp(why) => return Ok((obs, None, Some(Stop::GaveUp(why)))),
             };
             acted += 1;

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use adp_core::llm::{LlmClient, LlmConfig};
+use adp_core::llm::{LlmClient, LlmConfig, ToolMode};
+use adp_core::llm_record;
 use adp_core::Trajectory;
 use common::{failed_goto, run, summary, Harness, Site};
 use serde_json::json;
@@ -24,10 +25,11 @@ async fn start() -> (Harness, Site) {
     (Harness::start(policy(), 4).await, Site::local().await)
 }
 
-/// A client of `llm` that does not retry (each reply is used once).
+/// A text-mode client of `llm` that does not retry (each reply is used once).
 fn client(llm: &FakeLlm) -> LlmClient {
     let mut config = LlmConfig::new(llm.url());
     config.retries = 0;
+    config.tool_mode = ToolMode::Text;
     LlmClient::new(config).expect("client")
 }
 
@@ -256,6 +258,18 @@ async fn openai_policy_multi_step_with_element_indices_and_one_bad_reply() {
     assert_eq!(messages.len(), 9, "{messages:#?}");
     assert_eq!(messages[0]["role"], "system");
     assert_eq!(t.metadata["model"], "fake-model");
+    // Every call is recorded as sent: no tools in text mode, and each
+    // request rebuilds to the bytes the server received.
+    let calls = llm_record::from_metadata(&t.metadata).expect("llm_calls");
+    assert_eq!(calls.len(), 4);
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(llm_record::request_body(&calls, i), r.raw, "call {i}");
+        assert!(!calls[i].request.contains_key("tools"));
+    }
+    assert_eq!(
+        calls.iter().map(|c| c.step_id).collect::<Vec<_>>(),
+        [Some(1), None, Some(2), Some(3)]
+    );
 
     // Two bad replies in a row: the task fails with a clear message.
     let llm2 = FakeLlm::start(vec![Reply::text("no idea"), Reply::text("still {not json")]).await;

@@ -36,6 +36,9 @@ pub enum Decision {
     Act(Action),
     /// Nothing left to do (a script ran out): the task ends here.
     Done,
+    /// The model answered without an action (native tool mode: a reply with
+    /// no tool call): the task ends with this text as its answer.
+    Answer(String),
     /// The policy cannot go on; the task fails with this message.
     GiveUp(String),
 }
@@ -43,7 +46,7 @@ pub enum Decision {
 /// One of the three policies.
 pub enum Policy {
     Scripted(scripted::Scripted),
-    OpenAi(openai::OpenAi),
+    OpenAi(Box<openai::OpenAi>),
     Heuristic(heuristic::Heuristic),
 }
 
@@ -65,7 +68,8 @@ impl Policy {
         }
     }
 
-    /// Adds what the policy has to record (the conversation, for `openai`).
+    /// Adds what the policy has to record (`openai`: the conversation, the
+    /// model, every call in `metadata.llm_calls`).
     pub fn record(&self, trajectory: &mut Trajectory) {
         if let Policy::OpenAi(p) = self {
             p.record(trajectory);
