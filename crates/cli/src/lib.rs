@@ -8,6 +8,7 @@
 //! * [`replay`]: re-enqueue tasks from their trajectories (old file kept as `<id>.attempt-N.json`).
 //! * [`enqueue`]: putting a task back on its stream, archiving the old trajectory.
 //! * [`export`]: trajectories → one JSONL dataset (`trajectory`, `messages`, `sharegpt`).
+//! * [`rescore`]: task checks evaluated again on existing trajectories (old scores kept in `reward_history`).
 //! * [`stats`]: success rates, error histogram, percentiles, cache hit rate.
 //! * [`validate`]: the dispatcher's validation of `tasks.jsonl`, offline.
 //! * [`files`]: streaming walk over the trajectory files, corrupt-file reasons.
@@ -23,6 +24,7 @@ pub mod files;
 pub mod fmt;
 pub mod progress;
 pub mod replay;
+pub mod rescore;
 pub mod stats;
 pub mod status;
 pub mod validate;
@@ -44,6 +46,7 @@ Examples:
   adp dead requeue --all          put every dead letter back on its stream
   adp replay --failed --error-type timeout
   adp export --out data.jsonl --format messages --success-only
+  adp rescore tasks.jsonl         score trajectories again after editing their checks
   adp stats
   adp validate tasks.jsonl        check a task file before submitting it
 
@@ -82,6 +85,7 @@ pub enum Command {
     #[command(subcommand)]
     Dead(dead::DeadCommand),
     Replay(replay::ReplayArgs),
+    Rescore(rescore::RescoreArgs),
     Export(export::ExportArgs),
     Stats(stats::StatsArgs),
     Validate(validate::ValidateArgs),
@@ -142,6 +146,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status::run(&env, args).await,
         Command::Dead(cmd) => dead::run(&env, cmd).await,
         Command::Replay(args) => replay::run(&env, args).await,
+        Command::Rescore(args) => rescore::run(&env, args),
         Command::Export(args) => export::run(&env, args),
         Command::Stats(args) => stats::run(&env, args),
         Command::Validate(args) => validate::run(args),

@@ -1,7 +1,9 @@
 //! One web task, start to trajectory: pick the policy (scripted, a cached
 //! plan, openai or heuristic), open a fresh browser context, go to the start
 //! URL, then ask–act–observe until the policy is done, `max_steps` or the
-//! task's timeout; judge success; cache the plan.
+//! task's timeout; read the final page and score the task's checks
+//! ([`adp_core::reward`]: `success`, `reward`, `reward_breakdown`); cache
+//! the plan.
 //!
 //! A dead browser ends the attempt with an [`InfraError`] (`browser`): the
 //! worker retries the task; it is not recorded as the agent's failure.
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use adp_core::cache::TemplateCache;
 use adp_core::llm::LlmClient;
 use adp_core::queue::{TaskContext, TaskHandler};
+use adp_core::reward::{self, CheckError, Checks, Evaluation, Live, Outcome};
 use adp_core::types::unix_now;
 use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, TaskType, Trajectory};
 use serde::{Deserialize, Serialize};
@@ -19,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::actions::Action;
 use crate::browser::{BrowserError, BrowserManager, Session};
-use crate::exec::{self, Performed};
+use crate::exec::{self, FinalPage, Performed};
 use crate::observe::Observation;
 use crate::page::EvalError;
 use crate::policy::heuristic::Heuristic;
@@ -94,6 +97,41 @@ fn infra(e: BrowserError) -> InfraError {
     InfraError::new("browser", e.to_string())
 }
 
+/// Scores the task's checks on the final page: `t.success` says on entry
+/// whether the run completed (last step ok, not cut short); on return,
+/// whether every check passed. Records `metadata.final_state`.
+fn score(t: &mut Trajectory, checks: Result<Checks, CheckError>, page: FinalPage) {
+    let checks = match checks {
+        Ok(c) => c,
+        Err(e) => return Evaluation::invalid(&e).apply(t),
+    };
+    let why_not = t
+        .error_message
+        .clone()
+        .or_else(|| t.error_type.map(|e| e.as_str().to_owned()));
+    let mut live = Live::default().completed(t.success, why_not.as_deref());
+    if page.read {
+        live.selectors(&checks, &page.found);
+    } else {
+        for (check, sel) in checks.items.iter().zip(checks.selectors()) {
+            live.set(
+                &check.name,
+                Outcome::fail(format!(
+                    "the final page could not be read to look for {sel:?}"
+                )),
+            );
+        }
+    }
+    let mut state = page.state;
+    state.answer = t.final_result.clone();
+    t.meta(reward::FINAL_STATE_KEY, json!(state.recorded()));
+    let eval = reward::evaluate(&checks, &state, &live);
+    if let Some(item) = eval.breakdown.iter().find(|i| i.name == "expected_text") {
+        t.meta("expected_text_found", item.score >= 1.0);
+    }
+    eval.apply(t);
+}
+
 /// Why the loop stopped early.
 enum Stop {
     GaveUp(String),
@@ -149,12 +187,11 @@ impl WebHandler {
                 serde_json::to_value(&blocked).unwrap_or_default(),
             );
         }
-        let expected = match (&outcome, task.expected_text()) {
-            // The last observation holds the whole text: no need to ask the page.
-            (Ok((obs, _, _)), Some(text)) if obs.text_len <= obs.text.chars().count() => {
-                Some(Ok(exec::text_contains(&obs.text, text)))
+        let checks = Checks::from_task(&task);
+        let final_page = match (&outcome, &checks) {
+            (Ok((obs, _, _)), Ok(c)) => {
+                Some(exec::read_final_page(&session, obs, &c.selectors()).await)
             }
-            (Ok(_), Some(text)) => Some(exec::page_text_contains(&session, text).await),
             _ => None,
         };
         let closing = Instant::now();
@@ -181,21 +218,14 @@ impl WebHandler {
             }
             None => {}
         }
-        if let (Some(text), Some(found)) = (task.expected_text(), expected) {
-            let found = found.map_err(infra)?;
-            traj.meta("expected_text_found", found);
-            if success && !found {
-                success = false;
-                traj.error_message = Some(format!(
-                    "the final page does not contain the expected text {text:?}"
-                ));
-            }
-        }
         traj.success = success;
         traj.final_result = finish_answer.unwrap_or_else(|| final_obs.text.clone());
         traj.total_duration = started.elapsed().as_secs_f64();
+        let final_page = final_page.transpose().map_err(infra)?.unwrap_or_default();
+        score(&mut traj, checks, final_page);
 
-        if success && !cache_hit && matches!(policy, Policy::OpenAi(_) | Policy::Heuristic(_)) {
+        if traj.success && !cache_hit && matches!(policy, Policy::OpenAi(_) | Policy::Heuristic(_))
+        {
             let plan = CachedPlan {
                 policy: policy.name().to_owned(),
                 start_url: task.start_url().map(str::to_owned),

@@ -5,18 +5,21 @@
 
 use std::time::{Duration, Instant};
 
+use adp_core::reward::{self, FinalState};
 use adp_core::ErrorType;
 use chromiumoxide::cdp::browser_protocol::input::{DispatchKeyEventParams, DispatchKeyEventType};
 use chromiumoxide::cdp::browser_protocol::page::{
     GetNavigationHistoryParams, NavigateParams, NavigateToHistoryEntryParams,
 };
 use chromiumoxide::error::CdpError;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::actions::{Action, Target};
 use crate::browser::{BrowserError, Session};
 use crate::guard;
 use crate::js;
+use crate::observe::Observation;
 use crate::page::{evaluate, EvalError, NavState, Settled};
 
 /// What an action did.
@@ -469,22 +472,78 @@ async fn go_back(session: &Session) -> ActResult {
     Ok(Ok((format!("went back to {url}"), true)))
 }
 
-/// Whether `text` contains `needle`, as [`js::TEXT_CONTAINS`] judges it
-/// (also with runs of white space made single spaces).
-pub fn text_contains(text: &str, needle: &str) -> bool {
-    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-    text.contains(needle) || norm(text).contains(&norm(needle))
+/// What the task's checks read on the final page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FinalPage {
+    /// URL, title and visible text (cut at [`reward::MAX_RECORDED_TEXT`]).
+    pub state: FinalState,
+    /// Per selector: whether an element matches (`None`: invalid selector).
+    pub found: Vec<Option<bool>>,
+    /// Whether the page could be read (else `state` is the last observation's).
+    pub read: bool,
 }
 
-/// Whether the page's whole visible text contains `needle`.
-pub async fn page_text_contains(session: &Session, needle: &str) -> Result<bool, BrowserError> {
-    let expr = js::call(js::TEXT_CONTAINS, json!(needle));
-    match evaluate(&session.page, expr).await {
-        Ok(v) => Ok(v.as_bool().unwrap_or(false)),
-        Err(EvalError::Cdp(e)) => match cdp_failure(session, "read page text", e) {
-            BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
-            _ => Ok(false),
+#[derive(Deserialize)]
+struct FinalRead {
+    url: String,
+    title: String,
+    text: String,
+    text_len: usize,
+    found: Vec<Option<bool>>,
+}
+
+/// Reads the final page for the checks. With no selector to test and the
+/// whole text in the last observation, the observation is enough (no page
+/// call). A page that cannot be read gives the last observation's state
+/// and `read: false`; only a dead browser is an `Err`.
+pub async fn read_final_page(
+    session: &Session,
+    last: &Observation,
+    selectors: &[&str],
+) -> Result<FinalPage, BrowserError> {
+    let from_obs = || FinalPage {
+        state: FinalState {
+            url: Some(last.url.clone()),
+            title: Some(last.title.clone()),
+            text: Some(last.text.clone()),
+            text_truncated: last.text_len > last.text.chars().count(),
+            ..FinalState::default()
         },
-        Err(_) => Ok(false),
+        found: Vec::new(),
+        read: false,
+    };
+    if selectors.is_empty() && last.text_len <= last.text.chars().count() {
+        return Ok(FinalPage {
+            read: true,
+            ..from_obs()
+        });
     }
+    let expr = js::call(
+        js::FINAL_STATE,
+        format!("{}, {}", json!(selectors), reward::MAX_RECORDED_TEXT),
+    );
+    let value = match evaluate(&session.page, expr).await {
+        Ok(v) => v,
+        Err(EvalError::Cdp(e)) => {
+            return match cdp_failure(session, "read the final page", e) {
+                BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
+                _ => Ok(from_obs()),
+            }
+        }
+        Err(_) => return Ok(from_obs()),
+    };
+    let Ok(r) = serde_json::from_value::<FinalRead>(value) else {
+        return Ok(from_obs());
+    };
+    Ok(FinalPage {
+        state: FinalState {
+            text_truncated: r.text_len > r.text.chars().count(),
+            url: Some(r.url),
+            title: Some(r.title),
+            text: Some(r.text),
+            ..FinalState::default()
+        },
+        found: r.found,
+        read: true,
+    })
 }

@@ -216,9 +216,21 @@ pub const WATCH_NAVIGATION: &str = r#"(() => {
 /// `() => navigating` after a key press (see [`WATCH_NAVIGATION`]).
 pub const NAVIGATING: &str = "!!window.__adpNavigating";
 
-/// `(needle) => bool`: whether the page's whole visible text contains `needle`.
-pub const TEXT_CONTAINS: &str = r#"(needle) => {
-  const t = document.body ? (document.body.innerText || '') : '';
-  const norm = (s) => s.replace(/\s+/g, ' ');
-  return t.includes(needle) || norm(t).includes(norm(needle));
+/// `(selectors, maxText) => {url, title, text, text_len, found}`: the final
+/// state the task's checks look at. `text` is the visible text as in an
+/// observation (lines trimmed, blank lines dropped), cut to `maxText`;
+/// `found[i]` says whether an element matches `selectors[i]` (`null`: the
+/// selector is invalid).
+pub const FINAL_STATE: &str = r#"(selectors, maxText) => {
+  const body = document.body;
+  let text = body ? (body.innerText || '') : '';
+  text = text.split('\n').map(l => l.replace(/[ \t\u00a0]+/g, ' ').trim()).filter(l => l).join('\n');
+  const found = selectors.map(s => { try { return document.querySelector(s) !== null; } catch (e) { return null; } });
+  return {
+    url: location.href,
+    title: document.title || '',
+    text: text.length > maxText ? text.slice(0, maxText) : text,
+    text_len: text.length,
+    found,
+  };
 }"#;
