@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use adp_core::cache::TemplateCache;
 use adp_core::llm::LlmClient;
 use adp_core::queue::{TaskContext, TaskHandler};
-use adp_core::reward::{self, CheckError, Checks, Evaluation, Live, Outcome};
+use adp_core::reward::{self, CheckError, CheckKind, Checks, Evaluation, Live, Outcome};
 use adp_core::types::unix_now;
 use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, TaskType, Trajectory};
 use serde::{Deserialize, Serialize};
@@ -113,13 +113,15 @@ fn score(t: &mut Trajectory, checks: Result<Checks, CheckError>, page: FinalPage
     if page.read {
         live.selectors(&checks, &page.found);
     } else {
-        for (check, sel) in checks.items.iter().zip(checks.selectors()) {
-            live.set(
-                &check.name,
-                Outcome::fail(format!(
-                    "the final page could not be read to look for {sel:?}"
-                )),
-            );
+        for check in &checks.items {
+            if let CheckKind::Selector(sel) = &check.kind {
+                live.set(
+                    &check.name,
+                    Outcome::fail(format!(
+                        "the final page could not be read to look for {sel:?}"
+                    )),
+                );
+            }
         }
     }
     let mut state = page.state;
