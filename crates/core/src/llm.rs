@@ -75,16 +75,17 @@ pub struct LlmArgs {
     #[arg(long = "llm-temperature", env = "LLM_TEMPERATURE", default_value_t = 0.2,
           value_parser = parse_temperature)]
     pub llm_temperature: f64,
-    /// Nucleus sampling (0 < top_p ≤ 1); unset: not sent (the server's default).
+    /// Nucleus sampling (0 < top_p ≤ 1); unset or empty: not sent (the
+    /// server's default).
     #[arg(long = "llm-top-p", env = "LLM_TOP_P", value_parser = parse_top_p)]
-    pub llm_top_p: Option<f64>,
+    pub llm_top_p: Option<Unset<f64>>,
     /// Upper bound of tokens in one reply.
     #[arg(long = "llm-max-tokens", env = "LLM_MAX_TOKENS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub llm_max_tokens: u32,
-    /// Sampling seed sent with each request; unset: not sent.
-    #[arg(long = "llm-seed", env = "LLM_SEED")]
-    pub llm_seed: Option<u64>,
+    /// Sampling seed sent with each request; unset or empty: not sent.
+    #[arg(long = "llm-seed", env = "LLM_SEED", value_parser = parse_seed)]
+    pub llm_seed: Option<Unset<u64>>,
     /// Ask for logprobs and token ids the way vLLM's OpenAI-compatible server
     /// offers them (`logprobs`, `return_token_ids`,
     /// `return_tokens_as_token_ids`) and record them in `metadata.llm_calls`.
@@ -116,12 +117,30 @@ fn parse_temperature(s: &str) -> Result<f64, String> {
     check_temperature(v)
 }
 
-fn parse_top_p(s: &str) -> Result<f64, String> {
+/// An optional setting whose empty value (e.g. `LLM_SEED=` from a compose
+/// file) means "not set".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Unset<T>(pub Option<T>);
+
+fn parse_top_p(s: &str) -> Result<Unset<f64>, String> {
+    if s.trim().is_empty() {
+        return Ok(Unset(None));
+    }
     let v: f64 = s
         .trim()
         .parse()
         .map_err(|_| format!("{s:?} is not a number"))?;
-    check_top_p(v)
+    check_top_p(v).map(|v| Unset(Some(v)))
+}
+
+fn parse_seed(s: &str) -> Result<Unset<u64>, String> {
+    if s.trim().is_empty() {
+        return Ok(Unset(None));
+    }
+    s.trim()
+        .parse()
+        .map(|v| Unset(Some(v)))
+        .map_err(|_| format!("{s:?} is not a whole number ≥ 0"))
 }
 
 fn check_temperature(v: f64) -> Result<f64, String> {
@@ -247,9 +266,9 @@ impl LlmArgs {
             tool_mode: self.llm_tool_mode,
             sampling: Sampling {
                 temperature: Some(self.llm_temperature),
-                top_p: self.llm_top_p,
+                top_p: self.llm_top_p.and_then(|v| v.0),
                 max_tokens: Some(self.llm_max_tokens),
-                seed: self.llm_seed,
+                seed: self.llm_seed.and_then(|v| v.0),
             },
             logprobs: self.llm_logprobs,
             timeout: Duration::from_secs(self.llm_timeout_secs),
@@ -864,6 +883,12 @@ mod tests {
             }
         );
         assert!(c.logprobs);
+        // Empty means unset (what a compose file passes for an unset variable).
+        let c = parse(&["--llm-top-p", "", "--llm-seed", " "])
+            .expect("empty values")
+            .config()
+            .expect("config");
+        assert_eq!((c.sampling.top_p, c.sampling.seed), (None, None));
         for bad in [
             &["--llm-temperature", "2.5"][..],
             &["--llm-temperature", "warm"],
