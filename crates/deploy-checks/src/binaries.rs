@@ -279,8 +279,13 @@ pub fn spawn(
 
 /// Files the Dockerfile copies from the repository into the images:
 /// (path in the image, path in the repository).
-pub const IMAGE_FILES: [(&str, &str); 1] =
-    [("/usr/local/bin/nsjail-docker", "docker/nsjail-docker.sh")];
+pub const IMAGE_FILES: [(&str, &str); 2] = [
+    ("/usr/local/bin/nsjail-docker", "docker/nsjail-docker.sh"),
+    (
+        "/usr/local/bin/sandbox-entrypoint",
+        "docker/sandbox-entrypoint.sh",
+    ),
+];
 
 /// The environment a compose service gives its binary, made runnable here:
 /// Redis, output dir, task file and metrics port point at the test's own,

@@ -177,9 +177,22 @@ fn ports_and_health_paths_match_the_binaries() {
             stage.contains("HEALTHCHECK") && stage.contains(":${METRICS_PORT}/health"),
             "stage {name}: HEALTHCHECK on /health"
         );
+        // The sandbox starts through docker/sandbox-entrypoint.sh, which
+        // execs the binary as the output dir's owner.
+        let entrypoint = if name == "sandbox-runtime" {
+            let script = read("docker/sandbox-entrypoint.sh");
+            assert!(
+                script.contains("-- /usr/local/bin/sandbox-runtime \"$@\"")
+                    && script.contains("exec /usr/local/bin/sandbox-runtime \"$@\""),
+                "docker/sandbox-entrypoint.sh must exec the sandbox-runtime binary"
+            );
+            "sandbox-entrypoint".to_owned()
+        } else {
+            name.to_owned()
+        };
         assert!(
-            stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{name}\"]")),
-            "stage {name}: ENTRYPOINT is the {name} binary"
+            stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{entrypoint}\"]")),
+            "stage {name}: ENTRYPOINT is /usr/local/bin/{entrypoint}"
         );
     }
 
