@@ -555,7 +555,7 @@ print($i + 1)" "$((i + 1))" >>"$SDIR/batch.jsonl"
   victim=$(service_containers sandbox-runtime | head -n 1)
   deadline=$((SECONDS + 300))
   while :; do
-    done_=$(find "$SDIR/output/trajectories" -name 'code_*.json' 2>/dev/null | wc -l)
+    done_=$({ find "$SDIR/output/trajectories" -name 'code_*.json' 2>/dev/null || true; } | wc -l)
     (( done_ >= 40 )) && break
     (( SECONDS >= deadline )) && fail "full: fewer than 40 code tasks done after 300 s"
     sleep 1
@@ -716,6 +716,17 @@ while True:
 }
 
 # ------------------------------------------------------------------ main
+# Whatever a phase left running (it stopped at a failure): its containers,
+# the page server and their networks, so the next phase starts clean.
+remove_stacks() {
+  local id
+  for id in $(rd ps -aq --filter "name=$PROJECT_PREFIX" 2>/dev/null || true); do
+    rd rm -f -v "$id" >/dev/null 2>&1 || true
+  done
+  rd network prune -f >/dev/null 2>&1 || true
+  return 0
+}
+
 run_phase() { # name function
   local t0=$SECONDS rc=0
   log "=== $1"
@@ -724,6 +735,7 @@ run_phase() { # name function
   rc=$?
   set -e
   [[ $rc -eq 0 ]] || bad "$1: phase aborted (see the FAIL above)"
+  remove_stacks
   phase_time "$1" $((SECONDS - t0))
   return 0
 }
