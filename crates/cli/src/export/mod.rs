@@ -367,7 +367,12 @@ pub fn export_to(env: &Env, args: &ExportArgs, out: impl Write) -> Result<Summar
                 continue;
             }
         };
-        let record = Calls::of(&view.metadata);
+        // The `trajectory` format reads the call record only to filter by source.
+        let record = if args.format != Format::Trajectory || filters.source.is_some() {
+            Calls::of(&view.metadata)
+        } else {
+            Ok(None)
+        };
         if filters.reject(&view, source(&record), &mut summary.filtered) {
             continue;
         }
