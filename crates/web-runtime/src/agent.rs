@@ -34,7 +34,7 @@ use crate::policy::{Decision, Policy, Turn};
 pub const RUNTIME: &str = "web-runtime";
 
 /// Time an observation may take after its action.
-const OBSERVE_TIMEOUT: Duration = Duration::from_secs(10);
+const OBSERVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the agent runs tasks.
 #[derive(Debug, Clone)]
@@ -94,7 +94,11 @@ impl TaskHandler for WebHandler {
 }
 
 fn infra(e: BrowserError) -> InfraError {
-    InfraError::new("browser", e.to_string())
+    let component = match e {
+        BrowserError::Dns(_) => "dns",
+        _ => "browser",
+    };
+    InfraError::new(component, e.to_string())
 }
 
 /// Scores the task's checks on the final page: `t.success` says on entry

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::guard::{self, Policy};
+use crate::guard::Policy;
 use crate::metrics::WebMetrics;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +69,14 @@ pub async fn start(
     start_logged(policy, metrics, shutdown, Destinations::default()).await
 }
 
-/// [`start`], noting every destination asked for in `log`.
+/// The proxy's share of DNS lookups (names the request check did not
+/// resolve a moment before: WebSockets, mostly).
+const PROXY_LOOKUPS_KEY: &str = "egress";
+
+/// [`start`], noting every destination asked for in `log`. Names are
+/// resolved by the policy's [`crate::resolver::Resolver`], shared with the
+/// request check: an answer that check judged a moment ago is reused (and
+/// judged again here); other names (WebSockets, mostly) share one quota.
 pub async fn start_logged(
     policy: Policy,
     metrics: WebMetrics,
@@ -141,7 +148,7 @@ async fn serve(mut client: TcpStream, policy: &Policy, metrics: &WebMetrics, log
     };
     let (label, addrs) = match dest {
         Dest::Ip(ip) => (ip.to_string(), vec![ip]),
-        Dest::Name(name) => match guard::resolve(&name, port).await {
+        Dest::Name(name) => match policy.resolver.resolve(PROXY_LOOKUPS_KEY, &name).await {
             Ok(a) => (name, a),
             Err(why) => {
                 metrics.egress_refused.inc();

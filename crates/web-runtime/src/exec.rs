@@ -69,7 +69,9 @@ pub async fn perform(
                 format!("{} did not complete within {budget:?}", action.kind()),
             ))
         }
-        Ok(Err(e @ (BrowserError::Dead(_) | BrowserError::Launch(_)))) => return Err(e),
+        Ok(Err(e @ (BrowserError::Dead(_) | BrowserError::Launch(_) | BrowserError::Dns(_)))) => {
+            return Err(e)
+        }
         Ok(Err(e @ BrowserError::Timeout(..))) => {
             return Ok(Performed::failed(
                 ErrorType::Timeout,
@@ -96,7 +98,7 @@ pub async fn perform(
             .classify(BrowserError::Cdp("the page was closed".to_owned())));
     }
     let after = session.events.snapshot();
-    if let Some(failure) = navigation_failure(session, &before, &after, mark) {
+    if let Some(failure) = navigation_failure(session, &before, &after, mark)? {
         return Ok(failure);
     }
     if settled == Settled::TimedOut {
@@ -126,7 +128,7 @@ fn navigation_failure(
     before: &NavState,
     after: &NavState,
     mark: usize,
-) -> Option<Performed> {
+) -> Result<Option<Performed>, BrowserError> {
     let refused: Vec<_> = session
         .refusals()
         .since(&session.frame_id, mark)
@@ -134,22 +136,30 @@ fn navigation_failure(
         .filter(|r| r.is_navigation())
         .collect();
     if let Some(r) = refused.last() {
-        return Some(Performed::failed(
+        if r.dns_timeout == Some(false) {
+            // The resolver did not answer although this page did not flood
+            // it: not the task's failure (retried as an infrastructure one).
+            return Err(BrowserError::Dns(format!(
+                "navigation to {} not checked: {}",
+                r.url, r.reason
+            )));
+        }
+        return Ok(Some(Performed::failed(
             ErrorType::NetworkError,
             format!("navigation to {} refused: {}", r.url, r.reason),
-        ));
+        )));
     }
     if after.doc_failed > before.doc_failed {
         let (url, error) = after
             .last_doc_failure
             .clone()
             .unwrap_or_else(|| ("the page".to_owned(), "unknown error".to_owned()));
-        return Some(Performed::failed(
+        return Ok(Some(Performed::failed(
             ErrorType::NetworkError,
             format!("navigation to {url} failed: {}", explain_net_error(&error)),
-        ));
+        )));
     }
-    None
+    Ok(None)
 }
 
 /// Chromium's error name, with a word on the ones that read oddly.
@@ -202,7 +212,7 @@ async fn act(
                 }
                 Ok(Navigation::Failed(error)) => {
                     let after = session.events.snapshot();
-                    Ok(Err(navigation_failure(session, before, &after, mark)
+                    Ok(Err(navigation_failure(session, before, &after, mark)?
                         .unwrap_or_else(|| {
                             Performed::failed(
                                 ErrorType::NetworkError,

@@ -20,13 +20,14 @@
 //! address it actually connects to, which closes the gap between this check
 //! and Chromium's own resolution (DNS rebinding) and covers WebSockets.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use url::Url;
+
+use crate::resolver::{DnsError, Resolver, LOOKUP_TIMEOUT, PER_PAGE_LOOKUPS};
 
 /// How long a DNS lookup made for a check may take.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -333,6 +334,8 @@ pub struct Policy {
     pub allow: Vec<AllowHost>,
     /// The runtime's own ports, refused on local addresses always.
     pub own_ports: OwnPorts,
+    /// The bounded resolver of the checks (shared by every clone).
+    pub resolver: Resolver,
 }
 
 impl Policy {
@@ -428,33 +431,46 @@ impl Policy {
     /// Checks a URL about to be loaded: scheme, then every address its host
     /// resolves to. `Ok(())` = allowed; `Err(reason)` = refused.
     pub async fn check_url(&self, raw: &str) -> Result<(), String> {
-        self.check_url_with(raw, &DnsCache::off()).await
+        let resolver = Resolver::new(PER_PAGE_LOOKUPS, LOOKUP_TIMEOUT, Duration::ZERO);
+        self.check_url_with(raw, &resolver, "check")
+            .await
+            .map_err(|r| r.reason)
     }
 
-    /// [`Self::check_url`] with lookups answered from `dns` while fresh.
-    pub async fn check_url_with(&self, raw: &str, dns: &DnsCache) -> Result<(), String> {
-        let url = Url::parse(raw).map_err(|e| format!("invalid URL ({e})"))?;
+    /// [`Self::check_url`] with lookups made by `resolver` on behalf of
+    /// `page` (its share of lookups, its cache).
+    pub async fn check_url_with(
+        &self,
+        raw: &str,
+        resolver: &Resolver,
+        page: &str,
+    ) -> Result<(), Refused> {
+        let url = Url::parse(raw).map_err(|e| Refused::rule(format!("invalid URL ({e})")))?;
         match url.scheme() {
             "http" | "https" | "ws" | "wss" => {}
             "data" | "blob" | "about" => return Ok(()), // no network involved
-            other => return Err(format!("scheme {other}: is not allowed")),
+            other => return Err(Refused::rule(format!("scheme {other}: is not allowed"))),
         }
         let port = url.port_or_known_default().unwrap_or(80);
         let allowed = url.host_str().is_some_and(|h| self.allowed(h, port));
         let refuse = |ip: IpAddr| self.check_addr(ip, Some(port), allowed);
         match url.host() {
-            Some(url::Host::Ipv4(ip)) => refuse(IpAddr::V4(ip)).map_or(Ok(()), Err),
-            Some(url::Host::Ipv6(ip)) => refuse(IpAddr::V6(ip)).map_or(Ok(()), Err),
+            Some(url::Host::Ipv4(ip)) => {
+                refuse(IpAddr::V4(ip)).map_or(Ok(()), |r| Err(Refused::rule(r)))
+            }
+            Some(url::Host::Ipv6(ip)) => {
+                refuse(IpAddr::V6(ip)).map_or(Ok(()), |r| Err(Refused::rule(r)))
+            }
             Some(url::Host::Domain(name)) => {
-                let addrs = dns.resolve(name, port).await?;
+                let addrs = resolver.resolve(page, name).await.map_err(Refused::dns)?;
                 for ip in &addrs {
                     if let Some(why) = refuse(*ip) {
-                        return Err(format!("{name} resolves to {why}"));
+                        return Err(Refused::rule(format!("{name} resolves to {why}")));
                     }
                 }
                 Ok(())
             }
-            None => Err("URL has no host".to_owned()),
+            None => Err(Refused::rule("URL has no host".to_owned())),
         }
     }
 
@@ -471,54 +487,39 @@ impl Policy {
     }
 }
 
-/// Recent DNS answers, so that a page with a hundred requests to one host
-/// does not cost a hundred lookups. Only the request check uses it; the
-/// egress proxy resolves afresh for every connection it makes.
-#[derive(Debug, Clone)]
-pub struct DnsCache {
-    ttl: Duration,
-    entries: std::sync::Arc<std::sync::Mutex<HashMap<(String, u16), DnsAnswer>>>,
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: String,
+    /// The host name did not resolve in time: `Some(true)` when the page
+    /// itself flooded the resolver, `Some(false)` when the resolver is slow
+    /// or down (not the task's fault).
+    pub dns_timeout: Option<bool>,
 }
 
-/// When a lookup was made, and what it said.
-type DnsAnswer = (Instant, Result<Vec<IpAddr>, String>);
-
-/// Entries a [`DnsCache`] keeps at most (it is emptied when full).
-const DNS_CACHE_MAX: usize = 4096;
-
-impl DnsCache {
-    pub fn new(ttl: Duration) -> Self {
-        DnsCache {
-            ttl,
-            entries: Default::default(),
+impl Refused {
+    fn rule(reason: String) -> Self {
+        Refused {
+            reason,
+            dns_timeout: None,
         }
     }
 
-    /// No caching.
-    pub fn off() -> Self {
-        Self::new(Duration::ZERO)
+    fn dns(e: DnsError) -> Self {
+        let dns_timeout = match &e {
+            DnsError::Timeout { flooding, .. } => Some(*flooding),
+            DnsError::NotFound(_) => None,
+        };
+        Refused {
+            reason: e.to_string(),
+            dns_timeout,
+        }
     }
+}
 
-    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<IpAddr>, String> {
-        if self.ttl.is_zero() {
-            return resolve(host, port).await;
-        }
-        let key = (host.to_ascii_lowercase(), port);
-        if let Ok(m) = self.entries.lock() {
-            if let Some((at, answer)) = m.get(&key) {
-                if at.elapsed() < self.ttl {
-                    return answer.clone();
-                }
-            }
-        }
-        let answer = resolve(host, port).await;
-        if let Ok(mut m) = self.entries.lock() {
-            if m.len() >= DNS_CACHE_MAX {
-                m.clear();
-            }
-            m.insert(key, (Instant::now(), answer.clone()));
-        }
-        answer
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 
@@ -746,13 +747,16 @@ mod tests {
         assert!(p.check_url("file:///etc/passwd").await.is_err());
         assert!(p.check_url("data:text/plain,hi").await.is_ok());
         // Cached answers give the same verdicts.
-        let dns = DnsCache::new(Duration::from_secs(10));
+        let dns = Resolver::default();
         for _ in 0..2 {
             assert!(closed
-                .check_url_with("http://localhost:1/", &dns)
+                .check_url_with("http://localhost:1/", &dns, "page")
                 .await
                 .is_err());
-            assert!(p.check_url_with("http://localhost:1/", &dns).await.is_ok());
+            assert!(p
+                .check_url_with("http://localhost:1/", &dns, "page")
+                .await
+                .is_ok());
         }
     }
 }

@@ -17,10 +17,7 @@ use chromiumoxide::cdp::browser_protocol::network::{ErrorReason, ResourceType};
 use futures::StreamExt;
 
 use crate::browser::{BrowserError, Instance};
-use crate::guard::{DnsCache, Policy};
-
-/// How long a DNS answer is reused by the request check.
-const DNS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::guard::Policy;
 use crate::metrics::WebMetrics;
 
 /// Refusals kept per page, at most (older ones are dropped).
@@ -33,6 +30,10 @@ pub struct Refusal {
     pub reason: String,
     /// `Document` for a navigation, else the resource type (`XHR`, `Image`, ...).
     pub resource_type: String,
+    /// The host name did not resolve in time: `true` when the page flooded
+    /// the resolver itself, `false` when the resolver is slow or down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_timeout: Option<bool>,
 }
 
 impl Refusal {
@@ -61,6 +62,22 @@ impl Refusals {
     pub(crate) fn unregister(&self, frame: &str) {
         if let Ok(mut m) = self.inner.lock() {
             m.remove(frame);
+        }
+    }
+
+    /// Whose share of DNS lookups a request of `frame` uses: its page's
+    /// when `frame` is a task's main frame, else one share for all other
+    /// frames and workers.
+    fn page_key<'a>(&self, frame: &'a str) -> &'a str {
+        let known = self
+            .inner
+            .lock()
+            .map(|m| m.contains_key(frame))
+            .unwrap_or(false);
+        if known {
+            frame
+        } else {
+            "other-frames"
         }
     }
 
@@ -119,7 +136,6 @@ pub(crate) async fn start(
         .build();
     instance.execute("enable Fetch", enable).await?;
     let dead = instance.dead_token().clone();
-    let dns = DnsCache::new(DNS_TTL);
     tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -130,7 +146,6 @@ pub(crate) async fn start(
             tokio::spawn(decide(
                 instance.clone(),
                 policy.clone(),
-                dns.clone(),
                 refusals.clone(),
                 metrics.clone(),
                 block_images,
@@ -144,7 +159,6 @@ pub(crate) async fn start(
 async fn decide(
     instance: Arc<Instance>,
     policy: Arc<Policy>,
-    dns: DnsCache,
     refusals: Refusals,
     metrics: WebMetrics,
     block_images: bool,
@@ -155,15 +169,19 @@ async fn decide(
     let verdict = if block_images && event.resource_type == ResourceType::Image {
         Err(None)
     } else {
-        policy.check_url_with(url, &dns).await.map_err(Some)
+        let page = refusals.page_key(event.frame_id.inner());
+        policy
+            .check_url_with(url, &policy.resolver, page)
+            .await
+            .map_err(Some)
     };
     let result = match verdict {
         Ok(()) => instance
             .execute("continue request", ContinueRequestParams::new(id))
             .await
             .map(|_| ()),
-        Err(reason) => {
-            if let Some(reason) = reason {
+        Err(refused) => {
+            if let Some(refused) = refused {
                 let resource_type = event.resource_type.as_ref().to_owned();
                 let kind = if event.resource_type == ResourceType::Document {
                     "navigation"
@@ -171,13 +189,14 @@ async fn decide(
                     "subresource"
                 };
                 metrics.requests_blocked.with_label_values(&[kind]).inc();
-                tracing::info!(url = %url, reason = %reason, resource_type = %resource_type, "Request refused by the destination policy.");
+                tracing::info!(url = %url, reason = %refused.reason, resource_type = %resource_type, "Request refused by the destination policy.");
                 refusals.record(
                     event.frame_id.inner(),
                     Refusal {
                         url: url.clone(),
-                        reason,
+                        reason: refused.reason,
                         resource_type,
+                        dns_timeout: refused.dns_timeout,
                     },
                 );
             }

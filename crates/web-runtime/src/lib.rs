@@ -11,6 +11,7 @@
 //! * [`guard`]: where the browser may go (URL and IP rules).
 //! * [`intercept`]: CDP `Fetch` interception applying [`guard`] to every request.
 //! * [`egress`]: the SOCKS5 egress proxy applying [`guard`] to every connection.
+//! * [`resolver`]: the bounded DNS lookups of those checks (a share per page).
 //! * [`page`]: a page's navigation/network state and settle waits.
 //! * [`actions`]: the action grammar; [`exec`]: performing an action.
 //! * [`observe`]: observations (title, URL, text, numbered elements).
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod observe;
 pub mod page;
 pub mod policy;
+pub mod resolver;
 pub mod runtime;
 
 pub use runtime::{run, start, Running};

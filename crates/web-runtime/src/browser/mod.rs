@@ -71,6 +71,10 @@ pub enum BrowserError {
     /// A CDP command failed (the browser is alive).
     #[error("{0}")]
     Cdp(String),
+    /// The DNS resolver did not answer a check in time (not the task's
+    /// fault: it did not flood it).
+    #[error("DNS resolver: {0}")]
+    Dns(String),
 }
 
 /// Settings of the browser manager.

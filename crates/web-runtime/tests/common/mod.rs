@@ -113,6 +113,16 @@ pub fn site_router() -> Router {
             let url = q(&query, "url").replace('"', "");
             Html(format!("<title>Link</title><p><a id=go href=\"{url}\">go there</a></p>"))
         }))
+        .route("/flood", get(|query: Q| async move {
+            let n = q(&query, "n").parse::<usize>().unwrap_or(100).min(5000);
+            Html(format!(
+                "<title>Flood</title><p>flooding the resolver</p><script>\
+                 let k = 0; const burst = (m) => {{ for (let i = 0; i < m; i++, k++)\
+                   fetch('http://f' + k + '.flood.test/', {{mode: 'no-cors'}}).catch(() => {{}}); }};\
+                 burst({n}); setInterval(() => burst(20), 500);\
+                 </script>"
+            ))
+        }))
         .route("/img-to", get(|query: Q| async move {
             let url = q(&query, "url").replace('"', "");
             Html(format!("<title>Image</title><p>image below</p><img src=\"{url}\" width=10 height=10>"))
