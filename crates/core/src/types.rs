@@ -97,9 +97,24 @@ impl TaskSpec {
     fn constraint_str(&self, key: &str) -> Option<&str> {
         self.constraints.get(key).and_then(Value::as_str)
     }
-    /// `constraints.code`: Python run as the first step instead of asking the policy.
+    /// `constraints.code` when it is one string: Python run as the first
+    /// step instead of asking the policy.
     pub fn code(&self) -> Option<&str> {
         self.constraint_str("code")
+    }
+    /// `constraints.code` as cells, one step each: a string is one cell, a
+    /// list of strings is its cells in order (validation refuses anything else).
+    pub fn code_cells(&self) -> Option<Vec<String>> {
+        match self.constraints.get("code")? {
+            Value::String(s) => Some(vec![s.clone()]),
+            Value::Array(list) => Some(
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            _ => None,
+        }
     }
     /// `constraints.expected_output`: the final stdout must contain it.
     pub fn expected_output(&self) -> Option<&str> {

@@ -254,9 +254,18 @@ fn int_field(
 
 fn check_constraints(spec: &TaskSpec) -> Result<(), RejectReason> {
     let c = &spec.constraints;
+    if let Some(Value::Array(cells)) = c.get("code") {
+        if cells.is_empty() || !cells.iter().all(Value::is_string) {
+            return Err(RejectReason::InvalidConstraint {
+                key: "code",
+                why: "a list of cells must hold at least one string and only strings".to_owned(),
+            });
+        }
+    }
     for key in ["code", "expected_output", "start_url", "expected_text"] {
         if let Some(v) = c.get(key) {
-            if !v.is_string() && !v.is_null() {
+            let cells = key == "code" && v.is_array();
+            if !v.is_string() && !v.is_null() && !cells {
                 let key: &'static str = match key {
                     "code" => "code",
                     "expected_output" => "expected_output",

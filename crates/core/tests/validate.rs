@@ -78,6 +78,8 @@ const REJECTED: &[(&str, &[&str])] = &[
         "invalid_constraint",
         &[
             r#"{"task_type":"code","description":"d","constraints":{"code":5}}"#,
+            r#"{"task_type":"code","description":"d","constraints":{"code":[]}}"#,
+            r#"{"task_type":"code","description":"d","constraints":{"code":["x = 1", 2]}}"#,
             r#"{"task_type":"web","description":"d","constraints":{"actions":{}}}"#,
             r#"{"task_type":"web","description":"d","constraints":{"actions":[{"selector":"a"}]}}"#,
         ],
@@ -204,4 +206,22 @@ fn bad_checks_are_rejected_at_dispatch_with_the_reason() {
         br#"{"task_id":"ok","task_type":"code","description":"d","constraints":{"expected_answer":"42","tests":"assert x == 42"}}"#,
     );
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn code_may_be_a_list_of_cells() {
+    let t = parse_task_line(
+        br#"{"task_type":"code","description":"d","constraints":{"code":["x = 41","print(x + 1)"]}}"#,
+    )
+    .expect("cells are valid");
+    assert_eq!(
+        t.code_cells(),
+        Some(vec!["x = 41".to_owned(), "print(x + 1)".to_owned()])
+    );
+    assert_eq!(t.code(), None);
+    let t = parse_task_line(
+        br#"{"task_type":"code","description":"d","constraints":{"code":"print(1)"}}"#,
+    )
+    .expect("one string is valid");
+    assert_eq!(t.code_cells(), Some(vec!["print(1)".to_owned()]));
 }

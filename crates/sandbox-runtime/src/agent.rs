@@ -26,10 +26,12 @@ use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, Traje
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 
+use crate::config::SessionMode;
 use crate::executor::{Execution, Sandbox};
 use crate::grader;
 use crate::policy::openai::{self, OpenAiSession, PromptLimits};
 use crate::policy::{heuristic, scripted, Decision, Plan, Policy, Replay};
+use crate::session::{state_lost_note, Session};
 use crate::RUNTIME;
 
 /// Runs code tasks; the [`TaskHandler`] of this runtime.
@@ -42,6 +44,83 @@ pub struct CodeAgent {
     /// worker may hold more tasks than this; they wait here for a jail, so a
     /// task writing its trajectory or waiting for the model frees its jail.
     jail_slots: Arc<Semaphore>,
+    mode: SessionMode,
+}
+
+/// The jails of one task: its current session (stateful mode) and what
+/// `metadata.session` reports.
+struct Jails {
+    mode: SessionMode,
+    session: Option<Session>,
+    /// Jails started for the task (sessions, or one per step in oneshot mode).
+    started: u32,
+    /// The step whose cell ended the last session, until the next one starts.
+    lost_at: Option<usize>,
+}
+
+impl Jails {
+    fn new(mode: SessionMode) -> Self {
+        Jails {
+            mode,
+            session: None,
+            started: 0,
+            lost_at: None,
+        }
+    }
+
+    /// Runs step `index` (`code`) with wall limit `wall`; `remaining` is the
+    /// task's time left and `max_steps` its step budget (a new session's
+    /// lifetime and CPU bound).
+    async fn run(
+        &mut self,
+        sandbox: &Sandbox,
+        index: usize,
+        code: &str,
+        wall: Duration,
+        remaining: Duration,
+        max_steps: u32,
+    ) -> Result<Execution, InfraError> {
+        if self.mode == SessionMode::Oneshot {
+            self.started += 1;
+            return sandbox.run(code, wall).await;
+        }
+        let session = match &mut self.session {
+            Some(s) => s,
+            None => {
+                self.started += 1;
+                self.session
+                    .insert(sandbox.start_session(remaining, u64::from(max_steps))?)
+            }
+        };
+        let fresh = session.cells() == 0;
+        let run = session.run_cell(code, wall).await?;
+        let mut exec = run.execution;
+        if fresh {
+            if let Some(step) = self.lost_at.take() {
+                exec.notes.insert(0, state_lost_note(step));
+            }
+        }
+        if !run.alive {
+            self.lost_at = Some(index);
+            if let Some(s) = self.session.take() {
+                s.close().await;
+            }
+        }
+        Ok(exec)
+    }
+
+    /// Ends the task's session (in the background: the trajectory need not
+    /// wait for the interpreter to exit).
+    fn finish(&mut self) {
+        if let Some(s) = self.session.take() {
+            tokio::spawn(s.close());
+        }
+    }
+
+    /// `metadata.session`.
+    fn metadata(&self) -> Value {
+        json!({ "mode": self.mode.as_str(), "sessions": self.started })
+    }
 }
 
 /// How the loop ended.
@@ -63,12 +142,14 @@ impl CodeAgent {
         llm: Option<LlmClient>,
         cache: TemplateCache,
         jails: usize,
+        mode: SessionMode,
     ) -> Self {
         CodeAgent {
             sandbox,
             llm,
             cache,
             jail_slots: Arc::new(Semaphore::new(jails.max(1))),
+            mode,
         }
     }
 
@@ -76,14 +157,15 @@ impl CodeAgent {
         PromptLimits {
             step_timeout_secs: self.sandbox.config().step_timeout.as_secs(),
             memory_mb: self.sandbox.config().memory_mb,
+            stateful: self.mode == SessionMode::Stateful,
         }
     }
 
     /// Chooses the policy: scripted code, else a cached plan, else the model,
     /// else the offline heuristic. Returns it and whether it came from the cache.
     async fn policy_for(&self, task: &TaskSpec) -> (Policy, bool) {
-        if let Some(code) = task.code() {
-            return (Policy::Scripted(scripted::Scripted::new(code)), false);
+        if let Some(cells) = task.code_cells() {
+            return (Policy::Scripted(scripted::Scripted::new(cells)), false);
         }
         if let Some(plan) = self
             .cache
@@ -124,6 +206,7 @@ impl CodeAgent {
         };
 
         let mut last: Option<Execution> = None;
+        let mut jails = Jails::new(self.mode);
         let ending = loop {
             if trajectory.steps.len() >= task.max_steps as usize {
                 break Ending::OutOfSteps;
@@ -155,7 +238,16 @@ impl CodeAgent {
             };
             let wall = self.sandbox.config().step_timeout.min(remaining);
             let timestamp = unix_now();
-            let exec = self.sandbox.run(&code, wall).await;
+            let exec = jails
+                .run(
+                    &self.sandbox,
+                    trajectory.steps.len(),
+                    &code,
+                    wall,
+                    remaining,
+                    task.max_steps,
+                )
+                .await;
             drop(slot);
             let exec = exec?;
             trajectory
@@ -164,11 +256,13 @@ impl CodeAgent {
             last = Some(exec);
         };
 
+        jails.finish();
         self.judge(task, &mut trajectory, last.as_ref(), &ending);
         self.score(task, &mut trajectory, last.as_ref()).await?;
         trajectory.total_duration = started.elapsed().as_secs_f64();
         trajectory.meta("policy", policy.name());
         trajectory.meta("cache_hit", cache_hit);
+        trajectory.meta("session", jails.metadata());
         if let Some(intent) = intent {
             trajectory.meta("intent", intent);
         }

@@ -134,13 +134,13 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Verdict {
             error_type: None,
             message: None,
         }
     }
-    fn err(error_type: ErrorType, message: impl Into<String>) -> Self {
+    pub(crate) fn err(error_type: ErrorType, message: impl Into<String>) -> Self {
         Verdict {
             error_type: Some(error_type),
             message: Some(message.into()),
@@ -195,6 +195,25 @@ pub fn classify(f: RunFacts<'_>) -> Result<Verdict, InfraError> {
             ),
         }),
     }
+}
+
+/// Judges a cell that a session's driver ran to its end: `status` is its
+/// exit status (0, 1 for an exception, `sys.exit`'s code), `interrupted` that
+/// the runtime's interrupt at the step's wall limit stopped it.
+pub fn classify_cell(status: i32, interrupted: bool, stderr: &str, limits: RunLimits) -> Verdict {
+    if interrupted {
+        return Verdict::err(
+            ErrorType::Timeout,
+            format!(
+                "wall time limit of {} s reached; the cell was interrupted (KeyboardInterrupt) and the session goes on",
+                fmt_secs(limits.wall_secs)
+            ),
+        );
+    }
+    if status == 0 {
+        return Verdict::ok();
+    }
+    classify_exception(status, stderr, limits)
 }
 
 /// Exceptions that mean "there is no network here".

@@ -19,6 +19,26 @@ pub enum CacheMode {
     Off,
 }
 
+/// How a task's steps run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SessionMode {
+    /// One jail per task, running every step in one Python interpreter:
+    /// variables, imports and `/tmp` persist between steps.
+    Stateful,
+    /// A fresh jail and interpreter for every step.
+    Oneshot,
+}
+
+impl SessionMode {
+    /// `metadata.session.mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Stateful => "stateful",
+            SessionMode::Oneshot => "oneshot",
+        }
+    }
+}
+
 /// Code agent runtime: consumes `tasks:code` and `tasks:reasoning`, runs each
 /// step of Python in a one-shot nsjail, writes one trajectory per task.
 #[derive(Debug, Clone, Parser)]
@@ -44,6 +64,10 @@ pub struct Config {
     /// Port of `/metrics` and `/health` (0: any free port, logged).
     #[arg(long, env = "METRICS_PORT", default_value_t = 8001)]
     pub metrics_port: u16,
+    /// `stateful`: one jail and interpreter per task, state kept between
+    /// steps; `oneshot`: a fresh jail for every step.
+    #[arg(long, env = "SANDBOX_SESSION", value_enum, default_value = "stateful")]
+    pub sandbox_session: SessionMode,
     /// Template cache: `plan` (keep the code, re-execute on a hit) or `off`.
     #[arg(long, env = "CACHE_MODE", value_enum, default_value = "plan")]
     pub cache_mode: CacheMode,
@@ -143,6 +167,7 @@ mod tests {
         let c = Config::try_parse_from(["sandbox-runtime"]).expect("defaults");
         assert_eq!(c.metrics_port, 8001);
         assert_eq!(c.cache_mode, CacheMode::Plan);
+        assert_eq!(c.sandbox_session, SessionMode::Stateful);
         let s = c.sandbox.to_config();
         assert_eq!(s.memory_mb, 512);
         assert_eq!(s.output_cap, 65536);
@@ -167,6 +192,7 @@ mod tests {
     fn bad_values_are_refused() {
         assert!(Config::try_parse_from(["x", "--sandbox-concurrency", "0"]).is_err());
         assert!(Config::try_parse_from(["x", "--cache-mode", "sometimes"]).is_err());
+        assert!(Config::try_parse_from(["x", "--sandbox-session", "forever"]).is_err());
         assert!(Config::try_parse_from(["x", "--sandbox-memory-mb", "1"]).is_err());
     }
 }

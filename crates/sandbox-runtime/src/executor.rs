@@ -147,6 +147,9 @@ pub struct Execution {
     /// The wall limit this run had.
     pub wall_limit: Duration,
     pub duration: Duration,
+    /// Lines the sandbox puts before the output (`[sandbox: ...]`): about
+    /// the session (a fresh one after a lost one, or this step ending it).
+    pub notes: Vec<String>,
 }
 
 impl Execution {
@@ -158,10 +161,15 @@ impl Execution {
         self.verdict.error_type
     }
 
-    /// What the agent sees: stdout, then stderr under a `[stderr]` line,
-    /// each marked if cut, then a note if a limit ended the run.
+    /// What the agent sees: the sandbox's notes about the session, stdout,
+    /// then stderr under a `[stderr]` line, each marked if cut, then a note
+    /// if a limit ended the run.
     pub fn observation(&self) -> String {
-        let mut obs = self.stdout.marked("stdout");
+        let mut obs = String::new();
+        for note in &self.notes {
+            obs.push_str(&format!("[sandbox: {note}]\n"));
+        }
+        obs.push_str(&self.stdout.marked("stdout"));
         if !self.stderr.text.is_empty() || self.stderr.truncated() {
             if !obs.is_empty() && !obs.ends_with('\n') {
                 obs.push('\n');
@@ -203,6 +211,33 @@ impl Sandbox {
     /// The nsjail arguments for one run (the code comes on stdin), without
     /// `--log`. `wall_secs` is nsjail's `--time_limit`.
     pub fn jail_args(&self, wall_secs: u64) -> Vec<OsString> {
+        let mut args = self.common_args(wall_secs, self.config.cpu_secs);
+        for a in ["-I", "-S", "-B", "-u", "-"] {
+            args.push(OsString::from(a));
+        }
+        args
+    }
+
+    /// The nsjail arguments of a session jail running the driver
+    /// (`crate::session`), without `--log`. The jail lives at most
+    /// `lifetime_secs`; each cell gets `cpu_secs` more CPU seconds than the
+    /// interpreter has used (the driver lowers its soft limit), within a
+    /// hard limit of `cpu_secs × cells`.
+    pub fn session_args(&self, lifetime_secs: u64, cells: u64) -> Vec<OsString> {
+        let c = &self.config;
+        let cpu_hard = c.cpu_secs.max(1).saturating_mul(cells.max(1));
+        let mut args = self.common_args(lifetime_secs, cpu_hard);
+        for a in ["-I", "-S", "-B", "-u", "-c", crate::session::DRIVER] {
+            args.push(OsString::from(a));
+        }
+        args.push(OsString::from(c.output_cap.to_string()));
+        args.push(OsString::from(c.cpu_secs.max(1).to_string()));
+        args
+    }
+
+    /// Namespaces, mounts, limits and environment, up to and including the
+    /// interpreter's path.
+    fn common_args(&self, wall_secs: u64, cpu_secs: u64) -> Vec<OsString> {
         let c = &self.config;
         let mut args: Vec<OsString> = Vec::with_capacity(64);
         let mut push = |a: &str| args.push(OsString::from(a));
@@ -243,7 +278,7 @@ impl Sandbox {
         for (flag, value) in [
             ("--time_limit", wall_secs.max(1)),
             ("--rlimit_as", c.memory_mb.max(16)),
-            ("--rlimit_cpu", c.cpu_secs.max(1)),
+            ("--rlimit_cpu", cpu_secs.max(1)),
             ("--rlimit_nproc", c.max_procs.max(1)),
             ("--rlimit_fsize", c.file_size_mb),
             ("--rlimit_nofile", c.open_files.max(8)),
@@ -258,17 +293,16 @@ impl Sandbox {
         }
         push("--");
         args.push(c.python_path.clone().into_os_string());
-        for a in ["-I", "-S", "-B", "-u", "-"] {
-            args.push(OsString::from(a));
-        }
         args
     }
 
-    /// Runs `code` with a wall limit of `wall` (rounded up to whole seconds
-    /// for nsjail). `Err` only when the sandbox itself failed.
-    pub async fn run(&self, code: &str, wall: Duration) -> Result<Execution, InfraError> {
+    /// Starts nsjail with `args` (after `--log <file>`), stdio piped, in the
+    /// runtime's jail group. Returns the child and its log file.
+    pub(crate) fn spawn(
+        &self,
+        args: Vec<OsString>,
+    ) -> Result<(tokio::process::Child, tempfile::NamedTempFile), InfraError> {
         let c = &self.config;
-        let wall_secs = wall.as_secs_f64().ceil().max(1.0) as u64;
         let log_file = tempfile::Builder::new()
             .prefix(LOG_PREFIX)
             .suffix(".log")
@@ -282,7 +316,7 @@ impl Sandbox {
         let mut cmd = Command::new(&c.nsjail_path);
         cmd.arg("--log")
             .arg(log_file.path())
-            .args(self.jail_args(wall_secs))
+            .args(args)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -291,13 +325,22 @@ impl Sandbox {
         if let Some(pgid) = self.group.pgid_or_warn() {
             cmd.process_group(pgid as i32);
         }
-        let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             InfraError::new(
                 "sandbox",
                 format!("cannot start nsjail at {}: {e}", c.nsjail_path.display()),
             )
         })?;
+        Ok((child, log_file))
+    }
+
+    /// Runs `code` with a wall limit of `wall` (rounded up to whole seconds
+    /// for nsjail). `Err` only when the sandbox itself failed.
+    pub async fn run(&self, code: &str, wall: Duration) -> Result<Execution, InfraError> {
+        let c = &self.config;
+        let wall_secs = wall.as_secs_f64().ceil().max(1.0) as u64;
+        let started = Instant::now();
+        let (mut child, log_file) = self.spawn(self.jail_args(wall_secs))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -340,11 +383,7 @@ impl Sandbox {
             nsjail_code: status.code(),
             backstop_fired,
             stderr: &stderr.text,
-            limits: RunLimits {
-                wall_secs: wall.as_secs_f64(),
-                cpu_secs: c.cpu_secs,
-                memory_mb: c.memory_mb,
-            },
+            limits: self.run_limits(wall),
         })?;
         Ok(Execution {
             stdout,
@@ -352,7 +391,17 @@ impl Sandbox {
             verdict,
             wall_limit: wall,
             duration,
+            notes: Vec::new(),
         })
+    }
+
+    /// The limits of a step with wall limit `wall` (for verdict messages).
+    pub(crate) fn run_limits(&self, wall: Duration) -> RunLimits {
+        RunLimits {
+            wall_secs: wall.as_secs_f64(),
+            cpu_secs: self.config.cpu_secs,
+            memory_mb: self.config.memory_mb,
+        }
     }
 
     /// Removes nsjail log files left in `log_dir` by a runtime that was
@@ -382,7 +431,7 @@ impl Sandbox {
 }
 
 /// Reads a pipe to its end, keeping at most `cap` bytes.
-async fn read_capped<R: AsyncRead + Unpin>(
+pub(crate) async fn read_capped<R: AsyncRead + Unpin>(
     pipe: Option<R>,
     cap: usize,
 ) -> std::io::Result<Captured> {
@@ -411,7 +460,7 @@ async fn read_capped<R: AsyncRead + Unpin>(
 
 /// Bytes → text; a multi-byte character cut at the end is dropped, other
 /// invalid bytes become U+FFFD.
-fn utf8_cut(mut bytes: Vec<u8>) -> String {
+pub(crate) fn utf8_cut(mut bytes: Vec<u8>) -> String {
     if let Err(e) = std::str::from_utf8(&bytes) {
         if e.error_len().is_none() {
             bytes.truncate(e.valid_up_to());

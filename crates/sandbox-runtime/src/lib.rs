@@ -25,6 +25,7 @@ pub mod grader;
 pub mod health;
 pub mod jail_group;
 pub mod policy;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         in_flight,
         policy = %policy,
         cache = ?config.cache_mode,
+        session = config.sandbox_session.as_str(),
         nsjail = %sandbox.config().nsjail_path.display(),
         "Starting sandbox-runtime."
     );
@@ -126,7 +128,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.runtime.health_interval(),
         shutdown.clone(),
     );
-    let agent = CodeAgent::new(sandbox, llm, cache, concurrency);
+    let agent = CodeAgent::new(sandbox, llm, cache, concurrency, config.sandbox_session);
     let worker = Worker::new(
         worker_config,
         agent,

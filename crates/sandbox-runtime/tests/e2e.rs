@@ -12,6 +12,7 @@ use adp_core::metrics::Metrics;
 use adp_core::{ActionType, ErrorType, TaskType};
 use common::{assert_message_contains, code_task, task, Harness};
 use sandbox_runtime::agent::CodeAgent;
+use sandbox_runtime::config::SessionMode;
 use sandbox_runtime::executor::{Sandbox, SandboxConfig};
 use serde_json::{json, Value};
 
@@ -207,6 +208,7 @@ async fn heuristic_intents_compute_the_right_answers() {
         None,
         TemplateCache::new(None, Duration::from_secs(60), Metrics::new(), "code"),
         2,
+        SessionMode::Stateful,
     );
     let cases = [
         ("Compute fibonacci(7)", "13"),

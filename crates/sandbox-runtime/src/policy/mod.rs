@@ -229,6 +229,7 @@ mod tests {
             },
             wall_limit: std::time::Duration::from_secs(1),
             duration: std::time::Duration::from_millis(20),
+            notes: Vec::new(),
         };
         assert_eq!(
             r.next(Some(&exec)),

@@ -42,6 +42,8 @@ pub const ANSWER_TOOL: &str = "final_answer";
 pub struct PromptLimits {
     pub step_timeout_secs: u64,
     pub memory_mb: u64,
+    /// Steps share one interpreter (SANDBOX_SESSION=stateful).
+    pub stateful: bool,
 }
 
 /// The system prompt of `text` mode: the tool, the sandbox's rules and the
@@ -54,16 +56,23 @@ pub fn system_prompt(limits: PromptLimits) -> String {
          ```python\n\
          print(2 + 2)\n\
          ```\n\
-         Only the first code block of a reply runs. It runs as a fresh Python 3.11 process \
-         (standard library only, no third-party packages), with no network, a private empty \
+         Only the first code block of a reply runs. It runs in Python 3.11 \
+         (standard library only, no third-party packages), with no network, a private \
          /tmp as working directory, at most {step} s of wall time and {mem} MiB of memory. \
-         Nothing carries over between code blocks: no variables, no files. \
+         {state} \
          You then see the block's stdout and stderr (long output is cut).\n\
          \n\
          Print every value you need to see. When you know the answer, reply with the final \
          answer and no code block at all; that reply ends the task.",
         step = limits.step_timeout_secs,
         mem = limits.memory_mb,
+        state = if limits.stateful {
+            "Code blocks run one after another in the same interpreter: variables, imports and \
+             files in /tmp persist from one block to the next (if the sandbox has to restart, \
+             the observation says that this state was lost)."
+        } else {
+            "Each code block runs as a fresh process: nothing carries over, no variables, no files."
+        },
     )
 }
 

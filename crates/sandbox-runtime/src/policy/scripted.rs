@@ -1,23 +1,27 @@
-//! `scripted`: the task's `constraints.code` is step 0; then the task ends
-//! with that step's stdout as the result. No cache, no LLM.
+//! `scripted`: the task's `constraints.code` runs as given — one string is
+//! one step, a list of strings is one step per cell, in order (in a stateful
+//! session the cells share variables, imports and `/tmp`). Then the task
+//! ends with the last step's stdout as the result. No cache, no LLM.
+
+use std::collections::VecDeque;
 
 /// `metadata.policy` of this policy.
 pub const NAME: &str = "scripted";
 
-/// Runs the given code once.
+/// Runs the given cells once each.
 pub struct Scripted {
-    code: Option<String>,
+    cells: VecDeque<String>,
 }
 
 impl Scripted {
-    pub fn new(code: impl Into<String>) -> Self {
+    pub fn new(cells: Vec<String>) -> Self {
         Scripted {
-            code: Some(code.into()),
+            cells: cells.into(),
         }
     }
 
     pub(crate) fn next(&mut self) -> super::Decision {
-        match self.code.take() {
+        match self.cells.pop_front() {
             Some(code) => super::Decision::Run(code),
             None => super::Decision::Finish(None),
         }
