@@ -7,6 +7,9 @@
 #   BENCH_PREFETCH=N ...                 # SANDBOX_PREFETCH of the runtime (default: its own)
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
 #   BENCH_WORK_BASE=/dev/shm ...         # where the work dir (and trajectories) go (default /tmp)
+#   BENCH_SESSION=oneshot ...            # SANDBOX_SESSION of the runtime (default stateful)
+#   BENCH_STEPS=5 ...                    # code cells per task (default 1): the pipeline runs
+#                                        # them as one task's steps, raw runs each cell one-shot
 #
 # Each round, on a private redis-server (127.0.0.1, free port):
 #   raw       the same nsjail + python commands the runtime runs (same
@@ -22,7 +25,9 @@
 # the machine's drifting speed better than a ratio of medians. Prints tasks/s
 # both ways, the ratio (target >= 90%), the runtime's RSS and per-step /
 # per-task durations.
-# Task i is a scripted code task running print(sum(range(i))).
+# Task i is a scripted code task running print(sum(range(i))) (with
+# BENCH_STEPS=S: S cells, cell k printing sum(range(i + k)); raw runs the
+# same S cells as S one-shot jails per task, so both rates are tasks/s).
 set -euo pipefail
 # shellcheck source=scripts/bench-common.sh
 source "$(dirname "$0")/bench-common.sh"
@@ -32,6 +37,9 @@ N=${BENCH_TASKS:-1000}
 P=${BENCH_CONCURRENCY:-$(nproc)}
 ROUNDS=${BENCH_ROUNDS:-3}
 TIMEOUT=${BENCH_TIMEOUT_SECS:-900}
+STEPS=${BENCH_STEPS:-1}
+SESSION=${BENCH_SESSION:-stateful}
+export BENCH_STEPS=$STEPS BENCH_SESSION=$SESSION
 
 bench_build sandbox-runtime sandbox-runtime bench_raw
 
@@ -43,14 +51,16 @@ trap bench_cleanup EXIT
 bench_start_redis "$WORK" "$WORK/redis.log"
 
 TASKS="$WORK/tasks.jsonl"
-python3 - "$N" >"$TASKS" <<'EOF'
+python3 - "$N" "$STEPS" >"$TASKS" <<'EOF'
 import json, sys
+steps = int(sys.argv[2])
 for i in range(int(sys.argv[1])):
+    cells = [f"print(sum(range({i + k})))" for k in range(steps)]
     print(json.dumps({"task_id": f"bench_{i}", "task_type": "code",
                       "description": f"bench task {i}",
-                      "constraints": {"code": f"print(sum(range({i})))",
-                                      "expected_output": str(sum(range(i)))},
-                      "max_steps": 1, "timeout": 60}))
+                      "constraints": {"code": cells[0] if steps == 1 else cells,
+                                      "expected_output": str(sum(range(i + steps - 1)))},
+                      "max_steps": steps, "timeout": 120}))
 EOF
 
 # Prints the raw rate (tasks/s).
@@ -72,6 +82,7 @@ pipeline_run() {
   mport=$(free_port)
   # (env execs the runtime: $! is the runtime's pid)
   env REDIS_URL="$REDIS_URL" OUTPUT_DIR="$out" SANDBOX_CONCURRENCY="$P" METRICS_HOST=127.0.0.1 \
+    SANDBOX_SESSION="$SESSION" \
     ${BENCH_PREFETCH:+SANDBOX_PREFETCH="$BENCH_PREFETCH"} \
     METRICS_PORT="$mport" RUST_LOG=warn "$BIN/sandbox-runtime" 2>"$out/runtime.log" &
   RT_PID=$!
@@ -115,7 +126,7 @@ raw, pipe = statistics.median(raws), statistics.median(rates)
 # pipeline round with the raw rounds just before and after it.
 paired = pair(rates, raws)
 fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
-print(f"tasks={n} parallelism={p} cpus={os.cpu_count()} rounds={len(rates)}")
+print(f"tasks={n} steps/task={os.environ.get('BENCH_STEPS', '1')} session={os.environ.get('BENCH_SESSION', 'stateful')} parallelism={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"raw nsjail+python : {raw:7.1f} tasks/s  (median of {fmt(raws)})")
 print(f"pipeline          : {pipe:7.1f} tasks/s  (median of {fmt(rates)}; {ok}/{n * len(rates)} tasks succeeded)")
 print(f"ratio             : {100 * statistics.median(paired):6.1f} %  (target >= 90 %; median of each pipeline round over its neighbouring raw rounds: {fmt(100 * x for x in paired)})")

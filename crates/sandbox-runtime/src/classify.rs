@@ -110,7 +110,11 @@ fn leading_int(s: &str) -> Option<i32> {
 pub struct RunLimits {
     pub wall_secs: f64,
     pub cpu_secs: u64,
+    /// Address space of one process (RLIMIT_AS), MiB.
     pub memory_mb: u64,
+    /// A cgroup limits the whole jail's memory (to `memory_mb`): a SIGKILL
+    /// that no time limit explains is the kernel's OOM killer.
+    pub jail_memory: bool,
 }
 
 /// Everything the judgement looks at.
@@ -181,6 +185,9 @@ pub fn classify(f: RunFacts<'_>) -> Result<Verdict, InfraError> {
     match exit {
         ChildExit::Status(0) => Ok(Verdict::ok()),
         ChildExit::Status(code) => Ok(classify_exception(*code, f.stderr, limits)),
+        ChildExit::Signal { name, .. } if name == "SIGKILL" && limits.jail_memory => Ok(
+            jail_memory_verdict(limits, "the kernel killed the interpreter (SIGKILL)"),
+        ),
         ChildExit::Signal { name, number } => Ok(match name.as_str() {
             "SIGKILL" | "SIGXCPU" => Verdict::err(
                 ErrorType::Timeout,
@@ -195,6 +202,17 @@ pub fn classify(f: RunFacts<'_>) -> Result<Verdict, InfraError> {
             ),
         }),
     }
+}
+
+/// The jail's memory cgroup limit was reached; `what` says what the kernel did.
+pub fn jail_memory_verdict(limits: RunLimits, what: &str) -> Verdict {
+    Verdict::err(
+        ErrorType::RuntimeError,
+        format!(
+            "memory limit exceeded: the jail's processes together may use {} MiB (cgroup); {what}",
+            limits.memory_mb
+        ),
+    )
 }
 
 /// Judges a cell that a session's driver ran to its end: `status` is its
@@ -315,6 +333,7 @@ mod tests {
         wall_secs: 5.0,
         cpu_secs: 10,
         memory_mb: 512,
+        jail_memory: false,
     };
 
     const OK_LOG: &str = "\
@@ -370,6 +389,23 @@ mod tests {
         let v = classify(facts(&log, "")).expect("verdict");
         assert_eq!(v.error_type, Some(ErrorType::Timeout));
         assert!(v.message.expect("msg").contains("CPU time limit of 10 s"));
+    }
+
+    #[test]
+    fn sigkill_with_a_jail_memory_cgroup_is_the_memory_limit() {
+        let log = JailLog::parse(
+            "[I][t] Executing 'x' for 'y'\n[I][t] pid=1 ([STANDALONE MODE]) terminated with signal: SIGKILL (9), (PIDs left: 0)\n",
+        );
+        let v = classify(RunFacts {
+            limits: RunLimits {
+                jail_memory: true,
+                ..LIMITS
+            },
+            ..facts(&log, "")
+        })
+        .expect("verdict");
+        assert_eq!(v.error_type, Some(ErrorType::RuntimeError));
+        assert!(v.message.expect("msg").contains("memory limit exceeded"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use adp_core::llm::LlmArgs;
 use clap::{Parser, ValueEnum};
 
 use crate::executor::SandboxConfig;
+use crate::limits::CgroupChoice;
 
 /// Template cache mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,13 +112,15 @@ pub struct SandboxArgs {
     /// Wall time limit of one step in seconds (the task's remaining time may cut it shorter).
     #[arg(long, env = "SANDBOX_STEP_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sandbox_step_timeout_secs: u64,
-    /// Address space limit of the jailed process, MiB (RLIMIT_AS).
+    /// Memory of the whole jail, MiB: the cgroup limit of all its processes
+    /// together, and each process's address space (RLIMIT_AS). Without
+    /// cgroups, each of SANDBOX_FALLBACK_PROCS processes gets an equal share.
     #[arg(long, env = "SANDBOX_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(32..=65536))]
     pub sandbox_memory_mb: u64,
     /// CPU time limit of one step, seconds (RLIMIT_CPU).
     #[arg(long, env = "SANDBOX_CPU_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sandbox_cpu_secs: u64,
-    /// Processes + threads in one jail (RLIMIT_NPROC, counted per jail).
+    /// Processes + threads in one jail (pids cgroup and RLIMIT_NPROC).
     #[arg(long, env = "SANDBOX_MAX_PROCS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub sandbox_max_procs: u64,
     /// Largest file the code may write, MiB (RLIMIT_FSIZE).
@@ -135,6 +138,28 @@ pub struct SandboxArgs {
     /// Directory for nsjail's per-step log files (default: /dev/shm, else the system temp dir).
     #[arg(long, env = "SANDBOX_LOG_DIR")]
     pub sandbox_log_dir: Option<PathBuf>,
+    /// cgroups limiting each whole jail: `auto` (v2, else v1 memory+pids,
+    /// checked by a probe jail at start), `v1`, `v2`, or `off` (rlimits only;
+    /// degraded, and reported as such).
+    #[arg(long, env = "SANDBOX_CGROUPS", value_enum, default_value = "auto")]
+    pub sandbox_cgroups: CgroupChoice,
+    /// Where the cgroup file systems are mounted.
+    #[arg(long, env = "SANDBOX_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub sandbox_cgroup_root: PathBuf,
+    /// Without cgroups: processes per jail (RLIMIT_NPROC), each with
+    /// SANDBOX_MEMORY_MB / this much address space.
+    #[arg(long, env = "SANDBOX_FALLBACK_PROCS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub sandbox_fallback_procs: u64,
+    /// Files and directories the jail's /tmp may hold (tmpfs nr_inodes).
+    #[arg(long, env = "SANDBOX_TMPFS_INODES", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(16..=10_000_000))]
+    pub sandbox_tmpfs_inodes: u64,
+    /// Run jails under the seccomp policy (docs/sandbox.md).
+    #[arg(long, env = "SANDBOX_SECCOMP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sandbox_seccomp: bool,
+    /// A directory of extra Python packages (e.g. one filled by
+    /// `scripts/setup.sh sandbox-data`), bound read-only on the jail's sys.path.
+    #[arg(long, env = "SANDBOX_PACKAGES_DIR")]
+    pub sandbox_packages_dir: Option<PathBuf>,
 }
 
 impl SandboxArgs {
@@ -154,6 +179,12 @@ impl SandboxArgs {
                 .sandbox_log_dir
                 .clone()
                 .unwrap_or_else(crate::executor::default_log_dir),
+            cgroups: self.sandbox_cgroups,
+            cgroup_root: self.sandbox_cgroup_root.clone(),
+            fallback_procs: self.sandbox_fallback_procs,
+            tmpfs_inodes: self.sandbox_tmpfs_inodes,
+            seccomp: self.sandbox_seccomp,
+            packages_dir: self.sandbox_packages_dir.clone(),
         }
     }
 }
@@ -171,6 +202,10 @@ mod tests {
         let s = c.sandbox.to_config();
         assert_eq!(s.memory_mb, 512);
         assert_eq!(s.output_cap, 65536);
+        assert_eq!(s.cgroups, CgroupChoice::Auto);
+        assert_eq!(s.tmpfs_inodes, 8192);
+        assert!(s.seccomp);
+        assert_eq!(s, SandboxConfig::default());
         assert!(c.concurrency() >= 1);
         assert_eq!(c.tasks_in_flight(), c.concurrency() + 1);
         let c = Config::try_parse_from([

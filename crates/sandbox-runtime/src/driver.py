@@ -1,4 +1,4 @@
-# The session driver: runs inside the jail as `python3 -I -S -B -u -c <this> CAP CPU_SECS`
+# The session driver: runs inside the jail as `python3 -I -S -B -u -c <this> CAP CPU_SECS [PACKAGES]`
 # and executes cells in one persistent namespace (see docs/sandbox.md, "Sessions").
 #
 # Protocol (the runtime is the only peer):
@@ -14,6 +14,8 @@ import sys
 
 CAP = int(sys.argv[1])
 CPU_SECS = int(sys.argv[2])
+if len(sys.argv) > 3 and sys.argv[3]:
+    sys.path.append(sys.argv[3])  # SANDBOX_PACKAGES_DIR, bound read-only there
 
 REQ = open(os.dup(0), "rb")
 RES = os.dup(1)

@@ -33,6 +33,7 @@ use tokio::process::Command;
 
 use crate::classify::{classify, JailLog, RunFacts, RunLimits, Verdict};
 use crate::jail_group::JailGroup;
+use crate::limits::{CgroupChoice, JailSetup, LimitMode, JAIL_PACKAGES_DIR, SECCOMP_POLICY};
 
 /// Name prefix of nsjail's per-run log files in `log_dir`.
 pub const LOG_PREFIX: &str = "nsjail-";
@@ -43,11 +44,14 @@ pub const BACKSTOP_MARGIN: Duration = Duration::from_secs(2);
 
 /// Environment of the jailed process: nothing else reaches it.
 /// (`-I` makes Python ignore `PYTHON*` variables anyway; `LANG` gives UTF-8 stdio.)
-pub const JAIL_ENV: [&str; 4] = [
+/// (`OPENBLAS_NUM_THREADS=1`: numpy's BLAS would otherwise start a thread
+/// per CPU, each reserving address space, in every jail.)
+pub const JAIL_ENV: [&str; 5] = [
     "PATH=/usr/local/bin:/usr/bin:/bin",
     "HOME=/tmp",
     "TMPDIR=/tmp",
     "LANG=C.UTF-8",
+    "OPENBLAS_NUM_THREADS=1",
 ];
 
 /// Settings of the sandbox (see `config::SandboxArgs` for the variables).
@@ -74,6 +78,18 @@ pub struct SandboxConfig {
     pub output_cap: usize,
     /// Where nsjail's per-run log files go (removed after each run).
     pub log_dir: PathBuf,
+    /// Which cgroups limit the whole jail (`SANDBOX_CGROUPS`).
+    pub cgroups: CgroupChoice,
+    /// Where the cgroup file systems are mounted.
+    pub cgroup_root: PathBuf,
+    /// Without cgroups: processes per jail; each gets `memory_mb / fallback_procs` of address space.
+    pub fallback_procs: u64,
+    /// Files and directories the `/tmp` tmpfs may hold.
+    pub tmpfs_inodes: u64,
+    /// Run the jail under [`SECCOMP_POLICY`].
+    pub seccomp: bool,
+    /// Extra packages, bound read-only on the jail's `sys.path`.
+    pub packages_dir: Option<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -90,8 +106,133 @@ impl Default for SandboxConfig {
             tmpfs_mb: 64,
             output_cap: 64 * 1024,
             log_dir: default_log_dir(),
+            cgroups: CgroupChoice::Auto,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            fallback_procs: 4,
+            tmpfs_inodes: 8192,
+            seccomp: true,
+            packages_dir: None,
         }
     }
+}
+
+/// The nsjail arguments of a jail (without `--log`), up to and including the
+/// interpreter's path: namespaces, the files of `setup`, a `/tmp` tmpfs,
+/// limits (cgroups or the rlimit fallback), seccomp and the environment.
+/// `mem_parent` is the memory cgroup (v1) the jail's own group goes under.
+pub(crate) fn jail_args_for(
+    c: &SandboxConfig,
+    setup: &JailSetup,
+    wall_secs: u64,
+    cpu_secs: u64,
+    mem_parent: Option<&str>,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::with_capacity(96);
+    let mut push = |a: &str| args.push(OsString::from(a));
+    for a in [
+        "--mode",
+        "o",
+        "--user",
+        "65534:65534",
+        "--group",
+        "65534:65534",
+        "--hostname",
+        "sandbox",
+    ] {
+        push(a);
+    }
+    for (src, dst) in &setup.files.binds {
+        push("--bindmount_ro");
+        if src == dst {
+            push(&src.to_string_lossy());
+        } else {
+            push(&format!("{}:{}", src.display(), dst.display()));
+        }
+    }
+    for (target, link) in &setup.files.symlinks {
+        push("--symlink");
+        push(&format!("{target}:{link}"));
+    }
+    for a in [
+        "--symlink",
+        "usr/bin:/bin",
+        "--symlink",
+        "usr/lib:/lib",
+        "--symlink",
+        "usr/lib64:/lib64",
+        "--bindmount",
+        "/dev/null",
+        "--bindmount_ro",
+        "/dev/zero",
+        "--bindmount_ro",
+        "/dev/urandom",
+        "--mount",
+    ] {
+        push(a);
+    }
+    push(&format!(
+        "none:/tmp:tmpfs:size={},nr_inodes={}",
+        c.tmpfs_mb.max(1) * 1024 * 1024,
+        c.tmpfs_inodes.max(16)
+    ));
+    for a in ["--cwd", "/tmp", "--disable_proc"] {
+        push(a);
+    }
+    let memory_bytes = c.memory_mb.max(16) * 1024 * 1024;
+    let (address_space_mb, procs) = match &setup.limits {
+        LimitMode::Rlimits { .. } => {
+            let procs = c.fallback_procs.clamp(1, c.max_procs.max(1));
+            ((c.memory_mb / procs).max(16), procs)
+        }
+        LimitMode::CgroupV1 { memsw, .. } => {
+            push("--cgroup_mem_max");
+            push(&memory_bytes.to_string());
+            if *memsw {
+                push("--cgroup_mem_memsw_max");
+                push(&memory_bytes.to_string());
+            }
+            if let Some(parent) = mem_parent {
+                push("--cgroup_mem_parent");
+                push(parent);
+            }
+            push("--cgroup_pids_max");
+            push(&c.max_procs.max(1).to_string());
+            (c.memory_mb.max(16), c.max_procs.max(1))
+        }
+        LimitMode::CgroupV2 => {
+            push("--use_cgroupv2");
+            push("--cgroupv2_mount");
+            push(&c.cgroup_root.to_string_lossy());
+            push("--cgroup_mem_max");
+            push(&memory_bytes.to_string());
+            push("--cgroup_pids_max");
+            push(&c.max_procs.max(1).to_string());
+            (c.memory_mb.max(16), c.max_procs.max(1))
+        }
+    };
+    for (flag, value) in [
+        ("--time_limit", wall_secs.max(1)),
+        ("--rlimit_as", address_space_mb),
+        ("--rlimit_cpu", cpu_secs.max(1)),
+        ("--rlimit_nproc", procs),
+        ("--rlimit_fsize", c.file_size_mb),
+        ("--rlimit_nofile", c.open_files.max(8)),
+        ("--rlimit_core", 0),
+    ] {
+        push(flag);
+        push(&value.to_string());
+    }
+    if c.seccomp {
+        push("--seccomp_string");
+        push(SECCOMP_POLICY);
+    }
+    for e in JAIL_ENV {
+        push("--env");
+        push(e);
+    }
+    push("--");
+    args.push(c.python_path.clone().into_os_string());
+    args
 }
 
 /// `/dev/shm` when it is there (tmpfs: no disk work for the per-step log
@@ -193,13 +334,23 @@ impl Execution {
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     config: Arc<SandboxConfig>,
+    setup: Arc<JailSetup>,
     group: Arc<JailGroup>,
 }
 
 impl Sandbox {
+    /// A sandbox for `config`: detects the cgroups (a probe jail) and the
+    /// files the interpreter needs ([`JailSetup::detect`]).
     pub fn new(config: SandboxConfig) -> Self {
+        let setup = JailSetup::detect(&config);
+        Sandbox::with_setup(config, setup)
+    }
+
+    /// A sandbox with a setup decided elsewhere.
+    pub fn with_setup(config: SandboxConfig, setup: JailSetup) -> Self {
         Sandbox {
             config: Arc::new(config),
+            setup: Arc::new(setup),
             group: Arc::new(JailGroup::default()),
         }
     }
@@ -208,11 +359,23 @@ impl Sandbox {
         &self.config
     }
 
+    /// The limits and files every jail gets.
+    pub fn setup(&self) -> &JailSetup {
+        &self.setup
+    }
+
     /// The nsjail arguments for one run (the code comes on stdin), without
     /// `--log`. `wall_secs` is nsjail's `--time_limit`.
     pub fn jail_args(&self, wall_secs: u64) -> Vec<OsString> {
-        let mut args = self.common_args(wall_secs, self.config.cpu_secs);
-        for a in ["-I", "-S", "-B", "-u", "-"] {
+        let mut args = self.common_args(wall_secs, self.config.cpu_secs, None);
+        // With a packages directory, `site` puts it on sys.path (Debian's
+        // site adds /usr/lib/python3/dist-packages, where it is bound).
+        let flags: &[&str] = if self.config.packages_dir.is_some() {
+            &["-I", "-B", "-u", "-"]
+        } else {
+            &["-I", "-S", "-B", "-u", "-"]
+        };
+        for a in flags {
             args.push(OsString::from(a));
         }
         args
@@ -223,77 +386,38 @@ impl Sandbox {
     /// `lifetime_secs`; each cell gets `cpu_secs` more CPU seconds than the
     /// interpreter has used (the driver lowers its soft limit), within a
     /// hard limit of `cpu_secs × cells`.
-    pub fn session_args(&self, lifetime_secs: u64, cells: u64) -> Vec<OsString> {
+    pub fn session_args(
+        &self,
+        lifetime_secs: u64,
+        cells: u64,
+        mem_parent: Option<&str>,
+    ) -> Vec<OsString> {
         let c = &self.config;
         let cpu_hard = c.cpu_secs.max(1).saturating_mul(cells.max(1));
-        let mut args = self.common_args(lifetime_secs, cpu_hard);
+        let mut args = self.common_args(lifetime_secs, cpu_hard, mem_parent);
         for a in ["-I", "-S", "-B", "-u", "-c", crate::session::DRIVER] {
             args.push(OsString::from(a));
         }
         args.push(OsString::from(c.output_cap.to_string()));
         args.push(OsString::from(c.cpu_secs.max(1).to_string()));
+        let packages = if c.packages_dir.is_some() {
+            JAIL_PACKAGES_DIR
+        } else {
+            ""
+        };
+        args.push(OsString::from(packages));
         args
     }
 
     /// Namespaces, mounts, limits and environment, up to and including the
     /// interpreter's path.
-    fn common_args(&self, wall_secs: u64, cpu_secs: u64) -> Vec<OsString> {
-        let c = &self.config;
-        let mut args: Vec<OsString> = Vec::with_capacity(64);
-        let mut push = |a: &str| args.push(OsString::from(a));
-        for a in [
-            "--mode",
-            "o",
-            "--user",
-            "65534:65534",
-            "--group",
-            "65534:65534",
-            "--hostname",
-            "sandbox",
-            "--bindmount_ro",
-            "/usr",
-            "--symlink",
-            "usr/bin:/bin",
-            "--symlink",
-            "usr/lib:/lib",
-            "--symlink",
-            "usr/lib64:/lib64",
-            "--bindmount",
-            "/dev/null",
-            "--bindmount_ro",
-            "/dev/zero",
-            "--bindmount_ro",
-            "/dev/urandom",
-            "--mount",
-        ] {
-            push(a);
-        }
-        push(&format!(
-            "none:/tmp:tmpfs:size={}",
-            c.tmpfs_mb.max(1) * 1024 * 1024
-        ));
-        for a in ["--cwd", "/tmp", "--disable_proc"] {
-            push(a);
-        }
-        for (flag, value) in [
-            ("--time_limit", wall_secs.max(1)),
-            ("--rlimit_as", c.memory_mb.max(16)),
-            ("--rlimit_cpu", cpu_secs.max(1)),
-            ("--rlimit_nproc", c.max_procs.max(1)),
-            ("--rlimit_fsize", c.file_size_mb),
-            ("--rlimit_nofile", c.open_files.max(8)),
-            ("--rlimit_core", 0),
-        ] {
-            push(flag);
-            push(&value.to_string());
-        }
-        for e in JAIL_ENV {
-            push("--env");
-            push(e);
-        }
-        push("--");
-        args.push(c.python_path.clone().into_os_string());
-        args
+    fn common_args(
+        &self,
+        wall_secs: u64,
+        cpu_secs: u64,
+        mem_parent: Option<&str>,
+    ) -> Vec<OsString> {
+        jail_args_for(&self.config, &self.setup, wall_secs, cpu_secs, mem_parent)
     }
 
     /// Starts nsjail with `args` (after `--log <file>`), stdio piped, in the
@@ -400,7 +524,13 @@ impl Sandbox {
         RunLimits {
             wall_secs: wall.as_secs_f64(),
             cpu_secs: self.config.cpu_secs,
-            memory_mb: self.config.memory_mb,
+            memory_mb: match self.setup.limits {
+                LimitMode::Rlimits { .. } => {
+                    (self.config.memory_mb / self.config.fallback_procs.max(1)).max(16)
+                }
+                _ => self.config.memory_mb,
+            },
+            jail_memory: !self.setup.limits.degraded(),
         }
     }
 
@@ -479,10 +609,13 @@ mod tests {
     #[test]
     fn abandoned_logs_older_than_any_run_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sandbox = Sandbox::new(SandboxConfig {
-            log_dir: dir.path().to_owned(),
-            ..SandboxConfig::default()
-        });
+        let sandbox = Sandbox::with_setup(
+            SandboxConfig {
+                log_dir: dir.path().to_owned(),
+                ..SandboxConfig::default()
+            },
+            JailSetup::plain(),
+        );
         let old = dir.path().join(format!("{LOG_PREFIX}old.log"));
         let live = dir.path().join(format!("{LOG_PREFIX}live.log"));
         test_support::aged_file(&old, Duration::from_secs(3600));
@@ -519,7 +652,7 @@ mod tests {
 
     #[test]
     fn jail_args_keep_the_essentials() {
-        let s = Sandbox::new(SandboxConfig::default());
+        let s = Sandbox::with_setup(SandboxConfig::default(), JailSetup::plain());
         let args: Vec<String> = s
             .jail_args(7)
             .into_iter()
@@ -532,8 +665,11 @@ mod tests {
             "--hostname sandbox",
             "--disable_proc",
             "--time_limit 7",
-            "--rlimit_as 512",
+            "--rlimit_as 128",
+            "--rlimit_nproc 4",
             "--bindmount_ro /usr",
+            "nr_inodes=8192",
+            "--seccomp_string ERRNO(1)",
             "-- /usr/bin/python3 -I -S -B -u -",
         ] {
             assert!(joined.contains(must), "{must} missing in {joined}");

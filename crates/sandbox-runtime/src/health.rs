@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adp_core::health::redis_and;
-use adp_core::metrics::HealthFn;
+use adp_core::metrics::{CheckResult, HealthFn};
 use redis::aio::ConnectionManager;
 
 use crate::executor::Sandbox;
+use crate::limits::LimitMode;
 
 /// How long one nsjail probe result is reused.
 pub const PROBE_TTL: Duration = Duration::from_secs(5);
@@ -45,10 +46,31 @@ impl SandboxProbe {
     }
 }
 
-/// The health function: checks `redis` and `nsjail`.
-pub fn health_fn(conn: ConnectionManager, probe: Arc<SandboxProbe>) -> HealthFn {
-    redis_and(conn, "nsjail", move || {
+/// The health function: checks `redis` and `nsjail`, and reports how the
+/// jails' limits are enforced as `jail_limits` (never failing: a degraded
+/// mode is said in its `detail`, starting with `degraded:`).
+pub fn health_fn(
+    conn: ConnectionManager,
+    probe: Arc<SandboxProbe>,
+    limits: &LimitMode,
+) -> HealthFn {
+    let checks = redis_and(conn, "nsjail", move || {
         let probe = probe.clone();
         async move { probe.check().await }
+    });
+    let detail = match limits {
+        LimitMode::Rlimits { reason } => {
+            format!("degraded: rlimits only, no cgroup limits the whole jail ({reason})")
+        }
+        mode => format!("{}: memory and processes limited per jail", mode.name()),
+    };
+    Arc::new(move || {
+        let checks = checks();
+        let detail = detail.clone();
+        Box::pin(async move {
+            let mut map = checks.await;
+            map.insert("jail_limits".to_owned(), CheckResult::ok_with(detail));
+            map
+        })
     })
 }

@@ -8,6 +8,8 @@
 //! * [`config`]: the clap settings (`SANDBOX_*`, `NSJAIL_PATH`, `LLM_*`, ...).
 //! * [`executor`]: one nsjail run: namespaces, binds, rlimits, capped output.
 //! * [`classify`]: nsjail's log + exit + stderr → CONTRACT error types.
+//! * [`session`]: stateful sessions (one jail and interpreter per task).
+//! * [`limits`]: cgroups or the rlimit fallback, seccomp, the jail's files.
 //! * [`jail_group`]: the process group whose guardian kills the jails when
 //!   the runtime dies.
 //! * [`policy`]: scripted, openai, heuristic, cached-plan replay.
@@ -24,6 +26,7 @@ pub mod executor;
 pub mod grader;
 pub mod health;
 pub mod jail_group;
+pub mod limits;
 pub mod policy;
 pub mod session;
 
@@ -90,6 +93,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         nsjail = %sandbox.config().nsjail_path.display(),
         "Starting sandbox-runtime."
     );
+    let setup = sandbox.setup();
+    match &setup.limits {
+        limits::LimitMode::Rlimits { reason } => tracing::warn!(
+            reason = %reason,
+            memory_mb = sandbox.config().memory_mb,
+            procs = sandbox.config().fallback_procs,
+            "DEGRADED sandbox limits: no cgroup can be used, so each jail gets rlimits only ({} processes x {} MiB of address space).",
+            sandbox.config().fallback_procs,
+            sandbox.config().memory_mb / sandbox.config().fallback_procs.max(1)
+        ),
+        mode => tracing::info!(
+            mode = mode.name(),
+            memory_mb = sandbox.config().memory_mb,
+            max_procs = sandbox.config().max_procs,
+            "Each jail's memory and processes are limited by cgroups."
+        ),
+    }
+    if let Some(why) = &setup.files.fallback {
+        tracing::warn!(reason = %why, "Cannot compute the interpreter's files; jails see the whole /usr.");
+    }
+    if let limits::LimitMode::CgroupV1 { memory_root, .. } = &setup.limits {
+        let removed = limits::remove_abandoned_groups(memory_root);
+        if removed > 0 {
+            tracing::info!(removed, "Removed session cgroups left by a killed runtime.");
+        }
+    }
+    let limits_gauge = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "sandbox_limits_degraded",
+            "1 when jails run without cgroups (rlimits only), by limit mode.",
+        ),
+        &["mode"],
+    )
+    .context("sandbox_limits_degraded metric")?;
+    limits_gauge
+        .with_label_values(&[setup.limits.name()])
+        .set(i64::from(setup.limits.degraded()));
+    let _ = metrics.registry.register(Box::new(limits_gauge));
     let removed = sandbox.remove_abandoned_logs();
     if removed > 0 {
         tracing::info!(removed, dir = %sandbox.config().log_dir.display(), "Removed nsjail log files left by a killed runtime.");
@@ -99,7 +140,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
 
     let probe = Arc::new(SandboxProbe::new(sandbox.clone(), PROBE_TTL));
-    let health = health_fn(conn.clone(), probe);
+    let health = health_fn(conn.clone(), probe, &setup.limits);
     let addr = SocketAddr::new(config.common.metrics_host, config.metrics_port);
     let bound = metrics::serve(
         addr,

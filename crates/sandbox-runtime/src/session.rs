@@ -30,8 +30,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::classify::{classify, classify_cell, JailLog, RunFacts, Verdict};
+use crate::classify::{classify, classify_cell, jail_memory_verdict, JailLog, RunFacts, Verdict};
 use crate::executor::{read_capped, utf8_cut, Captured, Execution, Sandbox};
+use crate::limits::{LimitMode, SessionCgroup};
 
 /// The driver's source, run with `python3 -c`.
 pub const DRIVER: &str = include_str!("driver.py");
@@ -72,6 +73,8 @@ pub struct Session {
     reader: JoinHandle<()>,
     driver_stderr: Option<JoinHandle<std::io::Result<Captured>>>,
     log_file: tempfile::NamedTempFile,
+    /// The session's own memory group (cgroup v1): counts OOM kills.
+    cgroup: Option<SessionCgroup>,
     cells: u64,
     alive: bool,
 }
@@ -81,7 +84,18 @@ impl Sandbox {
     /// time) for at most `cells` cells (bounds the session's CPU time).
     pub fn start_session(&self, lifetime: Duration, cells: u64) -> Result<Session, InfraError> {
         let lifetime_secs = lifetime.as_secs_f64().ceil().max(1.0) as u64 + 2;
-        let args: Vec<OsString> = self.session_args(lifetime_secs, cells);
+        let cgroup = match &self.setup().limits {
+            LimitMode::CgroupV1 { memory_root, .. } => match SessionCgroup::create(memory_root) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot create the session's memory cgroup; OOM kills of its processes are reported only when they end the session.");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let parent = cgroup.as_ref().map(|g| g.parent_arg.as_str());
+        let args: Vec<OsString> = self.session_args(lifetime_secs, cells, parent);
         let (mut child, log_file) = self.spawn(args)?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
@@ -98,6 +112,7 @@ impl Sandbox {
             reader,
             driver_stderr,
             log_file,
+            cgroup,
             cells: 0,
             alive: true,
         })
@@ -131,11 +146,23 @@ impl Session {
             None => false,
         };
         let limits = self.sandbox.run_limits(wall);
+        let oom_before = self.cgroup.as_ref().map_or(0, SessionCgroup::oom_kills);
         if sent {
             match tokio::time::timeout(wall, self.frames.recv()).await {
                 Ok(Some(Ok(frame))) => {
-                    let verdict =
+                    let mut verdict =
                         classify_cell(frame.status, frame.interrupted, &frame.stderr.text, limits);
+                    let killed = self
+                        .cgroup
+                        .as_ref()
+                        .map_or(0, SessionCgroup::oom_kills)
+                        .saturating_sub(oom_before);
+                    if killed > 0 {
+                        verdict = jail_memory_verdict(
+                            limits,
+                            &format!("the kernel killed {killed} of the cell's processes"),
+                        );
+                    }
                     return Ok(self.cell_run(frame, verdict, wall, started, true));
                 }
                 Ok(Some(Err(garbage))) => {

@@ -95,7 +95,15 @@ fn the_jail_sees_none_of_the_runtime_environment() {
         .keys()
         .map(String::as_str)
         .collect();
-    let allowed: BTreeSet<&str> = ["PATH", "HOME", "TMPDIR", "LANG", "LC_CTYPE"].into();
+    let allowed: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "LC_CTYPE",
+        "OPENBLAS_NUM_THREADS",
+    ]
+    .into();
     assert!(keys.is_subset(&allowed), "unexpected variables: {keys:?}");
     child.signal(15);
     assert_eq!(child.wait_exit(Duration::from_secs(20)), Some(0));
@@ -216,4 +224,42 @@ fn kill_9_of_the_runtime_takes_its_running_jails_with_it() {
         1,
         "the task stays pending for another consumer"
     );
+}
+
+#[test]
+fn kill_9_mid_session_leaves_no_jail_and_the_task_is_re_claimed() {
+    let s = Setup::new();
+    let mut first = s.spawn(&[("CLAIM_IDLE_SECS", "2")]);
+    let cells = serde_json::json!([
+        "x = 1\nprint('step 0')\n",
+        "import time\ntime.sleep(120)\n",
+        "print('done', x)\n"
+    ]);
+    let mut task = code_task("session_orphan", "");
+    task.constraints.insert("code".to_owned(), cells);
+    task.timeout = 300;
+    enqueue(&s.redis, &task);
+    s.wait_in_flight();
+    let mut jail = Vec::new();
+    wait_until(Duration::from_secs(30), || {
+        let nsjails = children_of(first.pid());
+        let pythons: Vec<u32> = nsjails.iter().flat_map(|&p| children_of(p)).collect();
+        jail = nsjails.into_iter().chain(pythons.iter().copied()).collect();
+        !pythons.is_empty()
+    })
+    .expect("a running session jail");
+    first.signal(9);
+    first.wait_exit(Duration::from_secs(10));
+    wait_until(Duration::from_secs(10), || {
+        jail.iter().all(|&p| !process_running(p))
+    })
+    .expect("the session's jail died with the runtime");
+    // Another runtime re-claims the task and runs it from the start in a
+    // fresh session (the sleep is cut by a short step limit).
+    let _second = s.spawn(&[("CLAIM_IDLE_SECS", "2"), ("SANDBOX_STEP_TIMEOUT_SECS", "2")]);
+    let t = s.trajectory("session_orphan");
+    assert_eq!(t.metadata["attempt"], 2, "{t:?}");
+    assert_eq!(t.steps.len(), 3, "{t:?}");
+    assert_eq!(observation(&t, 2), "done 1\n", "{t:?}");
+    assert!(t.success, "{t:?}");
 }

@@ -138,3 +138,62 @@ async fn errors_keep_their_types_and_the_session() {
     assert!(t.success, "{t:?}");
     h.stop().await;
 }
+
+/// A directory with one module, readable by the jail's user.
+fn packages_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("adp_probe_pkg.py"),
+        "def answer():\n    return 42\n",
+    )
+    .expect("module");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Writable by anyone on the host: only the read-only bind stops the jail.
+    std::fs::set_permissions(
+        dir.path().join("adp_probe_pkg.py"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .expect("chmod");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_packages_dir_is_importable_in_both_modes() {
+    let dir = packages_dir();
+    let path = dir.path().to_string_lossy().into_owned();
+    for mode in ["stateful", "oneshot"] {
+        let h = Harness::start(&["--sandbox-packages-dir", &path, "--sandbox-session", mode]).await;
+        let code = "import adp_probe_pkg, os\nprint(adp_probe_pkg.answer(), adp_probe_pkg.__file__)\nopen(adp_probe_pkg.__file__, 'a')\n";
+        let t = h.run(&cells_task(&format!("pkg_{mode}"), &[code])).await;
+        assert!(
+            observation(&t, 0).starts_with("42 /usr/lib/python3/dist-packages/adp_probe_pkg.py\n"),
+            "{mode}: {t:?}"
+        );
+        // Read-only.
+        assert_message_contains(t.error_message.as_deref(), "Read-only file system");
+        h.stop().await;
+    }
+}
+
+/// `import pandas` with the directory `scripts/setup.sh sandbox-data` fills
+/// (run that first; ≈ 160 MB, so not part of the default suite).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs scripts/setup.sh sandbox-data"]
+async fn pandas_from_the_sandbox_data_packages() {
+    let dir = std::env::var("SANDBOX_PACKAGES_DIR")
+        .unwrap_or_else(|_| "/opt/adp/sandbox-packages".to_owned());
+    let h = Harness::start(&["--sandbox-packages-dir", &dir]).await;
+    let t = h
+        .run(&cells_task(
+            "pandas",
+            &[
+                "import pandas as pd, numpy as np\ndf = pd.DataFrame({'x': np.arange(5)})\n",
+                "print(int(df['x'].sum()), pd.__version__, np.__version__)\n",
+            ],
+        ))
+        .await;
+    assert!(t.success, "{t:?}");
+    assert!(observation(&t, 1).starts_with("10 2.2.3 1.26.4"), "{t:?}");
+    h.stop().await;
+}

@@ -1,0 +1,92 @@
+//! Nothing of a session outlives its task; concurrent tasks share nothing (through the whole runtime).
+//! Its own test binary: it looks at every uid-65534 process under this test
+//! process, so no other test may run jails at the same time.
+
+mod common;
+
+use std::time::Duration;
+
+use adp_core::TaskType;
+use common::{observation, task, Harness};
+use serde_json::json;
+use test_support::wait_until;
+
+/// Processes of uid 65534 descending from this test process.
+fn jailed_descendants() -> Vec<u32> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let uid_65534 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|u| u.split_whitespace().next() == Some("65534"));
+        if !uid_65534 {
+            continue;
+        }
+        // Walk up the parents to this process.
+        let mut p = pid;
+        for _ in 0..16 {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                break;
+            };
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0);
+            if ppid == me {
+                found.push(pid);
+                break;
+            }
+            if ppid <= 1 {
+                break;
+            }
+            p = ppid;
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_a_session_outlives_its_task_and_tasks_share_nothing() {
+    let h = Harness::start(&[]).await;
+    let cells = |me: &str, other: &str| {
+        vec![
+            format!("secret = '{me}'\nopen('/tmp/{me}.txt', 'w').write('{me}')\nimport subprocess, sys, time\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(1)\nprint('set')\n"),
+            format!("import os\nprint(secret, sorted(os.listdir('/tmp')), 'other' , os.path.exists('/tmp/{other}.txt'))\n"),
+        ]
+    };
+    let a = task(
+        "share_a",
+        TaskType::Code,
+        "a",
+        json!({ "code": cells("a", "b") }),
+    );
+    let b = task(
+        "share_b",
+        TaskType::Code,
+        "b",
+        json!({ "code": cells("b", "a") }),
+    );
+    h.enqueue(&a);
+    h.enqueue(&b);
+    let ta = h.trajectory("share_a").await;
+    let tb = h.trajectory("share_b").await;
+    assert!(ta.success && tb.success, "{ta:?} {tb:?}");
+    assert_eq!(observation(&ta, 1), "a ['a.txt'] other False\n");
+    assert_eq!(observation(&tb, 1), "b ['b.txt'] other False\n");
+    // The sleeping children and interpreters are gone once the tasks end.
+    wait_until(Duration::from_secs(20), || jailed_descendants().is_empty())
+        .unwrap_or_else(|_| panic!("jailed processes left: {:?}", jailed_descendants()));
+    h.stop().await;
+}
+
