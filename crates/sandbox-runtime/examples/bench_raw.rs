@@ -4,7 +4,9 @@
 //! threads with no queue, no Redis, no trajectory files.
 //!
 //! Usage: `bench_raw <tasks> <parallelism>`; prints `raw_tasks_per_sec=<x> ok=<n>`.
-//! Task `i` runs `print(sum(range(i)))`, like the benchmark's tasks file.
+//! Task `i` runs `print(sum(range(i)))`, like the benchmark's tasks file;
+//! with `BENCH_STEPS=S`, its S cells (`print(sum(range(i + k)))`), each in
+//! its own one-shot jail, one after another.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -18,6 +20,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let tasks: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let parallel: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2).max(1);
+    let steps: usize = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut config = SandboxConfig::default();
     if let Ok(p) = std::env::var("NSJAIL_PATH") {
         config.nsjail_path = p.into();
@@ -44,40 +51,45 @@ fn main() {
                 if i >= tasks {
                     return;
                 }
-                let log = tempfile::Builder::new()
-                    .prefix(sandbox_runtime::executor::LOG_PREFIX)
-                    .suffix(".log")
-                    .tempfile_in(&log_dir)
-                    .expect("log file");
-                let mut child = Command::new(&nsjail)
-                    .arg("--log")
-                    .arg(log.path())
-                    .args(&jail_args)
-                    .env_clear()
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn nsjail");
-                let code = format!("print(sum(range({i})))\n");
-                if let Some(mut stdin) = child.stdin.take() {
-                    let _ = stdin.write_all(code.as_bytes());
+                let mut all_ok = true;
+                for k in 0..steps {
+                    let log = tempfile::Builder::new()
+                        .prefix(sandbox_runtime::executor::LOG_PREFIX)
+                        .suffix(".log")
+                        .tempfile_in(&log_dir)
+                        .expect("log file");
+                    let mut child = Command::new(&nsjail)
+                        .arg("--log")
+                        .arg(log.path())
+                        .args(&jail_args)
+                        .env_clear()
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .expect("spawn nsjail");
+                    let code = format!("print(sum(range({})))\n", i + k);
+                    if let Some(mut stdin) = child.stdin.take() {
+                        let _ = stdin.write_all(code.as_bytes());
+                    }
+                    let mut err = child.stderr.take().expect("stderr");
+                    let err_reader = std::thread::spawn(move || {
+                        let mut e = Vec::new();
+                        let _ = err.read_to_end(&mut e);
+                    });
+                    let mut out = String::new();
+                    let _ = child
+                        .stdout
+                        .take()
+                        .expect("stdout")
+                        .read_to_string(&mut out);
+                    let _ = err_reader.join();
+                    let status = child.wait().expect("wait");
+                    let _ = std::fs::read_to_string(log.path());
+                    all_ok &= status.success()
+                        && out.trim() == (0..(i + k) as u64).sum::<u64>().to_string();
                 }
-                let mut err = child.stderr.take().expect("stderr");
-                let err_reader = std::thread::spawn(move || {
-                    let mut e = Vec::new();
-                    let _ = err.read_to_end(&mut e);
-                });
-                let mut out = String::new();
-                let _ = child
-                    .stdout
-                    .take()
-                    .expect("stdout")
-                    .read_to_string(&mut out);
-                let _ = err_reader.join();
-                let status = child.wait().expect("wait");
-                let _ = std::fs::read_to_string(log.path());
-                if status.success() && out.trim() == (0..i as u64).sum::<u64>().to_string() {
+                if all_ok {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
             })
