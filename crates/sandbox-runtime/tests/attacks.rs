@@ -5,8 +5,8 @@
 
 mod common;
 
-use adp_core::{ErrorType, TaskSpec, TaskType};
-use common::{assert_message_contains, observation, task, Harness};
+use adp_core::{TaskSpec, TaskType};
+use common::{observation, task, Harness};
 use serde_json::json;
 
 fn cells_task(id: &str, cells: &[&str]) -> TaskSpec {

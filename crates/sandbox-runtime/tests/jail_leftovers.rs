@@ -89,4 +89,3 @@ async fn nothing_of_a_session_outlives_its_task_and_tasks_share_nothing() {
         .unwrap_or_else(|_| panic!("jailed processes left: {:?}", jailed_descendants()));
     h.stop().await;
 }
-

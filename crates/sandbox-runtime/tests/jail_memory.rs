@@ -11,7 +11,12 @@ use common::{assert_message_contains, observation, task, Harness};
 use serde_json::json;
 
 fn cells_task(id: &str, cells: &[&str]) -> TaskSpec {
-    task(id, TaskType::Code, &format!("cells {id}"), json!({ "code": cells }))
+    task(
+        id,
+        TaskType::Code,
+        &format!("cells {id}"),
+        json!({ "code": cells }),
+    )
 }
 
 fn mem_available_kib() -> u64 {
@@ -156,4 +161,3 @@ fn jailed_descendants() -> Vec<u32> {
     }
     found
 }
-
