@@ -136,14 +136,23 @@ async fn demo_tasks_through_redis() {
     );
     assert_eq!(t.metadata["policy"], "heuristic");
 
-    let metrics = h.metrics().await;
-    for line in [
+    // A task is counted just after its trajectory is written and acked.
+    let lines = [
         "tasks_completed_total{runtime=\"sandbox-runtime\",status=\"success\"} 8",
         "tasks_completed_total{runtime=\"sandbox-runtime\",status=\"failure\"} 2",
         "active_tasks{runtime=\"sandbox-runtime\"} 0",
         "runtime_health{runtime=\"sandbox-runtime\"} 1",
-    ] {
-        assert!(metrics.contains(line), "missing {line}\n{metrics}");
+    ];
+    let counted = test_support::eventually(Duration::from_secs(10), || async {
+        let metrics = h.metrics().await;
+        lines.iter().all(|l| metrics.contains(l))
+    })
+    .await;
+    if counted.is_err() {
+        let metrics = h.metrics().await;
+        for line in lines {
+            assert!(metrics.contains(line), "missing {line}\n{metrics}");
+        }
     }
     let (code, body) = h.health().await;
     assert_eq!(code, 200);
