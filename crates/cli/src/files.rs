@@ -7,7 +7,9 @@
 //! * `<task_id>.json`: the current trajectory of a task;
 //! * `<task_id>.attempt-N.json`: an earlier one, kept by `adp replay` /
 //!   `adp dead requeue` (an *archive*);
-//! * `.tmp-*`: a write in progress (never read).
+//! * a writer's temp file (`.tmp~*`, [`adp_core::writer::is_temp_file_name`]):
+//!   a write in progress (never read). A task id may start with `.` or
+//!   `.tmp-`: `.tmp-x.json` is the trajectory of task `.tmp-x`.
 //!
 //! A file that cannot be used is a [`Corrupt`] with a stable reason code.
 
@@ -51,7 +53,7 @@ impl FileName {
 /// A task id that itself ends in `.attempt-<digits>` reads as an archive:
 /// avoid such ids.
 pub fn classify(name: &str) -> Option<FileName> {
-    if name.starts_with('.') {
+    if adp_core::writer::is_temp_file_name(name) {
         return None;
     }
     let stem = name.strip_suffix(".json")?;
@@ -300,7 +302,13 @@ mod tests {
             })
         );
         assert_eq!(classify(".tmp-abc"), None);
-        assert_eq!(classify(".tmp-abc.json"), None);
+        assert_eq!(classify(".tmp~abc"), None);
+        assert_eq!(
+            classify(".tmp-abc.json"),
+            Some(FileName::Current {
+                task_id: ".tmp-abc".into()
+            })
+        );
         assert_eq!(classify("notes.txt"), None);
         assert_eq!(classify(".json"), None);
     }

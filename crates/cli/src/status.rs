@@ -1,8 +1,8 @@
 //! `adp status [--watch] [--json]`: where every task is.
 //!
 //! Per task stream (numbers from Redis):
-//! * `dispatched`: entries in the stream (never trimmed, so every entry ever
-//!   added, requeues and replays included);
+//! * `dispatched`: every entry ever added to the stream (`entries-added`;
+//!   acknowledged entries are deleted), requeues and replays included;
 //! * `waiting`: not yet delivered to any consumer (the group's lag);
 //! * `pending`: delivered, not acknowledged (being worked on, or abandoned);
 //! * `backlog` = waiting + pending; `acked` = dispatched − backlog;
@@ -467,7 +467,9 @@ pub async fn snapshot(
     for stream in names::TASK_STREAMS {
         let tt = task_type_of_stream(stream);
         let (dispatched, waiting, pending, n_consumers) = match queue.group_state(stream).await? {
-            Some(g) => (g.length, g.lag, g.pending, g.consumers),
+            // Acknowledged entries are deleted: what was dispatched is what
+            // was ever added to the stream.
+            Some(g) => (g.added, g.lag, g.pending, g.consumers),
             None => {
                 let len: u64 = conn.xlen(stream).await?;
                 (len, len, 0, 0)

@@ -124,6 +124,8 @@ fn worker_config(redis_url: &str) -> WorkerConfig {
         max_deliveries: 2,
         claim_idle: Duration::from_secs(30),
         retry_backoff: Duration::from_millis(20),
+        retry_backoff_max: Duration::from_millis(200),
+        infra_retry_window: Duration::ZERO,
         grace: Duration::from_secs(2),
         read_block: Duration::from_millis(100),
         write_gather: Duration::ZERO,
@@ -144,21 +146,24 @@ async fn requeue_round_trip_through_a_worker() {
     let f = Fixture::new();
     let fail = Arc::new(AtomicBool::new(true));
     let calls = Arc::new(AtomicU32::new(0));
-    let conn = adp_core::config::connect(&f.redis.url())
-        .await
-        .expect("connect");
-    let worker = Worker::new(
-        worker_config(&f.redis.url()),
-        Flaky {
-            fail: fail.clone(),
-            calls: calls.clone(),
-        },
-        Queue::new(conn),
-        TrajectoryWriter::new(f.output_dir()),
-        Metrics::new(),
-    );
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let start_worker = || async {
+        let conn = adp_core::config::connect(&f.redis.url())
+            .await
+            .expect("connect");
+        let worker = Worker::new(
+            worker_config(&f.redis.url()),
+            Flaky {
+                fail: fail.clone(),
+                calls: calls.clone(),
+            },
+            Queue::new(conn),
+            TrajectoryWriter::new(f.output_dir()),
+            Metrics::new(),
+        );
+        let shutdown = CancellationToken::new();
+        (shutdown.clone(), tokio::spawn(worker.run(shutdown.clone())))
+    };
+    let (shutdown, running) = start_worker().await;
 
     let mut c = f.conn();
     let t = task("flaky_1", TaskType::Code);
@@ -186,7 +191,10 @@ async fn requeue_round_trip_through_a_worker() {
     assert_eq!(shown["entry"]["source_id"], first_entry.as_str());
     assert_eq!(shown["entry"]["deliveries"], 2);
 
-    // The infrastructure is back; requeue.
+    // The infrastructure is back; requeue (with the worker stopped, so the
+    // new entry can be looked at before it is run, acked and deleted).
+    shutdown.cancel();
+    running.await.expect("join").expect("worker ran");
     fail.store(false, Ordering::SeqCst);
     let o = f.adp(&["dead", "requeue", &dead_id]);
     assert_code(&o, 0);
@@ -201,8 +209,23 @@ async fn requeue_round_trip_through_a_worker() {
     );
     assert_eq!(counter(&mut c, "dead_requeued:tasks:code"), Some(1));
 
+    // The new entry is a different entry carrying requeued_from.
+    let entries = stream_tasks(&mut c, "tasks:code");
+    assert_eq!(entries.len(), 1, "the dead-lettered entry left the stream");
+    assert_ne!(entries[0].0, first_entry);
+    let requeued_from: Option<String> = redis::cmd("XRANGE")
+        .arg("tasks:code")
+        .arg(&entries[0].0)
+        .arg(&entries[0].0)
+        .query::<redis::streams::StreamRangeReply>(&mut c)
+        .expect("XRANGE")
+        .ids[0]
+        .get("requeued_from");
+    assert_eq!(requeued_from.as_deref(), Some(dead_id.as_str()));
+
     // A worker processes the requeued entry to a fresh trajectory; its
     // delivery count started again at 1.
+    let (shutdown, running) = start_worker().await;
     test_support::eventually(Duration::from_secs(20), || {
         let path = traj_path.clone();
         async move {
@@ -223,19 +246,13 @@ async fn requeue_round_trip_through_a_worker() {
     .expect("JSON");
     assert_eq!(archived["metadata"]["dead_lettered"], true);
 
-    // The new entry is a different entry carrying requeued_from; everything is acked.
-    let entries = stream_tasks(&mut c, "tasks:code");
-    assert_eq!(entries.len(), 2);
-    assert_ne!(entries[1].0, first_entry);
-    let requeued_from: Option<String> = redis::cmd("XRANGE")
-        .arg("tasks:code")
-        .arg(&entries[1].0)
-        .arg(&entries[1].0)
-        .query::<redis::streams::StreamRangeReply>(&mut c)
-        .expect("XRANGE")
-        .ids[0]
-        .get("requeued_from");
-    assert_eq!(requeued_from.as_deref(), Some(dead_id.as_str()));
+    // Everything is acked (just after the write), and acked entries are deleted.
+    test_support::eventually(Duration::from_secs(20), || {
+        let mut c = f.conn();
+        async move { stream_tasks(&mut c, "tasks:code").is_empty() }
+    })
+    .await
+    .expect("acked and deleted");
     let o = f.adp(&["status", "--json"]);
     let s = stdout_json(&o);
     assert_eq!(s["streams"][0]["acked"], 2);

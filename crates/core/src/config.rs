@@ -47,9 +47,16 @@ pub struct WorkerArgs {
     /// consumer re-claims it (a live worker heartbeats its entries).
     #[arg(long, env = "CLAIM_IDLE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub claim_idle_secs: u64,
-    /// First retry delay after an infrastructure failure, in milliseconds; doubles per attempt (max 60 s).
+    /// First retry delay after an infrastructure failure, in milliseconds;
+    /// doubles per attempt up to 60 s, each delay jittered (50-100 %).
     #[arg(long, env = "RETRY_BACKOFF_MS", default_value_t = 1000)]
     pub retry_backoff_ms: u64,
+    /// Seconds an entry whose attempts fail on infrastructure (LLM endpoint,
+    /// nsjail, browser, disk) keeps being retried before it may be
+    /// dead-lettered: it needs MAX_DELIVERIES attempts *and* this long since
+    /// its first failure, so a shorter outage dead-letters nothing.
+    #[arg(long, env = "INFRA_RETRY_WINDOW_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub infra_retry_window_secs: u64,
     /// Seconds running tasks get to finish after SIGTERM before they are
     /// abandoned un-acked (another replica re-claims them).
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]

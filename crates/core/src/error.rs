@@ -24,6 +24,22 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// Redis refused a write because it reached `maxmemory` (policy
+    /// `noeviction`): an infrastructure state that lasts until memory is freed.
+    pub fn is_redis_oom(&self) -> bool {
+        matches!(self, Error::Redis(e) if is_oom(e))
+    }
+}
+
+/// Whether Redis answered `OOM command not allowed when used memory > 'maxmemory'`.
+/// (Also inside a pipeline's error, which carries no code of its own.)
+pub fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+        || e.to_string()
+            .contains("command not allowed when used memory")
+}
+
 /// An infrastructure failure: retry the task later, do not record it as the
 /// agent's failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

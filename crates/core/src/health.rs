@@ -90,17 +90,22 @@ where
     })
 }
 
-/// A check that Redis answers PING.
+/// A check that Redis answers and accepts writes: a Redis out of
+/// memory (`maxmemory` reached with `noeviction`) answers PING but refuses
+/// every write that grows memory, so nothing new can be queued or recorded.
 pub async fn check_redis(conn: &ConnectionManager) -> Result<(), String> {
     let mut c = conn.clone();
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        redis::cmd("PING").query_async::<String>(&mut c),
-    )
-    .await
-    {
+    // One command: it answers only when Redis is up, and is refused when it
+    // is out of memory. XX: the key is never created.
+    let mut probe = redis::cmd("SET");
+    probe.arg(names::HEALTH_WRITE_PROBE).arg(1).arg("XX");
+    let probe = probe.query_async::<Option<String>>(&mut c);
+    match tokio::time::timeout(Duration::from_secs(2), probe).await {
         Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if crate::error::is_oom(&e) => Err(format!(
+            "redis: out of memory: it refuses writes (maxmemory reached); raise maxmemory or free memory ({e})"
+        )),
         Ok(Err(e)) => Err(format!("redis: {e}")),
-        Err(_) => Err("redis: PING timed out after 2 s".to_owned()),
+        Err(_) => Err("redis: no answer within 2 s".to_owned()),
     }
 }

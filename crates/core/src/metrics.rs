@@ -41,6 +41,12 @@ pub struct Metrics {
     pub dead_lettered_total: IntCounterVec,
     /// Extension: entries taken over from another consumer (XAUTOCLAIM).
     pub tasks_reclaimed_total: IntCounterVec,
+    /// Extension: pending entries found deleted from their stream (an
+    /// operator's XTRIM/XDEL): by a heartbeat or re-claim.
+    pub entries_gone_total: IntCounterVec,
+    /// Extension: 1 while the runtime takes no new entries because a
+    /// dependency fails (the entries it holds retry with backoff).
+    pub reads_paused: IntGaugeVec,
     /// Extension: dead letters put back on their stream by `adp dead requeue`
     /// (read from Redis by the dispatcher).
     pub dead_requeued_total: IntGaugeVec,
@@ -138,6 +144,16 @@ impl Metrics {
             "Entries re-claimed from a consumer that stopped answering.",
             &["runtime"],
         );
+        let entries_gone_total = counter(
+            "entries_gone_total",
+            "Pending entries found deleted from their stream (XTRIM/XDEL) by a heartbeat or re-claim.",
+            &["runtime"],
+        );
+        let reads_paused = gauge(
+            "reads_paused",
+            "1 while the runtime takes no new entries because a dependency fails.",
+            &["runtime"],
+        );
         let dead_requeued_total = gauge(
             "dead_requeued_total",
             "Dead letters requeued by `adp dead requeue` (as recorded in Redis).",
@@ -166,6 +182,8 @@ impl Metrics {
             infra_failures_total,
             dead_lettered_total,
             tasks_reclaimed_total,
+            entries_gone_total,
+            reads_paused,
             dead_requeued_total,
         }
     }
@@ -190,6 +208,8 @@ impl Metrics {
         self.runtime_health.with_label_values(&[runtime]);
         self.dead_lettered_total.with_label_values(&[runtime]);
         self.tasks_reclaimed_total.with_label_values(&[runtime]);
+        self.entries_gone_total.with_label_values(&[runtime]);
+        self.reads_paused.with_label_values(&[runtime]);
         // The components a runtime's attempts can fail on (InfraError::new).
         let executor = if runtime == TaskType::Web.runtime() {
             "browser"

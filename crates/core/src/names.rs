@@ -21,6 +21,10 @@ pub const DISPATCHED_IDS: &str = "dispatcher:dispatched_ids";
 pub const DISPATCHER_CHECKPOINT_PREFIX: &str = "dispatcher:checkpoint:";
 /// Hash: field = runtime id, value `healthy` / `unhealthy`.
 pub const RUNTIME_HEALTH: &str = "runtime_health";
+/// Key the health check writes with `SET ... XX`: never created (XX sets
+/// only an existing key), but refused like any write while Redis is out of
+/// memory — so `/health` sees that state without storing anything.
+pub const HEALTH_WRITE_PROBE: &str = "adp:health:write_probe";
 /// Prefix of template cache entries (CONTRACT §2).
 pub const TEMPLATE_CACHE_PREFIX: &str = "template_cache:";
 /// Prefix of the per-entry list of infrastructure errors (`<prefix><stream>:<entry id>`).

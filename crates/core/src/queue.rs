@@ -5,32 +5,52 @@
 //! A runtime supplies only a [`TaskHandler`] ("handle one task"); a
 //! [`Worker`] does the rest:
 //!
-//! * reads with `XREADGROUP ... BLOCK/COUNT` on its own connection, never more
-//!   entries at once than it has free slots (`concurrency`);
+//! * reads new entries with non-blocking `XREADGROUP`s, one stream at a
+//!   time, never more in all than it has free slots (`concurrency`; COUNT is
+//!   per stream), and waits for new ones with a plain `XREAD BLOCK`, on its
+//!   own connection;
 //! * heartbeats every entry it holds (an `XCLAIM ... JUSTID` to itself, which
 //!   resets the idle time without counting a delivery), so only entries of a
 //!   consumer that died or hung go idle;
 //! * re-claims entries idle longer than `claim_idle` with `XAUTOCLAIM` (this
 //!   counts a delivery);
-//! * writes the trajectory durably, *then* acks;
-//! * on an [`InfraError`] records it, backs off, re-claims the entry to itself
-//!   (one more delivery) and tries again; once the delivery count reaches
-//!   `max_deliveries` it writes a `system_error` trajectory listing every
-//!   infrastructure error and moves the entry to `tasks:dead` (atomically with
-//!   the ack);
-//! * an entry found with more than `max_deliveries` deliveries (its holders
-//!   crashed or hung every time) is dead-lettered without running it again.
+//! * writes the trajectory durably, *then* acks — and the ack deletes the
+//!   entry from its stream in the same Lua call, so the streams hold only
+//!   unfinished work and nothing grows with completed tasks;
+//! * an entry deleted from its stream while pending (an operator's XTRIM or
+//!   XDEL) is "gone": counted (`entries_gone_total`) and logged; a result
+//!   already being computed is still written; XAUTOCLAIM's deleted ids (a
+//!   dead consumer's entries) cannot be run any more and are logged as lost;
+//! * on an [`InfraError`] records it, pauses reading new entries (the runtime's
+//!   dependency fails: `reads_paused`), backs off (capped, jittered),
+//!   re-claims the entry to itself (one more delivery) and tries again; an
+//!   attempt that succeeds ends the pause. Only after `max_deliveries`
+//!   attempts *and* `infra_retry_window` since the first failure does it
+//!   write a `system_error` trajectory listing every infrastructure error and
+//!   move the entry to `tasks:dead` (atomically with the ack);
+//! * an entry found with more than `max_deliveries` deliveries not explained
+//!   by recorded infrastructure failures (its holders crashed or hung every
+//!   time) is dead-lettered without running it again;
+//! * on shutdown, stops reading; running tasks get the grace period, tasks
+//!   waiting to retry hand their entry back at once.
+//!
+//! Redis out of memory (`maxmemory`, `noeviction`) refuses writes that grow
+//! memory but not XREADGROUP, XACK, XDEL or XCLAIM: the worker keeps
+//! finishing (and so deleting) entries, treats the bookkeeping it cannot
+//! write as optional, logs the state as an error and backs off; `/health`
+//! reports it ([`crate::health::check_redis`]).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamAutoClaimReply, StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, FromRedisValue, Script};
 use serde_json::{json, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,36 +63,63 @@ use crate::writer::TrajectoryWriter;
 
 /// Heartbeat / self-re-claim of one entry, only while this consumer owns it.
 /// KEYS: stream. ARGV: group, id, consumer, count_delivery ("1" or "0").
-/// Returns the entry's delivery count, or -1 when it is no longer ours.
+/// Returns the entry's delivery count when it is ours; -1 when another
+/// consumer owns it; -2 when it was deleted from the stream (XTRIM, XDEL)
+/// while ours — it is then taken out of the pending list here, so nobody
+/// else reports it lost; -3 when it is no longer pending (another consumer
+/// finished it, or dropped it as deleted).
 static CLAIM_OWN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return -1 end
+if #p == 0 then return -3 end
+if p[1][2] ~= ARGV[3] then return -1 end
+if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  return -2
+end
 if ARGV[4] == '1' then
   redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2])
-else
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+  return p[1][4] + 1
 end
-local q = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #q == 0 then return -1 end
-return q[1][4]
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return p[1][4]
 ",
     )
 });
 
-/// Ack + move to the dead-letter stream + drop the infra-error list, atomically,
-/// and only if the entry was still pending (no double dead letters).
+/// Ack + delete from the stream + drop the infra-error list, atomically: a
+/// finished entry leaves the stream, so nothing grows with completed tasks.
+/// KEYS: stream, infra errors key. ARGV: group, id. Returns XACK's count.
+static ACK_DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return n
+",
+    )
+});
+
+/// Ack + move to the dead-letter stream + delete from the source stream +
+/// drop the infra-error list, atomically, and only if the entry was still
+/// pending (no double dead letters) or `force` is "1" (an entry deleted from
+/// its stream while its holder ran it: only the holder still has the task).
+/// XACK comes first: under `maxmemory` Redis refuses a script's first
+/// memory-growing command (XADD) but not one after a write.
 /// KEYS: stream, dead stream, infra errors key.
-/// ARGV: group, id, task, submitted_at, priority, deliveries, reason, dead_at.
+/// ARGV: group, id, task, submitted_at, priority, deliveries, reason, dead_at, force.
 static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-if n == 1 then
+if n == 1 or ARGV[9] == '1' then
   redis.call('XADD', KEYS[2], '*', 'task', ARGV[3], 'submitted_at', ARGV[4], 'priority', ARGV[5],
     'source_stream', KEYS[1], 'source_id', ARGV[2], 'deliveries', ARGV[6], 'reason', ARGV[7], 'dead_at', ARGV[8])
+  n = 1
 end
+redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[3])
 return n
 ",
@@ -132,10 +179,15 @@ impl Queue {
     }
 
     /// Creates group `workers` on each stream (MKSTREAM, from the first
-    /// entry); an existing group is fine.
+    /// entry); an existing group is fine. Groups that exist are looked up
+    /// first, so a worker (re)starting while Redis is out of memory (which
+    /// refuses XGROUP CREATE even for an existing group) gets going.
     pub async fn ensure_groups(&self, streams: &[&str]) -> Result<()> {
         let mut conn = self.conn.clone();
         for stream in streams {
+            if self.group_exists(stream).await? {
+                continue;
+            }
             let r: redis::RedisResult<()> = conn
                 .xgroup_create_mkstream(*stream, names::GROUP, "0")
                 .await;
@@ -150,29 +202,49 @@ impl Queue {
         Ok(())
     }
 
-    /// Acknowledges an entry and forgets its infra-error list.
+    async fn group_exists(&self, stream: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let groups: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await;
+        match groups {
+            Ok(groups) => Ok(groups.iter().any(|g| {
+                g.get("name")
+                    .and_then(|v| String::from_redis_value(v.clone()).ok())
+                    .as_deref()
+                    == Some(names::GROUP)
+            })),
+            Err(e) if e.to_string().contains("no such key") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Acknowledges an entry, deletes it from its stream and forgets its
+    /// infra-error list, atomically. Works while Redis refuses writes for
+    /// `maxmemory` (none of these commands grows memory).
     pub async fn ack(&self, stream: &str, id: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .xack(stream, names::GROUP, &[id])
-            .ignore()
-            .del(names::infra_errors_key(stream, id))
-            .ignore()
-            .query_async::<()>(&mut conn)
+        ACK_DELETE
+            .key(stream)
+            .key(names::infra_errors_key(stream, id))
+            .arg(names::GROUP)
+            .arg(id)
+            .invoke_async::<i64>(&mut conn)
             .await?;
         Ok(())
     }
 
     /// Heartbeat (`count_delivery = false`) or self-re-claim counting one more
-    /// delivery. Returns the delivery count, or `None` if another consumer
-    /// owns the entry now (or it was acked).
+    /// delivery; says who holds the entry now (see [`Claim`]).
     pub async fn claim_own(
         &self,
         stream: &str,
         id: &str,
         consumer: &str,
         count_delivery: bool,
-    ) -> Result<Option<u32>> {
+    ) -> Result<Claim> {
         let mut conn = self.conn.clone();
         let n: i64 = CLAIM_OWN
             .key(stream)
@@ -182,10 +254,15 @@ impl Queue {
             .arg(if count_delivery { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
-        Ok(u32::try_from(n).ok())
+        Ok(match n {
+            -1 => Claim::Taken,
+            -2 => Claim::Gone,
+            n if n < 0 => Claim::Released,
+            n => Claim::Ours(u32::try_from(n).unwrap_or(u32::MAX)),
+        })
     }
 
-    /// Delivery count of a pending entry.
+    /// Delivery count of a pending entry (None: not pending).
     pub async fn delivery_count(&self, stream: &str, id: &str) -> Result<Option<u32>> {
         let mut conn = self.conn.clone();
         let reply: redis::streams::StreamPendingCountReply =
@@ -219,9 +296,41 @@ impl Queue {
             .collect())
     }
 
-    /// Moves an entry to `tasks:dead` and acks it, atomically. Returns false
-    /// when it was no longer pending (somebody else finished it).
-    pub async fn dead_letter(&self, entry: &Entry, deliveries: u32, reason: &str) -> Result<bool> {
+    /// How many infrastructure errors are recorded for an entry, and the
+    /// Unix time of the first (None when there is none or it has no time).
+    pub async fn infra_error_summary(&self, stream: &str, id: &str) -> Result<(u32, Option<f64>)> {
+        let mut conn = self.conn.clone();
+        let key = names::infra_errors_key(stream, id);
+        let (n, first): (u32, Option<String>) = redis::pipe()
+            .llen(&key)
+            .lindex(&key, 0)
+            .query_async(&mut conn)
+            .await?;
+        let at = first
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .and_then(|v| v.get("at").and_then(Value::as_f64));
+        Ok((n, at))
+    }
+
+    /// Forgets the infra-error list of an entry that is gone.
+    pub async fn forget(&self, stream: &str, id: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        conn.del::<_, ()>(names::infra_errors_key(stream, id))
+            .await?;
+        Ok(())
+    }
+
+    /// Moves an entry to `tasks:dead`, acks it and deletes it from its
+    /// stream, atomically. Returns false when it was no longer pending
+    /// (somebody else finished it) unless `force` (the entry was deleted from
+    /// its stream while this consumer ran it: the dead letter is added anyway).
+    pub async fn dead_letter(
+        &self,
+        entry: &Entry,
+        deliveries: u32,
+        reason: &str,
+        force: bool,
+    ) -> Result<bool> {
         let mut conn = self.conn.clone();
         let n: i64 = DEAD_LETTER
             .key(&entry.stream)
@@ -235,6 +344,7 @@ impl Queue {
             .arg(deliveries)
             .arg(reason)
             .arg(format!("{:.3}", unix_now()))
+            .arg(if force { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         Ok(n == 1)
@@ -272,13 +382,29 @@ impl Queue {
             .get("last-delivered-id")
             .and_then(|v| String::from_redis_value(v.clone()).ok())
             .unwrap_or_else(|| "0-0".to_owned());
-        let len: u64 = conn.xlen(stream).await?;
+        let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await?;
+        let stream_int = |k: &str| {
+            info.get(k)
+                .and_then(|v| i64::from_redis_value(v.clone()).ok())
+                .map_or(0, |n| n.max(0) as u64)
+        };
+        let len = stream_int("length");
+        let added = stream_int("entries-added");
         let pending = int("pending").unwrap_or(0).max(0) as u64;
-        let lag = match int("lag") {
-            Some(l) => l.max(0) as u64,
-            // Redis cannot compute the lag (e.g. after deletions): count the
+        let lag = match (int("lag"), int("entries-read")) {
+            (Some(l), _) => l.max(0) as u64,
+            // Redis does not report the lag once an entry at or after the
+            // last delivered one was deleted (acked entries are deleted), but
+            // the group's read counter stays exact: entries are only ever
+            // deleted after they were read.
+            (None, Some(read)) => added.saturating_sub(read.max(0) as u64).min(len),
+            // No read counter either (a group created at an id): count the
             // entries after the last delivered id.
-            None => {
+            (None, None) => {
                 let after: Vec<redis::streams::StreamId> = redis::cmd("XRANGE")
                     .arg(stream)
                     .arg(format!("({last_delivered_id}"))
@@ -292,6 +418,7 @@ impl Queue {
         };
         Ok(Some(GroupState {
             length: len,
+            added,
             pending,
             lag,
             last_delivered_id,
@@ -342,8 +469,11 @@ impl Queue {
 /// What `XINFO GROUPS` says about group `workers` on one stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupState {
-    /// Entries in the stream (acked ones included: nothing is trimmed).
+    /// Entries in the stream now: acknowledged entries are deleted, so these
+    /// are the unacknowledged ones (and any left by an older version).
     pub length: u64,
+    /// Entries ever added to the stream (`entries-added`, Redis 7).
+    pub added: u64,
     /// Delivered, not yet acknowledged.
     pub pending: u64,
     /// Not yet delivered.
@@ -384,6 +514,21 @@ pub trait TaskHandler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Trajectory, InfraError>> + Send;
 }
 
+/// Who holds a pending entry, as [`Queue::claim_own`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This consumer; the entry's delivery count.
+    Ours(u32),
+    /// Another consumer re-claimed it.
+    Taken,
+    /// It was deleted from its stream (an operator's XTRIM or XDEL) while
+    /// this consumer held it; it has been taken out of the pending list.
+    Gone,
+    /// Not pending any more: another consumer finished it, or dropped it
+    /// from the pending list because it was deleted from the stream.
+    Released,
+}
+
 /// Settings of a [`Worker`].
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -394,13 +539,24 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     pub max_deliveries: u32,
     pub claim_idle: Duration,
+    /// First retry delay after an infrastructure failure; doubles per attempt.
     pub retry_backoff: Duration,
+    /// Longest retry delay (before jitter).
+    pub retry_backoff_max: Duration,
+    /// An entry whose attempts fail on infrastructure is dead-lettered only
+    /// after `max_deliveries` attempts *and* this long since its first
+    /// failure (`INFRA_RETRY_WINDOW_SECS`): an outage shorter than this
+    /// dead-letters nothing.
+    pub infra_retry_window: Duration,
     pub grace: Duration,
     pub read_block: Duration,
     /// How long the trajectory writer gathers a group (`WRITE_GATHER_MS`).
     pub write_gather: Duration,
     pub redis_url: String,
 }
+
+/// Longest retry delay after an infrastructure failure, before jitter.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl WorkerConfig {
     pub fn from_args(
@@ -418,6 +574,8 @@ impl WorkerConfig {
             max_deliveries: args.max_deliveries,
             claim_idle: Duration::from_secs(args.claim_idle_secs),
             retry_backoff: Duration::from_millis(args.retry_backoff_ms),
+            retry_backoff_max: RETRY_BACKOFF_MAX,
+            infra_retry_window: Duration::from_secs(args.infra_retry_window_secs),
             grace: Duration::from_secs(args.shutdown_grace_secs),
             read_block: Duration::from_millis(args.read_block_ms),
             write_gather: Duration::from_millis(args.write_gather_ms),
@@ -430,9 +588,17 @@ impl WorkerConfig {
         (self.claim_idle / 3).max(Duration::from_millis(200))
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(10);
-        (self.retry_backoff * factor).min(Duration::from_secs(60))
+    /// The delay before retry `attempt` (1 = after the first failure):
+    /// `retry_backoff` doubled per attempt, capped at `retry_backoff_max`,
+    /// then a random point of its upper half (jitter, so the replicas of a
+    /// runtime that failed together do not retry together).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        let full = self
+            .retry_backoff
+            .saturating_mul(factor)
+            .min(self.retry_backoff_max);
+        full / 2 + full.mul_f64(rand::random::<f64>() / 2.0)
     }
 }
 
@@ -449,7 +615,86 @@ struct Inner<H> {
     queue: Queue,
     writer: TrajectoryWriter,
     metrics: Metrics,
+    outage: Outage,
+    /// Cancelled when the worker stops reading: tasks waiting to retry hand
+    /// their entry back instead.
+    stopping: CancellationToken,
     hard_cancel: CancellationToken,
+}
+
+/// Reads are paused while a dependency of the runtime fails: the entries
+/// already held keep retrying (with backoff) and tell when it works again.
+struct Outage {
+    /// Since when, and the component that failed first.
+    since: std::sync::Mutex<Option<(Instant, &'static str)>>,
+    /// Wakes the read loop when the outage ends.
+    ended: Notify,
+    /// `reads_paused{runtime}`.
+    gauge: prometheus::IntGauge,
+}
+
+impl Outage {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.set(0);
+        Outage {
+            since: std::sync::Mutex::new(None),
+            ended: Notify::new(),
+            gauge,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<(Instant, &'static str)>> {
+        self.since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn paused(&self) -> bool {
+        self.state().is_some()
+    }
+
+    fn failed(&self, component: &'static str, error: &str) {
+        let mut state = self.state();
+        if state.is_none() {
+            *state = Some((Instant::now(), component));
+            self.gauge.set(1);
+            tracing::warn!(component, error = %error, "Infrastructure failure: pausing reads of new entries; the entries held are retried with backoff until it works again.");
+        }
+    }
+
+    fn recovered(&self) {
+        let ended = self.state().take();
+        if let Some((since, component)) = ended {
+            self.gauge.set(0);
+            tracing::info!(
+                component,
+                outage_s = since.elapsed().as_secs_f64(),
+                "An attempt succeeded again: resuming reads."
+            );
+            self.ended.notify_one();
+        }
+    }
+}
+
+/// What one running entry knows about itself besides the entry.
+#[derive(Default)]
+struct Held {
+    /// Deleted from its stream while held (and out of the pending list).
+    gone: AtomicBool,
+}
+
+impl Held {
+    fn gone(&self) -> bool {
+        self.gone.load(Ordering::SeqCst)
+    }
+}
+
+/// How [`Inner::finish`] ended.
+enum Finished {
+    /// Written and acked, or another consumer's delivery keeps the result.
+    Done,
+    /// The trajectory could not be written.
+    WriteFailed(String),
 }
 
 impl<H: TaskHandler> Worker<H> {
@@ -462,6 +707,7 @@ impl<H: TaskHandler> Worker<H> {
         writer: TrajectoryWriter,
         metrics: Metrics,
     ) -> Self {
+        let outage = Outage::new(metrics.reads_paused.with_label_values(&[config.runtime]));
         Worker {
             inner: Arc::new(Inner {
                 commits: Arc::new(Semaphore::new(config.concurrency.max(1))),
@@ -470,6 +716,8 @@ impl<H: TaskHandler> Worker<H> {
                 handler,
                 queue,
                 metrics,
+                outage,
+                stopping: CancellationToken::new(),
                 hard_cancel: CancellationToken::new(),
             }),
         }
@@ -507,6 +755,7 @@ impl<H: TaskHandler> Worker<H> {
             streams = ?streams,
             concurrency = cfg.concurrency,
             max_deliveries = cfg.max_deliveries,
+            infra_retry_window_secs = cfg.infra_retry_window.as_secs_f64(),
             claim_idle_secs = cfg.claim_idle.as_secs_f64(),
             "Worker started."
         );
@@ -524,23 +773,40 @@ impl<H: TaskHandler> Worker<H> {
         let mut sweep_again: Option<Instant> = None;
         let mut claim_cursors: HashMap<String, String> = HashMap::new();
         let mut error_delay = Duration::from_millis(100);
+        // Which stream is read first (rotates, so none always comes last).
+        let mut first_stream = 0usize;
 
         loop {
             while tasks.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
                 break;
             }
+            let paused = self.inner.outage.paused();
+            if paused && !tasks.is_empty() {
+                // A dependency fails: take nothing new. The entries held
+                // retry with backoff; one that succeeds ends the pause.
+                tokio::select! {
+                    _ = self.inner.outage.ended.notified() => {}
+                    _ = tasks.join_next() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
             let first = tokio::select! {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.cancelled() => break,
             };
             let mut permits = vec![first];
-            while let Ok(p) = slots.clone().try_acquire_owned() {
-                permits.push(p);
+            // Paused with nothing held: one entry probes whether the
+            // dependency is back (it retries with backoff if not).
+            if !paused {
+                while let Ok(p) = slots.clone().try_acquire_owned() {
+                    permits.push(p);
+                }
             }
 
             let mut entries = Vec::new();
-            if Instant::now() >= next_claim {
+            if !paused && Instant::now() >= next_claim {
                 next_claim = Instant::now() + claim_every;
                 match self.autoclaim(&mut claim_cursors, permits.len()).await {
                     Ok(claimed) => entries = claimed,
@@ -556,6 +822,7 @@ impl<H: TaskHandler> Worker<H> {
             }
             if entries.is_empty() {
                 let block = cfg.read_block.min(claim_every);
+                first_stream = (first_stream + 1) % streams.len().max(1);
                 // Not raced against shutdown: what XREADGROUP returns is
                 // already delivered to this consumer in Redis, and a dropped
                 // reply would leave those entries pending, un-run, until
@@ -567,6 +834,7 @@ impl<H: TaskHandler> Worker<H> {
                     &cfg.consumer,
                     permits.len(),
                     block,
+                    first_stream,
                 )
                 .await;
                 match read {
@@ -600,6 +868,7 @@ impl<H: TaskHandler> Worker<H> {
             }
         }
 
+        self.inner.stopping.cancel();
         let running = tasks.len();
         if running > 0 {
             tracing::info!(
@@ -671,14 +940,25 @@ impl<H: TaskHandler> Worker<H> {
                 .query_async(&mut conn)
                 .await?;
             cursors.insert((*stream).to_owned(), reply.next_stream_id.clone());
+            for id in reply.deleted_ids {
+                // Deleted from the stream (XTRIM, XDEL) while a consumer that
+                // stopped answering held it: XAUTOCLAIM has dropped it from
+                // the pending list. Its task is no longer in Redis.
+                self.inner.count_gone();
+                tracing::error!(stream = %stream, entry_id = %id, "A pending entry was deleted from its stream (XTRIM/XDEL) while its consumer was gone; its task is lost from the queue. Dispatch it again (a new run, or `adp replay`); never trim a task stream.");
+                if let Err(e) = self.inner.queue.forget(stream, &id).await {
+                    tracing::debug!(error = %e, "Could not delete the infra-error list of a gone entry.");
+                }
+            }
             for sid in reply.claimed {
                 let entry = Entry::from_stream_id(stream, sid);
-                let deliveries = self
-                    .inner
-                    .queue
-                    .delivery_count(stream, &entry.id)
-                    .await?
-                    .unwrap_or(cfg.max_deliveries + 1);
+                let Some(deliveries) = self.inner.queue.delivery_count(stream, &entry.id).await?
+                else {
+                    // Acked between XAUTOCLAIM and XPENDING: its holder
+                    // finished it after all. Nothing to do.
+                    tracing::info!(stream = %stream, entry_id = %entry.id, "A re-claimed entry was acknowledged by its previous holder meanwhile; leaving it.");
+                    continue;
+                };
                 self.inner
                     .metrics
                     .tasks_reclaimed_total
@@ -692,32 +972,85 @@ impl<H: TaskHandler> Worker<H> {
     }
 }
 
+/// Reads up to `count` new entries in all from `streams`. `XREADGROUP`'s
+/// COUNT is per stream (one call on two streams may return twice `count`),
+/// so the streams are read one at a time without blocking, starting at
+/// `streams[first]`. When none has anything, waits up to `block` for a new
+/// entry on any of them with a plain `XREAD` (which delivers nothing) and
+/// returns none: the caller comes back.
 async fn read_new(
     conn: &mut ConnectionManager,
     streams: &[&str],
     consumer: &str,
     count: usize,
     block: Duration,
+    first: usize,
 ) -> redis::RedisResult<Vec<Entry>> {
-    let opts = StreamReadOptions::default()
-        .group(names::GROUP, consumer)
-        .count(count)
-        .block(block.as_millis() as usize);
-    let ids: Vec<&str> = streams.iter().map(|_| ">").collect();
-    let reply: Option<StreamReadReply> = conn.xread_options(streams, &ids, &opts).await?;
-    Ok(reply
+    let found = read_each(conn, streams, consumer, count, first).await?;
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    // Note each stream's last id, look once more (an entry added before the
+    // note and after the first look would otherwise wait for the next one),
+    // then wait for any entry after the noted ids.
+    let mut pipe = redis::pipe();
+    for s in streams {
+        pipe.cmd("XREVRANGE")
+            .arg(*s)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+    }
+    let lasts: Vec<StreamRangeReply> = pipe.query_async(conn).await?;
+    let after: Vec<String> = lasts
+        .iter()
         .map(|r| {
-            r.keys
-                .into_iter()
-                .flat_map(|k| {
-                    let stream = k.key;
-                    k.ids
-                        .into_iter()
-                        .map(move |sid| Entry::from_stream_id(&stream, sid))
-                })
-                .collect()
+            r.ids
+                .first()
+                .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
         })
-        .unwrap_or_default())
+        .collect();
+    let found = read_each(conn, streams, consumer, count, first).await?;
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    let opts = StreamReadOptions::default()
+        .count(1)
+        .block(block.as_millis() as usize);
+    let _: Option<StreamReadReply> = conn.xread_options(streams, &after, &opts).await?;
+    Ok(Vec::new())
+}
+
+/// Non-blocking `XREADGROUP` of each stream in turn until `count` entries.
+async fn read_each(
+    conn: &mut ConnectionManager,
+    streams: &[&str],
+    consumer: &str,
+    count: usize,
+    first: usize,
+) -> redis::RedisResult<Vec<Entry>> {
+    let mut out = Vec::new();
+    for i in 0..streams.len() {
+        let left = count.saturating_sub(out.len());
+        if left == 0 {
+            break;
+        }
+        let stream = streams[(first + i) % streams.len()];
+        let opts = StreamReadOptions::default()
+            .group(names::GROUP, consumer)
+            .count(left);
+        let reply: Option<StreamReadReply> = conn.xread_options(&[stream], &[">"], &opts).await?;
+        for k in reply.map(|r| r.keys).unwrap_or_default() {
+            let key = k.key;
+            out.extend(
+                k.ids
+                    .into_iter()
+                    .map(|sid| Entry::from_stream_id(&key, sid)),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Sleeps; returns true if `token` fired first.
@@ -744,24 +1077,49 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// Attempts at writing the `system_error` trajectory of a dead letter before
+/// the dead letter goes without it (the entry in `tasks:dead` keeps the task).
+const FAILED_TRAJECTORY_WRITES: u32 = 3;
+
 impl<H: TaskHandler> Inner<H> {
-    fn spawn_heartbeat(&self, entry: &Entry) -> AbortOnDrop {
-        let queue = self.queue.clone();
-        let stream = entry.stream.clone();
-        let id = entry.id.clone();
-        let consumer = self.config.consumer.clone();
+    fn count_gone(&self) {
+        self.metrics
+            .entries_gone_total
+            .with_label_values(&[self.config.runtime])
+            .inc();
+    }
+
+    /// Notes (once) that the held entry was deleted from its stream.
+    fn held_entry_gone(&self, entry: &Entry, held: &Held) {
+        if !held.gone.swap(true, Ordering::SeqCst) {
+            self.count_gone();
+            tracing::warn!(stream = %entry.stream, entry_id = %entry.id, "The entry being run was deleted from its stream (XTRIM/XDEL); its result will still be written. Never trim a task stream.");
+        }
+    }
+
+    fn spawn_heartbeat(self: &Arc<Self>, entry: &Entry, held: Arc<Held>) -> AbortOnDrop {
+        let inner = self.clone();
+        let entry = entry.clone();
         let every = self.config.heartbeat_every();
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match queue.claim_own(&stream, &id, &consumer, false).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        tracing::warn!(stream = %stream, entry_id = %id, "Entry is no longer ours (re-claimed by another consumer).");
+                let claim = inner
+                    .queue
+                    .claim_own(&entry.stream, &entry.id, &inner.config.consumer, false)
+                    .await;
+                match claim {
+                    Ok(Claim::Ours(_)) => {}
+                    Ok(Claim::Gone) => {
+                        inner.held_entry_gone(&entry, &held);
+                        return;
+                    }
+                    Ok(Claim::Taken | Claim::Released) => {
+                        tracing::warn!(stream = %entry.stream, entry_id = %entry.id, "Entry is no longer ours (re-claimed by another consumer).");
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(stream = %stream, entry_id = %id, error = %e, "Heartbeat failed; will retry.")
+                        tracing::warn!(stream = %entry.stream, entry_id = %entry.id, error = %e, "Heartbeat failed; will retry.")
                     }
                 }
             }
@@ -778,7 +1136,8 @@ impl<H: TaskHandler> Inner<H> {
         // When the entry was last handed to this consumer (its Redis idle
         // time started a little earlier, at delivery).
         let received = Instant::now();
-        let _heartbeat = self.spawn_heartbeat(&entry);
+        let held = Arc::new(Held::default());
+        let _heartbeat = self.spawn_heartbeat(&entry, held.clone());
         let mut slot = match permit {
             Some(p) => Some(p),
             None => match slots.clone().acquire_owned().await {
@@ -794,7 +1153,7 @@ impl<H: TaskHandler> Inner<H> {
                 tracing::error!(stream = %entry.stream, entry_id = %entry.id, error = %e, "Entry holds no valid task; dead-lettering it.");
                 let reason = format!("undecodable task: {e}");
                 self.retry_redis("dead-letter", || {
-                    self.queue.dead_letter(&entry, deliveries, &reason)
+                    self.queue.dead_letter(&entry, deliveries, &reason, false)
                 })
                 .await;
                 self.metrics
@@ -812,15 +1171,32 @@ impl<H: TaskHandler> Inner<H> {
         active.inc();
         let mut active_guard = Some(GaugeGuard(active.clone()));
 
-        loop {
-            if deliveries > self.config.max_deliveries {
+        // Delivered more often than allowed: its holders crashed, hung or
+        // were stopped each time. Deliveries that were retries after an
+        // infrastructure failure (one recorded error each) do not count.
+        if deliveries > self.config.max_deliveries {
+            let recorded = match self
+                .queue
+                .infra_error_summary(&entry.stream, &entry.id)
+                .await
+            {
+                Ok((n, _)) => n,
+                Err(_) => 0,
+            };
+            let unexplained = deliveries.saturating_sub(recorded);
+            if unexplained > self.config.max_deliveries {
                 let reason = format!(
                     "delivered {deliveries} times without completing (the runtime holding it crashed, hung or was stopped each time)"
                 );
-                self.give_up(&entry, &task, deliveries, &reason, Vec::new())
+                self.give_up(&entry, &held, &task, deliveries, &reason, Vec::new())
                     .await;
                 return;
             }
+        }
+        // Unix time of this consumer's first infrastructure failure of it.
+        let mut first_failure: Option<f64> = None;
+
+        loop {
             let ctx = TaskContext {
                 attempt: deliveries,
                 max_deliveries: self.config.max_deliveries,
@@ -831,11 +1207,12 @@ impl<H: TaskHandler> Inner<H> {
             tracing::debug!(task_id = %task.task_id, attempt = deliveries, "Task started.");
             let started = Instant::now();
             let outcome = self.handler.handle(task.clone(), ctx).await;
-            match outcome {
+            let err = match outcome {
                 Ok(mut trajectory) => {
+                    self.outage.recovered();
                     trajectory.meta("attempt", deliveries);
                     trajectory.meta("worker", self.config.consumer.clone());
-                    if deliveries > 1 {
+                    if deliveries > 1 && !held.gone() {
                         if let Ok(errors) = self.queue.infra_errors(&entry.stream, &entry.id).await
                         {
                             if !errors.is_empty() {
@@ -854,35 +1231,46 @@ impl<H: TaskHandler> Inner<H> {
                     let committing = self.commits.clone().acquire_owned().await.ok();
                     drop(slot.take());
                     drop(active_guard.take());
-                    let finished = self.finish(&entry, &trajectory, received, started).await;
+                    let finished = self
+                        .finish(&entry, &held, &trajectory, received, started)
+                        .await;
                     drop(committing);
-                    if finished {
+                    let Finished::WriteFailed(message) = finished else {
                         return;
-                    }
+                    };
                     // Running it again needs a slot again.
-                    match slots.clone().acquire_owned().await {
+                    let p = tokio::select! {
+                        p = slots.clone().acquire_owned() => p,
+                        _ = self.stopping.cancelled() => {
+                            tracing::info!(task_id = %task.task_id, "Stopping: handing the entry back un-acked.");
+                            return;
+                        }
+                    };
+                    match p {
                         Ok(p) => slot = Some(p),
                         Err(_) => return,
                     }
                     active.inc();
                     active_guard = Some(GaugeGuard(active.clone()));
-                    // Could not write the trajectory: an infrastructure failure.
-                    let err = InfraError::new("disk", "could not write the trajectory file");
-                    if !self
-                        .after_infra_error(&entry, &task, &mut deliveries, err)
-                        .await
-                    {
-                        return;
-                    }
+                    InfraError::new(
+                        "disk",
+                        format!("could not write the trajectory file: {message}"),
+                    )
                 }
-                Err(err) => {
-                    if !self
-                        .after_infra_error(&entry, &task, &mut deliveries, err)
-                        .await
-                    {
-                        return;
-                    }
-                }
+                Err(err) => err,
+            };
+            if !self
+                .after_infra_error(
+                    &entry,
+                    &held,
+                    &task,
+                    &mut deliveries,
+                    &mut first_failure,
+                    err,
+                )
+                .await
+            {
+                return;
             }
         }
     }
@@ -892,8 +1280,10 @@ impl<H: TaskHandler> Inner<H> {
     async fn after_infra_error(
         &self,
         entry: &Entry,
+        held: &Held,
         task: &TaskSpec,
         deliveries: &mut u32,
+        first_failure: &mut Option<f64>,
         err: InfraError,
     ) -> bool {
         let runtime = self.config.runtime;
@@ -901,47 +1291,85 @@ impl<H: TaskHandler> Inner<H> {
             .infra_failures_total
             .with_label_values(&[runtime, err.component])
             .inc();
+        self.outage.failed(err.component, &err.message);
+        let now = unix_now();
+        let first_here = *first_failure.get_or_insert(now);
         let record = json!({
             "attempt": *deliveries,
             "component": err.component,
             "error": err.message,
             "worker": self.config.consumer,
-            "at": unix_now(),
+            "at": now,
         });
-        tracing::warn!(task_id = %task.task_id, attempt = *deliveries, component = err.component, error = %err.message, "Infrastructure failure; the task will be retried.");
-        self.retry_redis("record infra error", || {
-            self.queue
-                .record_infra_error(&entry.stream, &entry.id, &record)
-        })
-        .await;
-        if *deliveries >= self.config.max_deliveries {
-            let errors = self
+        // Bookkeeping only: a Redis that refuses it (down, or out of memory)
+        // must not hold the slot.
+        if !held.gone() {
+            if let Err(e) = self
                 .queue
-                .infra_errors(&entry.stream, &entry.id)
+                .record_infra_error(&entry.stream, &entry.id, &record)
                 .await
-                .unwrap_or_else(|_| vec![record.clone()]);
-            let reason = format!(
-                "{} attempts failed on infrastructure; last: {err}",
-                *deliveries
-            );
-            self.give_up(entry, task, *deliveries, &reason, errors)
-                .await;
-            return false;
+            {
+                log_redis_step_failed("record infra error", &e);
+            }
+        }
+        if *deliveries >= self.config.max_deliveries {
+            // The retry window counts from the first failure any consumer
+            // recorded for this entry.
+            let first_recorded = if held.gone() {
+                None
+            } else {
+                self.queue
+                    .infra_error_summary(&entry.stream, &entry.id)
+                    .await
+                    .ok()
+                    .and_then(|(_, at)| at)
+            };
+            let first = first_recorded.map_or(first_here, |at| at.min(first_here));
+            if now - first >= self.config.infra_retry_window.as_secs_f64() {
+                let errors = if held.gone() {
+                    vec![record.clone()]
+                } else {
+                    self.queue
+                        .infra_errors(&entry.stream, &entry.id)
+                        .await
+                        .unwrap_or_else(|_| vec![record.clone()])
+                };
+                let reason = format!(
+                    "{} attempts over {:.0} s failed on infrastructure; last: {err}",
+                    *deliveries,
+                    now - first
+                );
+                self.give_up(entry, held, task, *deliveries, &reason, errors)
+                    .await;
+                return false;
+            }
         }
         let backoff = self.config.backoff(*deliveries);
-        if sleep_or_cancel(backoff, &self.hard_cancel).await {
+        tracing::warn!(task_id = %task.task_id, attempt = *deliveries, component = err.component, error = %err.message, retry_in_ms = backoff.as_millis() as u64, "Infrastructure failure; the task will be retried.");
+        if sleep_or_cancel(backoff, &self.stopping).await {
+            tracing::info!(task_id = %task.task_id, "Stopping: handing the entry back un-acked (another consumer re-claims it).");
             return false;
+        }
+        if held.gone() {
+            // Nothing left in Redis to re-claim: retry here.
+            *deliveries += 1;
+            return true;
         }
         match self
             .queue
             .claim_own(&entry.stream, &entry.id, &self.config.consumer, true)
             .await
         {
-            Ok(Some(n)) => {
+            Ok(Claim::Ours(n)) => {
                 *deliveries = n;
                 true
             }
-            Ok(None) => {
+            Ok(Claim::Gone) => {
+                self.held_entry_gone(entry, held);
+                *deliveries += 1;
+                true
+            }
+            Ok(Claim::Taken | Claim::Released) => {
                 tracing::warn!(task_id = %task.task_id, "Entry was re-claimed by another consumer during backoff; leaving it to them.");
                 false
             }
@@ -952,37 +1380,63 @@ impl<H: TaskHandler> Inner<H> {
         }
     }
 
-    /// Writes the trajectory durably, then acks. False if the write failed.
+    /// Who holds the entry now, asked of Redis unless the answer is known:
+    /// an entry received less than `claim_idle/2` ago cannot have been
+    /// re-claimed (XAUTOCLAIM takes only entries idle past `claim_idle`).
+    /// If Redis cannot answer: ours (write anyway).
+    async fn holder(&self, entry: &Entry, held: &Held, received: Option<Instant>) -> Claim {
+        if held.gone() {
+            return Claim::Gone;
+        }
+        if received.is_some_and(|r| r.elapsed() < self.config.claim_idle / 2) {
+            return Claim::Ours(0);
+        }
+        self.queue
+            .claim_own(&entry.stream, &entry.id, &self.config.consumer, false)
+            .await
+            .unwrap_or(Claim::Ours(0))
+    }
+
+    /// Writes the trajectory durably, then acks (ack = delete).
     async fn finish(
         &self,
         entry: &Entry,
+        held: &Held,
         trajectory: &Trajectory,
         received: Instant,
         started: Instant,
-    ) -> bool {
+    ) -> Finished {
         let runtime = self.config.runtime;
         // A consumer that was presumed dead (paused or starved past
         // CLAIM_IDLE_SECS) and whose entry another consumer re-claimed (or
         // already finished) does not write: the newer delivery's trajectory
-        // is the one that stays. If Redis cannot answer, write anyway.
-        // An entry received less than claim_idle/2 ago cannot have been
-        // re-claimed (XAUTOCLAIM takes only entries idle past claim_idle),
-        // so the check, a Redis round trip per task, is skipped for it.
-        let surely_ours = received.elapsed() < self.config.claim_idle / 2;
-        if !surely_ours
-            && matches!(
-                self.queue
-                    .claim_own(&entry.stream, &entry.id, &self.config.consumer, false)
-                    .await,
-                Ok(None)
-            )
-        {
-            tracing::warn!(task_id = %trajectory.task_id, entry_id = %entry.id, "Entry was re-claimed by another consumer while this run went on; discarding this result (the newer delivery writes the trajectory).");
-            return true;
+        // is the one that stays.
+        match self.holder(entry, held, Some(received)).await {
+            Claim::Ours(_) => {}
+            Claim::Gone => self.held_entry_gone(entry, held),
+            Claim::Taken => {
+                tracing::warn!(task_id = %trajectory.task_id, entry_id = %entry.id, "Entry was re-claimed by another consumer while this run went on; discarding this result (the newer delivery writes the trajectory).");
+                return Finished::Done;
+            }
+            Claim::Released => {
+                // Finished by another consumer (its trajectory is on disk),
+                // or dropped from the pending list as deleted by one that
+                // found it idle: then this result is the only one.
+                let exists = self
+                    .writer
+                    .target(trajectory)
+                    .map(|p| p.exists())
+                    .unwrap_or(false);
+                if exists {
+                    tracing::warn!(task_id = %trajectory.task_id, entry_id = %entry.id, "Entry was finished by another consumer while this run went on; discarding this result.");
+                    return Finished::Done;
+                }
+                self.held_entry_gone(entry, held);
+            }
         }
         if let Err(e) = self.writer.write(trajectory).await {
             tracing::error!(task_id = %trajectory.task_id, error = %e, "Could not write the trajectory.");
-            return false;
+            return Finished::WriteFailed(e.to_string());
         }
         self.retry_redis("ack", || self.queue.ack(&entry.stream, &entry.id))
             .await;
@@ -1016,19 +1470,30 @@ impl<H: TaskHandler> Inner<H> {
             duration_s = started.elapsed().as_secs_f64(),
             "Task completed."
         );
-        true
+        Finished::Done
     }
 
-    /// Writes a `system_error` trajectory and dead-letters the entry.
+    /// Writes a `system_error` trajectory and dead-letters the entry — only
+    /// while the entry is still this consumer's, so a delivery that finished
+    /// meanwhile keeps its trajectory.
     async fn give_up(
         &self,
         entry: &Entry,
+        held: &Held,
         task: &TaskSpec,
         deliveries: u32,
         reason: &str,
         infra_errors: Vec<Value>,
     ) {
         let runtime = self.config.runtime;
+        match self.holder(entry, held, None).await {
+            Claim::Ours(_) => {}
+            Claim::Gone => self.held_entry_gone(entry, held),
+            Claim::Taken | Claim::Released => {
+                tracing::warn!(task_id = %task.task_id, entry_id = %entry.id, "Entry was finished or re-claimed by another consumer; not dead-lettering it.");
+                return;
+            }
+        }
         let mut t = Trajectory::new(task, runtime);
         t.error_type = Some(ErrorType::SystemError);
         t.error_message = Some(format!(
@@ -1038,19 +1503,27 @@ impl<H: TaskHandler> Inner<H> {
         t.meta("infra_errors", Value::Array(infra_errors));
         t.meta("dead_lettered", true);
         t.meta("worker", self.config.consumer.clone());
-        loop {
+        let mut written = false;
+        for attempt in 1..=FAILED_TRAJECTORY_WRITES {
             match self.writer.write(&t).await {
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::error!(task_id = %task.task_id, error = %e, "Cannot write the failed trajectory; retrying in 5 s.");
-                    if sleep_or_cancel(Duration::from_secs(5), &self.hard_cancel).await {
-                        return;
-                    }
+                Ok(_) => {
+                    written = true;
+                    break;
                 }
+                Err(e) => {
+                    tracing::warn!(task_id = %task.task_id, attempt, error = %e, "Cannot write the failed trajectory.");
+                }
+            }
+            if attempt < FAILED_TRAJECTORY_WRITES
+                && sleep_or_cancel(self.config.backoff(attempt), &self.stopping).await
+            {
+                tracing::info!(task_id = %task.task_id, "Stopping: handing the entry back un-acked.");
+                return;
             }
         }
         self.retry_redis("dead-letter", || {
-            self.queue.dead_letter(entry, deliveries, reason)
+            self.queue
+                .dead_letter(entry, deliveries, reason, held.gone())
         })
         .await;
         self.metrics
@@ -1065,7 +1538,11 @@ impl<H: TaskHandler> Inner<H> {
             .tasks_failed_total
             .with_label_values(&[runtime, ErrorType::SystemError.as_str()])
             .inc();
-        tracing::error!(task_id = %task.task_id, deliveries, reason = %reason, "Task dead-lettered to tasks:dead.");
+        if written {
+            tracing::error!(task_id = %task.task_id, deliveries, reason = %reason, "Task dead-lettered to tasks:dead.");
+        } else {
+            tracing::error!(task_id = %task.task_id, deliveries, reason = %reason, "Task dead-lettered to tasks:dead without a trajectory: the trajectory file cannot be written (the dead letter keeps the task).");
+        }
     }
 
     /// Retries a Redis step until it works or the hard cancel fires. A step
@@ -1079,15 +1556,22 @@ impl<H: TaskHandler> Inner<H> {
         loop {
             match f().await {
                 Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(step = what, error = %e, retry_in_ms = delay.as_millis() as u64, "Redis step failed; retrying.");
-                }
+                Err(e) => log_redis_step_failed(what, &e),
             }
             if sleep_or_cancel(delay, &self.hard_cancel).await {
                 return;
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// One log line for a failed Redis step; Redis out of memory says so.
+fn log_redis_step_failed(what: &str, e: &Error) {
+    if e.is_redis_oom() {
+        tracing::error!(step = what, error = %e, "Redis is out of memory (maxmemory reached; it refuses writes). Raise maxmemory or free memory (prune finished runs, drop dead letters).");
+    } else {
+        tracing::warn!(step = what, error = %e, "Redis step failed.");
     }
 }
 

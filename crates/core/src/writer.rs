@@ -27,8 +27,21 @@ use crate::error::{Error, Result};
 use crate::types::Trajectory;
 use crate::validate::is_safe_task_id;
 
-/// Prefix of temp files; they never end in `.json`.
-const TEMP_PREFIX: &str = ".tmp-";
+/// Prefix of temp files. `~` is not allowed in a task id, so no trajectory
+/// file (`<task_id>.json`) can ever start with it — a task id may well start
+/// with `.tmp-`.
+pub const TEMP_PREFIX: &str = ".tmp~";
+
+/// Prefix of the temp files of earlier versions (`.tmp-` + 6 random
+/// characters, never ending in `.json`).
+const OLD_TEMP_PREFIX: &str = ".tmp-";
+
+/// Whether a file name in a trajectory directory is a writer's temp file
+/// (a write in progress, or left by a process killed mid-write) rather than
+/// a trajectory.
+pub fn is_temp_file_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) || (name.starts_with(OLD_TEMP_PREFIX) && !name.ends_with(".json"))
+}
 
 /// Most writes committed as one group.
 const MAX_GROUP: usize = 64;
@@ -80,9 +93,14 @@ impl TrajectoryWriter {
         Ok(self.dir.join(format!("{task_id}.json")))
     }
 
+    /// The file `trajectory` is written to.
+    pub fn target(&self, trajectory: &Trajectory) -> Result<PathBuf> {
+        self.path_for(&trajectory.task_id)
+    }
+
     /// Writes `trajectory` atomically and durably; returns the final path.
     pub async fn write(&self, trajectory: &Trajectory) -> Result<PathBuf> {
-        let path = self.path_for(&trajectory.task_id)?;
+        let path = self.target(trajectory)?;
         let mut body = serde_json::to_vec_pretty(trajectory)?;
         body.push(b'\n');
         let (done, result) = oneshot::channel();
@@ -124,9 +142,10 @@ impl TrajectoryWriter {
         Ok(())
     }
 
-    /// Removes temp files older than `age` left by a process killed mid-write.
+    /// Removes temp files older than `age` left by a process killed
+    /// mid-write (never a trajectory, whatever its task id).
     pub fn remove_stale_temp_files(&self, age: Duration) -> usize {
-        remove_old_files(&self.dir, TEMP_PREFIX, age)
+        remove_old_files_matching(&self.dir, is_temp_file_name, age)
     }
 }
 
@@ -136,13 +155,18 @@ impl TrajectoryWriter {
 /// such a file. A missing directory or a file that cannot be removed is
 /// skipped.
 pub fn remove_old_files(dir: &Path, prefix: &str, age: Duration) -> usize {
+    remove_old_files_matching(dir, |name| name.starts_with(prefix), age)
+}
+
+/// [`remove_old_files`] for the names `matches` accepts.
+fn remove_old_files_matching(dir: &Path, matches: impl Fn(&str) -> bool, age: Duration) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
     let now = SystemTime::now();
     let mut removed = 0;
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+        if !matches(&entry.file_name().to_string_lossy()) {
             continue;
         }
         let old = entry
@@ -274,6 +298,19 @@ mod tests {
             remove_old_files(&dir.path().join("missing"), "x-", Duration::ZERO),
             0
         );
+    }
+
+    #[test]
+    fn temp_names_never_match_a_trajectory() {
+        assert!(is_temp_file_name(".tmp~a1B2c3"));
+        assert!(is_temp_file_name(".tmp-a1B2c3"), "an earlier version's");
+        for task_id in [".tmp-a1B2c3", ".tmp-x", ".tmp~"] {
+            let name = format!("{task_id}.json");
+            if crate::validate::is_safe_task_id(task_id) {
+                assert!(!is_temp_file_name(&name), "{name} is a trajectory");
+            }
+        }
+        assert!(!crate::validate::is_safe_task_id(".tmp~x"));
     }
 
     #[test]

@@ -212,8 +212,9 @@ async fn group_commit_writes_every_file_and_fails_only_the_bad_one() {
     let temps = std::fs::read_dir(w.dir())
         .expect("dir")
         .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            e.as_ref().is_ok_and(|e| {
+                adp_core::writer::is_temp_file_name(&e.file_name().to_string_lossy())
+            })
         })
         .count();
     assert_eq!(temps, 0, "no temp files left");

@@ -17,6 +17,9 @@ use crate::watch::{WriteWatch, Writes};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StreamState {
     pub length: u64,
+    /// Entries ever added (`entries-added`): acknowledged entries are
+    /// deleted, so this is what tells an entry enqueued twice.
+    pub added: u64,
     /// Delivered, not acknowledged.
     pub pending: u64,
     /// Not yet delivered.
@@ -26,6 +29,15 @@ pub struct StreamState {
 /// `XLEN` + `XINFO GROUPS` of `stream` (zeros when it does not exist).
 pub fn stream_state(conn: &mut redis::Connection, stream: &str) -> StreamState {
     let length: u64 = redis::cmd("XLEN").arg(stream).query(conn).unwrap_or(0);
+    let info: HashMap<String, redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query(conn)
+        .unwrap_or_default();
+    let added = info
+        .get("entries-added")
+        .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+        .unwrap_or(0);
     let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -39,6 +51,7 @@ pub fn stream_state(conn: &mut redis::Connection, stream: &str) -> StreamState {
     }) else {
         return StreamState {
             length,
+            added,
             ..StreamState::default()
         };
     };
@@ -50,6 +63,7 @@ pub fn stream_state(conn: &mut redis::Connection, stream: &str) -> StreamState {
     };
     StreamState {
         length,
+        added,
         pending: int("pending"),
         lag: int("lag"),
     }
@@ -132,7 +146,7 @@ pub struct Ledger {
     pub files: usize,
     pub missing: Vec<String>,
     pub unexpected: Vec<String>,
-    /// `.tmp-*` files left in `trajectories/`.
+    /// Writer temp files left in `trajectories/`.
     pub temp_files: Vec<String>,
     /// Files that are not a well-formed trajectory of the task they are named after.
     pub malformed: Vec<String>,
@@ -143,7 +157,9 @@ pub struct Ledger {
     /// Entries in `tasks:dead`.
     pub dead: u64,
     pub code_stream: StreamState,
-    /// Task ids with more than one entry in `tasks:code`.
+    /// Task ids with more than one entry in `tasks:code` (of the entries
+    /// still there: acknowledged ones are deleted; `code_stream.added`
+    /// counts every entry ever added).
     pub enqueued_twice: Vec<String>,
     /// Records in `rejected.jsonl`, and line numbers recorded more than once.
     pub rejected: usize,
@@ -167,7 +183,7 @@ impl Ledger {
         if let Ok(dir) = std::fs::read_dir(cluster.trajectories_dir()) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(".tmp-") {
+                if adp_core::writer::is_temp_file_name(&name) {
                     l.temp_files.push(name);
                     continue;
                 }
@@ -227,8 +243,9 @@ impl Ledger {
     }
 
     /// Every expected task has exactly one well-formed file, nothing else is
-    /// there, nothing is left in Redis (pending, undelivered, dead), nothing
-    /// was enqueued twice. Panics with the ledger otherwise.
+    /// there, nothing is left in Redis (pending, undelivered, dead, or an
+    /// acknowledged entry not deleted), nothing was enqueued twice (one
+    /// entry ever added per task). Panics with the ledger otherwise.
     pub fn assert_complete(&self) {
         let ok = self.missing.is_empty()
             && self.unexpected.is_empty()
@@ -238,6 +255,8 @@ impl Ledger {
             && self.dead == 0
             && self.code_stream.pending == 0
             && self.code_stream.lag == 0
+            && self.code_stream.length == 0
+            && self.code_stream.added as usize == self.tasks_in
             && self.enqueued_twice.is_empty();
         assert!(ok, "ledger not clean:\n{:#}", self.to_json());
     }
@@ -257,7 +276,7 @@ impl Ledger {
             "failed_first": first(&self.failed),
             "attempt_histogram": self.attempts.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "dead_letters": self.dead,
-            "tasks_code": {"length": self.code_stream.length, "pending": self.code_stream.pending, "undelivered": self.code_stream.lag},
+            "tasks_code": {"length": self.code_stream.length, "added": self.code_stream.added, "pending": self.code_stream.pending, "undelivered": self.code_stream.lag},
             "enqueued_twice": self.enqueued_twice.len(),
             "rejection_records": self.rejected,
             "rejected_lines_recorded_twice": self.rejected_twice.len(),

@@ -17,7 +17,7 @@ use inotify::{EventMask, Inotify, WatchMask};
 pub struct Writes {
     /// `IN_MOVED_TO` events per task id (file name less `.json`).
     pub per_task: BTreeMap<String, u32>,
-    /// Temp files created (`.tmp-*`).
+    /// Writer temp files created.
     pub temp_created: u64,
     /// The kernel's event queue overflowed: counts are a lower bound.
     pub overflowed: bool,
@@ -76,7 +76,7 @@ impl WriteWatch {
                                     *w.per_task.entry(id.to_owned()).or_default() += 1;
                                 }
                             } else if e.mask.contains(EventMask::CREATE)
-                                && name.starts_with(".tmp-")
+                                && adp_core::writer::is_temp_file_name(name)
                             {
                                 w.temp_created += 1;
                             }

@@ -187,6 +187,8 @@ async fn missing_nsjail_is_retried_then_a_system_error() {
         "/nonexistent/nsjail",
         "--max-deliveries",
         "2",
+        "--infra-retry-window-secs",
+        "0",
         "--retry-backoff-ms",
         "50",
     ])

@@ -216,6 +216,8 @@ async fn unreachable_endpoint_ends_in_system_error_after_max_deliveries() {
             "1",
             "--max-deliveries",
             "3",
+            "--infra-retry-window-secs",
+            "0",
             "--retry-backoff-ms",
             "20",
         ],
