@@ -61,11 +61,22 @@ pub fn stream_state(conn: &mut redis::Connection, stream: &str) -> StreamState {
             .unwrap_or(0)
             .max(0) as u64
     };
+    let field = |k: &str| {
+        g.get(k)
+            .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+    };
+    // Redis reports no lag once an entry at or after the last delivered one
+    // was deleted (acked entries are deleted); its read counter stays exact.
+    let lag = match (field("lag"), field("entries-read")) {
+        (Some(l), _) => l.max(0) as u64,
+        (None, Some(read)) => added.saturating_sub(read.max(0) as u64).min(length),
+        (None, None) => length.saturating_sub(int("pending")),
+    };
     StreamState {
         length,
         added,
         pending: int("pending"),
-        lag: int("lag"),
+        lag,
     }
 }
 
