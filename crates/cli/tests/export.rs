@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::path::Path;
 
-use adp_cli::export::tools::{browser_tool_name, BROWSER_ACTIONS};
+use adp_core::tools::{code_tools, web_tools, WEB_TOOL_NAMES};
 use adp_core::ErrorType;
 use common::*;
 use serde_json::{json, Value};
@@ -283,28 +283,36 @@ fn synthetic_messages_are_rendered_from_the_steps() {
     assert_eq!(c2["source"], "synthetic");
     assert_eq!(c2["policy"], "heuristic");
     assert!(c2["model"].is_null() && c2["reward"].is_null() && c2["error_type"].is_null());
-    assert_eq!(tool_names(&c2["tools"]), set(&["python_executor"]));
+    // Exactly the tools (names and schemas) the openai policies offer a model.
+    assert_eq!(c2["tools"], Value::Array(code_tools()));
+    assert_eq!(tool_names(&c2["tools"]), set(&["python", "final_answer"]));
     let m = c2["messages"].as_array().expect("messages");
     assert_eq!(m.len(), 9);
+    assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "python");
     assert_eq!(
         m[2]["tool_calls"][0]["function"]["arguments"]["code"],
         "print(0)"
     );
     assert_eq!(m[3]["content"], "0\n");
-    assert_eq!(m[8]["content"], "2\n", "final answer = final_result");
+    assert_eq!(m[8]["tool_calls"][0]["function"]["name"], "final_answer");
+    assert_eq!(
+        m[8]["tool_calls"][0]["function"]["arguments"],
+        json!({"answer": "2\n"}),
+        "final answer = final_result"
+    );
 
     let web = row(&lines, "w_ok");
+    assert_eq!(web["tools"], Value::Array(web_tools()));
     let names = tool_names(&web["tools"]);
-    for action in BROWSER_ACTIONS {
-        let tool = browser_tool_name(action);
-        assert!(names.contains(&tool), "{tool}");
+    for action in WEB_TOOL_NAMES {
+        assert!(names.contains(action), "{action}");
     }
     let m = web["messages"].as_array().expect("messages");
     assert!(m[1]["content"]
         .as_str()
         .expect("user")
         .contains("Start page: http://127.0.0.1:9/start"));
-    assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "browser_goto");
+    assert_eq!(m[2]["tool_calls"][0]["function"]["name"], "goto");
     assert_eq!(
         m[2]["tool_calls"][0]["function"]["arguments"],
         json!({"url": "http://127.0.0.1:9/start"}),
@@ -315,9 +323,9 @@ fn synthetic_messages_are_rendered_from_the_steps() {
         json!({"element": 0})
     );
     assert_eq!(m[5]["content"], "Title: Next\nThe answer is 42");
-    // The task ends with browser_finish: the answer is not repeated after it.
+    // The task ends with finish: the answer is not repeated after it.
     assert_eq!(m.len(), 7);
-    assert_eq!(m[6]["tool_calls"][0]["function"]["name"], "browser_finish");
+    assert_eq!(m[6]["tool_calls"][0]["function"]["name"], "finish");
     assert_eq!(
         m[6]["tool_calls"][0]["function"]["arguments"],
         json!({"answer": "42"})
@@ -490,7 +498,7 @@ fn sharegpt_format() {
         serde_json::from_str(w["conversations"][6]["value"].as_str().expect("s")).expect("call");
     assert_eq!(
         last,
-        json!({"name": "browser_finish", "arguments": {"answer": "42"}})
+        json!({"name": "finish", "arguments": {"answer": "42"}})
     );
     let c = row(&lines, "llm_c");
     assert_eq!(c["source"], "llm");

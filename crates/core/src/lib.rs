@@ -17,6 +17,8 @@
 //! * [`llm`]: the OpenAI-compatible chat client the `openai` policies use.
 //! * [`llm_record`]: `metadata.llm_calls`, every model call as sent and as
 //!   answered, and the rebuilding of each request byte for byte.
+//! * [`tools`]: the tools a model is offered (names, JSON Schemas) and the
+//!   tool-call bookkeeping of a native conversation; what `adp export` renders with.
 //! * [`config`]: shared settings, tracing, shutdown signal, Redis connections.
 //! * [`error`]: `Error`, and [`error::InfraError`] — the failure that is not the agent's.
 
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod names;
 pub mod queue;
 pub mod reward;
+pub mod tools;
 pub mod types;
 pub mod validate;
 pub mod writer;

@@ -188,7 +188,11 @@ impl CodeAgent {
                 false,
             ),
             None => (
-                Policy::Heuristic(heuristic::Heuristic::new(&task.description)),
+                Policy::Heuristic(heuristic::Heuristic::new(
+                    &task.description,
+                    self.mode == SessionMode::Stateful,
+                    task.max_steps,
+                )),
                 false,
             ),
         }

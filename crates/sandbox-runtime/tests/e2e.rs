@@ -14,6 +14,7 @@ use common::{assert_message_contains, code_task, task, Harness};
 use sandbox_runtime::agent::CodeAgent;
 use sandbox_runtime::config::SessionMode;
 use sandbox_runtime::executor::{Sandbox, SandboxConfig};
+use sandbox_runtime::policy::heuristic::plan_for;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,9 +98,21 @@ async fn demo_tasks_through_redis() {
         assert_eq!(t.final_result, result, "{id}");
         assert_eq!(t.error_type, None);
         assert_eq!(t.error_message, None);
-        assert_eq!(t.steps.len(), 1, "{id}");
-        let s = &t.steps[0];
-        assert_eq!(s.step_id, 0);
+        // In a stateful session (the default) a heuristic plan defines in
+        // step 0 and prints the result from that state in step 1.
+        let description = &tasks
+            .iter()
+            .find(|t| t.task_id == id)
+            .expect("task")
+            .description;
+        let steps = match policy {
+            "heuristic" => plan_for(description).expect("plan").cells(true).len(),
+            _ => 1,
+        };
+        assert!(policy != "heuristic" || id != "fib_7" || steps == 2);
+        assert_eq!(t.steps.len(), steps, "{id}: {:?}", t.steps);
+        let s = t.steps.last().expect("step");
+        assert_eq!(s.step_id as usize, steps - 1);
         assert_eq!(s.action_type, ActionType::CodeExecution);
         assert!(s.action_params["code"]
             .as_str()
@@ -270,6 +283,32 @@ async fn heuristic_intents_compute_the_right_answers() {
         assert_eq!(traj.metadata["policy"], "heuristic");
         assert!(traj.metadata["intent"].is_string());
     }
+    // Oneshot: nothing carries over, so each plan is one step; stateful: a
+    // plan may define in step 0 and use that state in step 1.
+    let oneshot = CodeAgent::new(
+        Sandbox::new(SandboxConfig::default()),
+        None,
+        TemplateCache::new(None, Duration::from_secs(60), Metrics::new(), "code"),
+        2,
+        SessionMode::Oneshot,
+    );
+    let t = task(
+        "fib_modes",
+        TaskType::Code,
+        "Compute fibonacci(7)",
+        json!({}),
+    );
+    let one = oneshot.run_task(&t).await.expect("oneshot");
+    let two = agent.run_task(&t).await.expect("stateful");
+    assert!(one.success && two.success, "{one:?} {two:?}");
+    assert_eq!((one.steps.len(), two.steps.len()), (1, 2));
+    assert_eq!(one.final_result, "13\n");
+    assert_eq!(two.final_result, "13\n");
+    assert!(two.steps[0].action_params["code"]
+        .as_str()
+        .is_some_and(|c| c.contains("def fibonacci") && !c.contains("print(")));
+    assert_eq!(two.steps[1].action_params["code"], "print(fibonacci(7))\n");
+    assert_eq!(two.metadata["session"]["sessions"], 1, "one interpreter");
 }
 
 #[tokio::test(flavor = "multi_thread")]

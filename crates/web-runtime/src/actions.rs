@@ -51,7 +51,7 @@ pub enum Action {
 }
 
 /// Longest `wait` an action may ask for.
-pub const MAX_WAIT_MS: u64 = 30_000;
+pub use adp_core::tools::MAX_WAIT_MS;
 
 /// The grammar, as told to a model.
 pub const GRAMMAR: &str = r#"{"type": "goto", "url": "https://..."}

@@ -24,7 +24,6 @@ pub mod chat;
 pub mod recorded;
 pub mod rl;
 pub mod synthetic;
-pub mod tools;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Write};

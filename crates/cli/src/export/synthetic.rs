@@ -9,25 +9,35 @@
 //!    with only the arguments the tool's schema declares: runtime-only
 //!    fields such as `auto` or a screenshot path never appear) and a `tool`
 //!    turn with the step's observation;
-//! 4. a final `assistant` turn with `final_result` when there is one. A web
-//!    task that ends with `browser_finish` ends with that call: the answer
-//!    is its argument, not repeated after it.
+//! 4. the end: a code task with a `final_result` ends with a `final_answer`
+//!    call holding it (a plain `assistant` message when the result is not an
+//!    answer: the run failed, or it is the reason the policy gave up); a web task that ends with `finish` ends with that
+//!    call (the answer is its argument, not repeated after it); a web task
+//!    with a result but no `finish` step ends with an `assistant` message
+//!    holding it.
+//!
+//! The tools and their schemas are exactly the ones the `openai` policies
+//! offer a model in native tool mode ([`adp_core::tools`]): `python` and
+//! `final_answer` for code and reasoning tasks, `goto`, `click`, ...
+//! `finish` for web tasks.
 
+use adp_core::tools::{self, ANSWER_TOOL, PYTHON_TOOL, WEB_FINISH_TOOL};
 use adp_core::TaskType;
 use serde_json::{json, Map, Value};
 
 use super::chat::{Dialog, Source};
-use super::tools;
 use crate::view::{StepView, TrajView};
 
-const CODE_SYSTEM: &str = "You are an agent that solves tasks by running Python code. \
-Call the python_executor tool to run code; its output comes back to you. \
-When you have the result, reply with the final answer.";
+const CODE_SYSTEM: &str = "You are a careful coding agent. You solve the user's task by \
+running Python code with the `python` tool, one call at a time. The tool result is the \
+code's stdout and stderr. When you know the answer, call `final_answer` with it; that ends \
+the task.";
 
-const WEB_SYSTEM: &str = "You are a web agent controlling a browser. Each browser_* tool \
-performs one action and returns an observation: the page title, URL, visible text and a \
-numbered list of interactive elements (use a number as `element`). \
-When you are done, call browser_finish with the answer.";
+const WEB_SYSTEM: &str = "You control a web browser to complete a task. Each tool is one \
+browser action; call exactly one tool per reply. After each action you get the page: its \
+title, URL, visible text, and a numbered list of interactive elements. Refer to an element \
+by its number (\"element\") or by a CSS selector (\"selector\"). When the task is done, \
+call \"finish\" with the answer (taken from the page).";
 
 /// Fields the runtimes add to `action_params` that are not arguments of
 /// any tool (the start-page navigation's marker, a saved screenshot's path).
@@ -51,9 +61,9 @@ pub fn build(t: &TrajView) -> Option<Dialog> {
         None => t.steps.iter().any(|s| s.action_type == "browser_action"),
     };
     let mut tool_defs = if web {
-        tools::browser_tools()
+        tools::web_tools()
     } else {
-        vec![tools::python_executor()]
+        tools::code_tools()
     };
     let mut user = task.description.clone();
     if web {
@@ -96,24 +106,30 @@ pub fn build(t: &TrajView) -> Option<Dialog> {
         }));
     }
     if !finished && !t.final_result.is_empty() {
-        messages.push(json!({"role": "assistant", "content": t.final_result}));
+        // The result is an answer the agent gave unless the run failed or
+        // the result is the reason it gave up.
+        let answered =
+            t.error_type.is_none() && t.error_message.as_deref() != Some(t.final_result.as_str());
+        if web || !answered {
+            messages.push(json!({"role": "assistant", "content": t.final_result}));
+        } else {
+            let args = json!({"answer": t.final_result}).to_string();
+            messages.push(json!({
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{
+                    "id": format!("call_{}", t.steps.len()),
+                    "type": "function",
+                    "function": {"name": ANSWER_TOOL, "arguments": args}
+                }]
+            }));
+        }
     }
     Some(Dialog {
         source: Source::Synthetic,
         messages,
         tools: tool_defs,
     })
-}
-
-/// Keeps the arguments `schema` (a tool definition) declares.
-fn declared(schema: &Value, mut args: Map<String, Value>) -> Map<String, Value> {
-    match schema["function"]["parameters"]["properties"].as_object() {
-        Some(props) => {
-            args.retain(|k, _| props.contains_key(k));
-            args
-        }
-        None => args,
-    }
 }
 
 fn turn(s: &StepView) -> Turn {
@@ -123,20 +139,20 @@ fn turn(s: &StepView) -> Turn {
         "code_execution" => {
             let code = p.get("code").cloned().unwrap_or_else(|| json!(""));
             (
-                tools::PYTHON_EXECUTOR.to_owned(),
+                PYTHON_TOOL.to_owned(),
                 Map::from_iter([("code".to_owned(), code)]),
             )
         }
         "browser_action" => {
             let action = p.get("type").and_then(Value::as_str).unwrap_or("action");
-            finish = action == "finish";
+            finish = action == WEB_FINISH_TOOL;
             let mut args = p.clone();
             args.remove("type");
-            let args = match tools::browser_tool(action) {
-                Some(schema) => declared(&schema, args),
+            let args = match tools::web_tool(action) {
+                Some(schema) => tools::declared_arguments(&schema, args),
                 None => args,
             };
-            (tools::browser_tool_name(action), args)
+            (action.to_owned(), args)
         }
         "tool_call" => {
             let name = p

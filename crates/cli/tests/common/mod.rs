@@ -425,7 +425,7 @@ pub fn llm_code_traj(id: &str) -> Value {
 
 /// A web trajectory the `openai` policy produced in native tool mode: the
 /// runtime's start-page navigation (with a screenshot path), a click, then
-/// `browser_finish`; no reward recorded.
+/// `finish`; no reward recorded.
 pub fn llm_web_traj(id: &str) -> Value {
     let mut tr = web_traj(id, true);
     tr.steps[0].action_params =

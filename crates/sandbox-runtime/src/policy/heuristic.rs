@@ -8,10 +8,17 @@
 //! real Python that computes the answer in the sandbox; nothing is
 //! precomputed here. A description it does not understand gets no plan: the
 //! task ends with `success: false` and says so.
+//!
+//! In a stateful session (`SANDBOX_SESSION=stateful`) a plan whose program
+//! ends with a `print(...)` line runs as two steps, the way a notebook agent
+//! works: step 0 defines the functions and data, step 1 prints the result
+//! from what step 0 left in the interpreter. In oneshot mode nothing carries
+//! over between steps, so the whole program is one step.
 
 use serde_json::Value;
 
 use super::{Decision, Plan};
+use crate::executor::Execution;
 
 /// `metadata.policy` of this policy.
 pub const NAME: &str = "heuristic";
@@ -19,7 +26,9 @@ pub const NAME: &str = "heuristic";
 /// What the policy does for one task.
 pub struct Heuristic {
     plan: Option<Intent>,
-    started: bool,
+    /// The steps of the plan, in order.
+    cells: Vec<String>,
+    next_cell: usize,
 }
 
 /// A recognised intent and the code that answers it.
@@ -31,10 +40,19 @@ pub struct Intent {
 }
 
 impl Heuristic {
-    pub fn new(description: &str) -> Self {
+    /// The policy for `description`; `stateful`: the steps share one
+    /// interpreter, so the plan may be split into steps that build on each
+    /// other (when the task allows more than one step, `max_steps`).
+    pub fn new(description: &str, stateful: bool, max_steps: u32) -> Self {
+        let plan = plan_for(description);
+        let cells = plan
+            .as_ref()
+            .map(|i| i.cells(stateful && max_steps >= 2))
+            .unwrap_or_default();
         Heuristic {
-            plan: plan_for(description),
-            started: false,
+            plan,
+            cells,
+            next_cell: 0,
         }
     }
 
@@ -43,23 +61,60 @@ impl Heuristic {
         self.plan.as_ref()
     }
 
-    pub(crate) fn next(&mut self) -> Decision {
-        if self.started {
+    /// The next step; after a failed step the task ends (the later cells
+    /// rely on what the failed one should have defined).
+    pub(crate) fn next(&mut self, last: Option<&Execution>) -> Decision {
+        if self.plan.is_none() {
+            return Decision::GiveUp(NO_PLAN.to_owned());
+        }
+        if last.is_some_and(|e| !e.success()) {
             return Decision::Finish(None);
         }
-        self.started = true;
-        match &self.plan {
-            Some(intent) => Decision::Run(intent.code.clone()),
-            None => Decision::GiveUp(NO_PLAN.to_owned()),
+        match self.cells.get(self.next_cell) {
+            Some(cell) => {
+                self.next_cell += 1;
+                Decision::Run(cell.clone())
+            }
+            None => Decision::Finish(None),
         }
     }
 
+    /// The plan to cache: the whole program as one cell, so that a replay is
+    /// right in either session mode.
     pub(crate) fn plan(&self) -> Option<Plan> {
         self.plan.as_ref().map(|i| Plan {
             policy: NAME.to_owned(),
             code: vec![i.code.clone()],
             replies: Vec::new(),
         })
+    }
+}
+
+impl Intent {
+    /// The steps of this plan. Stateful: the program split before its final
+    /// top-level `print(...)` line when there is something before it (step
+    /// 0 defines, step 1 uses what step 0 defined); oneshot, or a program
+    /// that does not end that way: the whole program as one step.
+    pub fn cells(&self, stateful: bool) -> Vec<String> {
+        let whole = vec![self.code.clone()];
+        if !stateful {
+            return whole;
+        }
+        let body = self.code.trim_end_matches('\n');
+        let at = body.rfind('\n').map_or(0, |i| i + 1);
+        let (setup, last) = body.split_at(at);
+        let balanced =
+            |open: char, close: char| last.matches(open).count() == last.matches(close).count();
+        if setup.trim().is_empty()
+            || !last.starts_with("print(")
+            || !last.ends_with(')')
+            || !balanced('(', ')')
+            || !balanced('[', ']')
+            || setup.trim_end().ends_with(['\\', ',', '(', '[', '{', ':'])
+        {
+            return whole;
+        }
+        vec![format!("{}\n", setup.trim_end()), format!("{last}\n")]
     }
 }
 
@@ -1195,8 +1250,109 @@ mod tests {
         ] {
             assert_eq!(plan_for(d), None, "{d}");
         }
-        let mut h = Heuristic::new("Write a haiku about autumn");
-        assert_eq!(h.next(), Decision::GiveUp(NO_PLAN.to_owned()));
-        assert!(h.plan().is_none());
+        for stateful in [true, false] {
+            let mut h = Heuristic::new("Write a haiku about autumn", stateful, 5);
+            assert_eq!(h.next(None), Decision::GiveUp(NO_PLAN.to_owned()));
+            assert!(h.plan().is_none());
+        }
+    }
+
+    const SAMPLES: [&str; 24] = [
+        "Compute fibonacci(7)",
+        "List the first 10 Fibonacci numbers",
+        "fibonacci numbers below 100",
+        "What is 12!?",
+        "the first 10 primes",
+        "sum of primes below 50",
+        "prime factors of 360",
+        "What is the 10th prime?",
+        "Is 97 a prime number?",
+        "gcd of 48 and 18",
+        "Is 2024 a leap year?",
+        "Reverse the string 'hello world'",
+        "count the vowels in 'programming'",
+        "Sort the numbers [5, 3, 9, 1] in ascending order",
+        "average of 3, 4, 5",
+        "sum of squares from 1 to 10",
+        "convert 255 to binary",
+        "convert 100 celsius to fahrenheit",
+        "Is 7 even or odd?",
+        "打印九九乘法表",
+        "print the numbers from 1 to 10",
+        "print hello world",
+        "Compute 12 * (3 + 4)",
+        "计算斐波那契数列第二十项",
+    ];
+
+    #[test]
+    fn stateful_plans_define_first_and_use_the_state_next() {
+        let h = Heuristic::new("Compute fibonacci(7)", true, 5);
+        assert_eq!(h.cells.len(), 2);
+        assert!(h.cells[0].contains("def fibonacci"));
+        assert!(!h.cells[0].contains("print(fibonacci"));
+        assert_eq!(h.cells[1], "print(fibonacci(7))\n");
+        let h = Heuristic::new("Compute fibonacci(7)", false, 5);
+        assert_eq!(h.cells.len(), 1, "oneshot: nothing carries over");
+        assert_eq!(h.plan().expect("plan").code, h.cells, "cached whole");
+        let h = Heuristic::new("Compute fibonacci(7)", true, 1);
+        assert_eq!(h.cells.len(), 1, "one step allowed");
+        // One line: nothing to split.
+        assert_eq!(Heuristic::new("print hello world", true, 5).cells.len(), 1);
+    }
+
+    #[test]
+    fn stateful_cells_run_in_one_namespace_print_what_the_whole_program_prints() {
+        // Each plan's cells, executed one after another in one namespace (as
+        // the session driver does), print exactly what the whole program
+        // prints in one process.
+        let mut cases = Vec::new();
+        let mut split = 0;
+        for d in SAMPLES {
+            let i = plan_for(d).unwrap_or_else(|| panic!("no plan for {d}"));
+            let cells = i.cells(true);
+            split += usize::from(cells.len() > 1);
+            let lines = |s: &str| -> Vec<String> {
+                s.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            assert_eq!(lines(&cells.concat()), lines(&i.code), "{d}");
+            cases.push(serde_json::json!({"whole": i.code, "cells": cells}));
+        }
+        assert!(split >= SAMPLES.len() / 2, "only {split} plans split");
+        let check = r#"
+import contextlib, io, json, sys
+for case in json.load(sys.stdin):
+    whole = io.StringIO()
+    with contextlib.redirect_stdout(whole):
+        exec(compile(case["whole"], "<whole>", "exec"), {})
+    stepped, ns = io.StringIO(), {}
+    with contextlib.redirect_stdout(stepped):
+        for cell in case["cells"]:
+            exec(compile(cell, "<cell>", "exec"), ns)
+    assert whole.getvalue() == stepped.getvalue(), (case, whole.getvalue(), stepped.getvalue())
+print("ok")
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-I", "-c", check])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(serde_json::Value::Array(cases).to_string().as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("python3 ran");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

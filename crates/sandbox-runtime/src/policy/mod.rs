@@ -72,7 +72,7 @@ impl Policy {
         match self {
             Policy::Scripted(p) => Ok(p.next()),
             Policy::OpenAi(p) => p.next(last).await,
-            Policy::Heuristic(p) => Ok(p.next()),
+            Policy::Heuristic(p) => Ok(p.next(last)),
             Policy::Replay(p) => Ok(p.next(last)),
         }
     }

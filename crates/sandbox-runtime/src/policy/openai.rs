@@ -23,8 +23,9 @@
 
 use adp_core::llm::{LlmClient, Sampling, ToolMode};
 use adp_core::llm_record::CallLog;
+use adp_core::tools::{ToolReply, ToolTurns};
 use adp_core::{InfraError, TaskSpec};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::{extract_code, Decision, Plan};
 use crate::executor::Execution;
@@ -32,10 +33,10 @@ use crate::executor::Execution;
 /// `metadata.policy` of this policy.
 pub const NAME: &str = "openai";
 
-/// Name of the tool that runs code (native mode).
-pub const PYTHON_TOOL: &str = "python";
 /// Name of the tool that gives the final answer (native mode).
-pub const ANSWER_TOOL: &str = "final_answer";
+pub use adp_core::tools::ANSWER_TOOL;
+/// Name of the tool that runs code (native mode).
+pub use adp_core::tools::PYTHON_TOOL;
 
 /// Limits the system prompt tells the model about.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +53,7 @@ pub fn system_prompt(limits: PromptLimits) -> String {
     format!(
         "You are a careful coding agent. You solve the user's task by running Python code.\n\
          \n\
-         Tool: python_executor. To run code, reply with one fenced code block:\n\
+         To run code, reply with one fenced code block:\n\
          ```python\n\
          print(2 + 2)\n\
          ```\n\
@@ -66,14 +67,25 @@ pub fn system_prompt(limits: PromptLimits) -> String {
          answer and no code block at all; that reply ends the task.",
         step = limits.step_timeout_secs,
         mem = limits.memory_mb,
-        state = if limits.stateful {
-            "Code blocks run one after another in the same interpreter: variables, imports and \
-             files in /tmp persist from one block to the next (if the sandbox has to restart, \
-             the observation says that this state was lost)."
-        } else {
-            "Each code block runs as a fresh process: nothing carries over, no variables, no files."
-        },
+        state = state_rule(limits.stateful, "code block"),
     )
+}
+
+/// What the system prompt says about state between steps.
+fn state_rule(stateful: bool, unit: &str) -> String {
+    if stateful {
+        format!(
+            "All {unit}s run one after another in the same Python interpreter: variables, imports \
+             and files in /tmp persist from one {unit} to the next, so build on what earlier \
+             {unit}s defined instead of recomputing it (if the sandbox has to restart, the result \
+             says that this state was lost)."
+        )
+    } else {
+        format!(
+            "Each {unit} runs as a fresh Python process: nothing carries over between {unit}s, no \
+             variables, no imports, no files."
+        )
+    }
 }
 
 /// The system prompt of `native` mode (the tools carry their own schemas).
@@ -82,36 +94,23 @@ pub fn native_system_prompt(limits: PromptLimits) -> String {
         "You are a careful coding agent. You solve the user's task by running Python code \
          with the `{PYTHON_TOOL}` tool, one call at a time.\n\
          \n\
-         Each call runs as a fresh Python 3.11 process (standard library only, no third-party \
-         packages), with no network, a private empty /tmp as working directory, at most {step} s \
-         of wall time and {mem} MiB of memory. Nothing carries over between calls: no variables, \
-         no files. The tool result is the code's stdout and stderr (long output is cut).\n\
+         Code runs in Python 3.11 (standard library only, no third-party packages), with no \
+         network, a private /tmp as working directory, at most {step} s of wall time per call \
+         and {mem} MiB of memory. {state} The tool result is the code's stdout and stderr \
+         (long output is cut).\n\
          \n\
          Print every value you need to see. When you know the answer, call `{ANSWER_TOOL}` with \
          it; that ends the task.",
         step = limits.step_timeout_secs,
         mem = limits.memory_mb,
+        state = state_rule(limits.stateful, "call"),
     )
 }
 
-/// The `tools` of a native request: `python {code}` and `final_answer {answer}`.
+/// The `tools` of a native request: `python {code}` and `final_answer
+/// {answer}` ([`adp_core::tools::code_tools`]).
 pub fn tools() -> Value {
-    json!([
-        {"type": "function", "function": {
-            "name": PYTHON_TOOL,
-            "description": "Run Python 3 code in a fresh sandboxed process (no network, standard library only) and return its stdout and stderr.",
-            "parameters": {"type": "object",
-                "properties": {"code": {"type": "string", "description": "The Python source to run."}},
-                "required": ["code"]}
-        }},
-        {"type": "function", "function": {
-            "name": ANSWER_TOOL,
-            "description": "Give the final answer to the task. Ends the task.",
-            "parameters": {"type": "object",
-                "properties": {"answer": {"type": "string", "description": "The final answer."}},
-                "required": ["answer"]}
-        }}
-    ])
+    Value::Array(adp_core::tools::code_tools())
 }
 
 /// The first user message: the task and its budget.
@@ -140,10 +139,6 @@ pub fn observation_message(step_id: usize, exec: &Execution) -> String {
     format!("Observation of step {step_id} ({status}):\n{body}")
 }
 
-/// What the tool message of an extra tool call says.
-const NOT_RUN: &str =
-    "Not run: only the first tool call of a reply is executed. Call one tool at a time.";
-
 /// One task's conversation with the model.
 pub struct OpenAiSession {
     client: LlmClient,
@@ -153,10 +148,8 @@ pub struct OpenAiSession {
     /// The conversation as it will be sent next.
     messages: Vec<Value>,
     log: CallLog,
-    /// Tool calls of the last reply still owed a `tool` message (native):
-    /// the one being run (`None`) and the extras (`Some(reason)`).
-    pending: Vec<(String, Option<String>)>,
-    invalid_replies: u32,
+    /// Tool calls owed a `tool` message, invalid replies in a row (native).
+    turns: ToolTurns,
     code: Vec<String>,
     replies: Vec<String>,
     model: Option<String>,
@@ -187,8 +180,7 @@ impl OpenAiSession {
                 json!({"role": "user", "content": task_prompt(task)}),
             ],
             log: CallLog::new(),
-            pending: Vec::new(),
-            invalid_replies: 0,
+            turns: ToolTurns::new(),
             code: Vec::new(),
             replies: Vec::new(),
             model: None,
@@ -201,7 +193,7 @@ impl OpenAiSession {
             let text = observation_message(step_id, last);
             match self.mode {
                 ToolMode::Text => self.messages.push(json!({"role": "user", "content": text})),
-                ToolMode::Native => self.answer_pending(Some(text)),
+                ToolMode::Native => self.turns.answer(&mut self.messages, text),
             }
         }
         loop {
@@ -250,87 +242,41 @@ impl OpenAiSession {
     }
 
     /// The decision of a native reply; `None`: the reply was invalid and the
-    /// model is asked again (the tool messages saying why are queued).
+    /// model is asked again (the tool messages saying why are appended).
     fn native_decision(&mut self, reply: &adp_core::llm_record::LlmResponse) -> Option<Decision> {
-        let mut assistant = json!({"role": "assistant", "content": reply.content});
-        // Tool calls as returned; an id the server left out is made up so
-        // that the tool message can refer to it.
-        let mut calls = reply.tool_calls.clone();
-        for (k, c) in calls.iter_mut().enumerate() {
-            if c.get("id").and_then(Value::as_str).is_none() {
-                c["id"] = json!(format!("call_{}_{k}", self.log.len() - 1));
-            }
-        }
-        if !calls.is_empty() {
-            assistant["tool_calls"] = json!(calls);
-        }
-        self.messages.push(assistant);
+        let call = self.log.len() - 1;
         let text = reply.content.clone().unwrap_or_default();
-        if reply.finish_reason.as_deref() == Some("length") {
-            self.replies.push(text);
-            return Some(Decision::GiveUp(
-                "the model's reply was cut at max_tokens (finish_reason \"length\"); nothing of it was run"
-                    .to_owned(),
-            ));
-        }
-        let Some(first) = calls.first() else {
-            self.replies.push(text.clone());
-            return Some(Decision::Finish(Some(text.trim().to_owned())));
-        };
-        let ids: Vec<String> = calls
-            .iter()
-            .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        match parse_tool_call(first) {
-            Ok(ToolCall::Python(code)) => {
-                self.invalid_replies = 0;
+        let why = match self.turns.read(&mut self.messages, reply, call) {
+            ToolReply::Cut => {
                 self.replies.push(text);
-                self.pending = ids
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, id)| (id, (k > 0).then(|| NOT_RUN.to_owned())))
-                    .collect();
-                Some(Decision::Run(code))
+                return Some(Decision::GiveUp(
+                    "the model's reply was cut at max_tokens (finish_reason \"length\"); nothing of it was run"
+                        .to_owned(),
+                ));
             }
-            Ok(ToolCall::Answer(answer)) => {
-                self.replies.push(answer.clone());
-                Some(Decision::Finish(Some(answer.trim().to_owned())))
+            ToolReply::Answer(answer) => {
+                self.replies.push(text);
+                return Some(Decision::Finish(Some(answer)));
             }
-            Err(why) => {
-                self.invalid_replies += 1;
-                self.pending = ids
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, id)| {
-                        let msg = if k == 0 {
-                            format!("Invalid tool call: {why}. Nothing was run.")
-                        } else {
-                            NOT_RUN.to_owned()
-                        };
-                        (id, Some(msg))
-                    })
-                    .collect();
-                if self.invalid_replies >= 2 {
-                    // Not sent: the conversation ends here.
-                    self.pending.clear();
-                    return Some(Decision::GiveUp(format!(
-                        "the model's tool call was invalid twice in a row (last: {why})"
-                    )));
+            ToolReply::Invalid(why) => why,
+            ToolReply::Call { name, arguments } => match understand(&name, &arguments) {
+                Ok(ToolCall::Python(code)) => {
+                    self.turns.accept();
+                    self.replies.push(text);
+                    return Some(Decision::Run(code));
                 }
-                self.answer_pending(None);
-                None
-            }
-        }
-    }
-
-    /// Answers every pending tool call: the run one with `result`, the others
-    /// with their reason.
-    fn answer_pending(&mut self, result: Option<String>) {
-        for (id, reason) in std::mem::take(&mut self.pending) {
-            let content = reason.or_else(|| result.clone()).unwrap_or_default();
-            self.messages
-                .push(json!({"role": "tool", "tool_call_id": id, "content": content}));
-        }
+                Ok(ToolCall::Answer(answer)) => {
+                    // The conversation ends with this reply.
+                    self.turns.clear();
+                    self.replies.push(answer.clone());
+                    return Some(Decision::Finish(Some(answer.trim().to_owned())));
+                }
+                Err(why) => why,
+            },
+        };
+        self.turns
+            .reject(&mut self.messages, &why)
+            .map(Decision::GiveUp)
     }
 
     /// The conversation in OpenAI format (`metadata.messages`): the last
@@ -366,24 +312,8 @@ enum ToolCall {
     Answer(String),
 }
 
-/// Reads one entry of `tool_calls`: `python {code}` or `final_answer {answer}`.
-fn parse_tool_call(call: &Value) -> Result<ToolCall, String> {
-    let name = call
-        .pointer("/function/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let raw = match call.pointer("/function/arguments") {
-        Some(Value::String(s)) => s.clone(),
-        // Some servers send the arguments as an object.
-        Some(v @ Value::Object(_)) => v.to_string(),
-        _ => String::new(),
-    };
-    let args: Value = if raw.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(&raw)
-            .map_err(|e| format!("the arguments of {name:?} are not valid JSON ({e})"))?
-    };
+/// A tool call's name and arguments as `python {code}` or `final_answer {answer}`.
+fn understand(name: &str, args: &Map<String, Value>) -> Result<ToolCall, String> {
     let field = |key: &str| -> Result<String, String> {
         match args.get(key) {
             Some(Value::String(s)) => Ok(s.clone()),
@@ -405,6 +335,13 @@ fn parse_tool_call(call: &Value) -> Result<ToolCall, String> {
             "unknown tool {other:?} (the tools are {PYTHON_TOOL} and {ANSWER_TOOL})"
         )),
     }
+}
+
+/// Reads one entry of `tool_calls` as [`understand`] does.
+#[cfg(test)]
+fn parse_tool_call(call: &Value) -> Result<ToolCall, String> {
+    let (name, args) = adp_core::tools::read_tool_call(call)?;
+    understand(&name, &args)
 }
 
 #[cfg(test)]
@@ -437,6 +374,26 @@ mod tests {
                 Ok(_) => panic!("{name} {args} accepted"),
             };
             assert!(e.contains(expect), "{e}");
+        }
+    }
+
+    #[test]
+    fn system_prompts_say_whether_state_persists() {
+        for stateful in [true, false] {
+            let limits = PromptLimits {
+                step_timeout_secs: 30,
+                memory_mb: 512,
+                stateful,
+            };
+            for prompt in [native_system_prompt(limits), system_prompt(limits)] {
+                assert_eq!(prompt.contains("persist"), stateful, "{prompt}");
+                assert_eq!(
+                    prompt.contains("nothing carries over"),
+                    !stateful,
+                    "{prompt}"
+                );
+                assert!(prompt.contains("files in /tmp") == stateful, "{prompt}");
+            }
         }
     }
 

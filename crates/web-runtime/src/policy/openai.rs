@@ -25,18 +25,15 @@
 
 use adp_core::llm::{LlmClient, Sampling, ToolMode};
 use adp_core::llm_record::{CallLog, LlmResponse};
+use adp_core::tools::{ToolReply, ToolTurns, WEB_TOOL_NAMES};
 use adp_core::{InfraError, TaskSpec, Trajectory};
 use serde_json::{json, Map, Value};
 
 use super::{Decision, Turn};
-use crate::actions::{parse_reply, Action, GRAMMAR, MAX_WAIT_MS};
+use crate::actions::{parse_reply, Action, GRAMMAR};
 
 /// Characters of page text kept when an observation is shortened.
 const OLD_OBSERVATION_CHARS: usize = 300;
-
-/// What the tool message of an extra tool call says.
-const NOT_RUN: &str =
-    "Not run: only the first tool call of a reply is performed. Call one tool at a time.";
 
 pub struct OpenAi {
     client: LlmClient,
@@ -50,9 +47,8 @@ pub struct OpenAi {
     invalid_replies: u32,
     model: Option<String>,
     log: CallLog,
-    /// Tool calls of the last reply still owed a `tool` message (native):
-    /// the one performed (`None`) and the extras (`Some(reason)`).
-    pending: Vec<(String, Option<String>)>,
+    /// Tool calls owed a `tool` message, invalid replies in a row (native).
+    turns: ToolTurns,
     /// Steps recorded before the policy's first action (the start URL).
     steps_before: u32,
 }
@@ -71,7 +67,7 @@ impl OpenAi {
             invalid_replies: 0,
             model: None,
             log: CallLog::new(),
-            pending: Vec::new(),
+            turns: ToolTurns::new(),
             steps_before: 0,
         }
     }
@@ -123,9 +119,9 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
                         .push(json!({"role": "user", "content": content}));
                     self.full_observation = Some(self.messages.len() - 1);
                 }
-                ToolMode::Native if !self.pending.is_empty() => {
+                ToolMode::Native if self.turns.has_pending() => {
                     let at = self.messages.len();
-                    self.answer_pending(Some(content));
+                    self.turns.answer(&mut self.messages, content);
                     self.full_observation = Some(at);
                 }
                 // Nothing to answer (cannot happen after an action): plain text.
@@ -220,77 +216,31 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
     /// Native mode: the first tool call as an action; `None` after answering
     /// an invalid one (the model is asked again).
     fn native_decision(&mut self, reply: &LlmResponse) -> Option<Decision> {
-        let mut assistant = json!({"role": "assistant", "content": reply.content});
-        let mut calls = reply.tool_calls.clone();
-        for (k, c) in calls.iter_mut().enumerate() {
-            if c.get("id").and_then(Value::as_str).is_none() {
-                c["id"] = json!(format!("call_{}_{k}", self.log.len() - 1));
+        let call = self.log.len() - 1;
+        let why = match self.turns.read(&mut self.messages, reply, call) {
+            ToolReply::Cut => {
+                return Some(Decision::GiveUp(
+                    "the model's reply was cut at max_tokens (finish_reason \"length\"); nothing of it was done"
+                        .to_owned(),
+                ))
             }
-        }
-        if !calls.is_empty() {
-            assistant["tool_calls"] = json!(calls);
-        }
-        self.messages.push(assistant);
-        if reply.finish_reason.as_deref() == Some("length") {
-            return Some(Decision::GiveUp(
-                "the model's reply was cut at max_tokens (finish_reason \"length\"); nothing of it was done"
-                    .to_owned(),
-            ));
-        }
-        let Some(first) = calls.first() else {
-            let text = reply.content.clone().unwrap_or_default();
-            return Some(Decision::Answer(text.trim().to_owned()));
+            ToolReply::Answer(text) => return Some(Decision::Answer(text)),
+            ToolReply::Invalid(why) => why,
+            ToolReply::Call { name, arguments } => match action_of_tool_call(&name, arguments) {
+                Ok(action) => {
+                    self.turns.accept();
+                    if matches!(action, Action::Finish { .. }) {
+                        // The conversation ends with this reply.
+                        self.turns.clear();
+                    }
+                    return Some(Decision::Act(action));
+                }
+                Err(why) => why,
+            },
         };
-        let ids: Vec<String> = calls
-            .iter()
-            .map(|c| c["id"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        match action_of_tool_call(first) {
-            Ok(action) => {
-                self.pending = ids
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, id)| (id, (k > 0).then(|| NOT_RUN.to_owned())))
-                    .collect();
-                if matches!(action, Action::Finish { .. }) {
-                    // The conversation ends with this reply.
-                    self.pending.clear();
-                }
-                Some(Decision::Act(action))
-            }
-            Err(why) => {
-                self.invalid_replies += 1;
-                if self.invalid_replies >= 2 {
-                    return Some(Decision::GiveUp(format!(
-                        "the model's tool call was invalid twice in a row (last: {why})"
-                    )));
-                }
-                self.pending = ids
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, id)| {
-                        let msg = if k == 0 {
-                            format!("Invalid tool call: {why}. Nothing was done.")
-                        } else {
-                            NOT_RUN.to_owned()
-                        };
-                        (id, Some(msg))
-                    })
-                    .collect();
-                self.answer_pending(None);
-                None
-            }
-        }
-    }
-
-    /// Answers every pending tool call: the performed one with `result`, the
-    /// others with their reason.
-    fn answer_pending(&mut self, result: Option<String>) {
-        for (id, reason) in std::mem::take(&mut self.pending) {
-            let content = reason.or_else(|| result.clone()).unwrap_or_default();
-            self.messages
-                .push(json!({"role": "tool", "tool_call_id": id, "content": content}));
-        }
+        self.turns
+            .reject(&mut self.messages, &why)
+            .map(Decision::GiveUp)
     }
 
     /// In what is sent from now on, the last full observation is replaced by
@@ -333,43 +283,15 @@ fn task_message(task: &TaskSpec, page: &str) -> String {
     format!("Task: {}\n\nCurrent page:\n{page}", task.description.trim())
 }
 
-/// The action of one entry of `tool_calls`: the function name is the action
-/// type, the arguments its parameters.
-fn action_of_tool_call(call: &Value) -> Result<Action, String> {
-    let name = call
-        .pointer("/function/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if !TOOL_NAMES.contains(&name) {
+/// The action of a tool call: the tool name is the action type, the
+/// arguments its parameters.
+fn action_of_tool_call(name: &str, args: Map<String, Value>) -> Result<Action, String> {
+    if !WEB_TOOL_NAMES.contains(&name) {
         return Err(format!(
             "unknown tool {name:?} (the tools are {})",
-            TOOL_NAMES.join(", ")
+            WEB_TOOL_NAMES.join(", ")
         ));
     }
-    let args: Map<String, Value> = match call.pointer("/function/arguments") {
-        Some(Value::String(s)) if s.trim().is_empty() => Map::new(),
-        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
-            Ok(Value::Object(m)) => m,
-            Ok(other) => {
-                return Err(format!(
-                    "the arguments of {name:?} must be a JSON object, got {other}"
-                ))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "the arguments of {name:?} are not valid JSON ({e})"
-                ))
-            }
-        },
-        // Some servers send the arguments as an object.
-        Some(Value::Object(m)) => m.clone(),
-        None | Some(Value::Null) => Map::new(),
-        Some(other) => {
-            return Err(format!(
-                "the arguments of {name:?} must be a JSON object, got {other}"
-            ))
-        }
-    };
     let mut action = Map::with_capacity(args.len() + 1);
     action.insert("type".into(), json!(name));
     for (k, v) in args {
@@ -380,95 +302,10 @@ fn action_of_tool_call(call: &Value) -> Result<Action, String> {
     Action::from_value(&Value::Object(action))
 }
 
-/// The tool names, one per action type (CONTRACT §5).
-pub const TOOL_NAMES: [&str; 11] = [
-    "goto",
-    "click",
-    "fill",
-    "fill_and_submit",
-    "press",
-    "select",
-    "scroll",
-    "back",
-    "wait",
-    "extract",
-    "finish",
-];
-
 /// The `tools` of a native request: one function per action, with only the
-/// action's own parameters (nothing the runtime adds, such as `auto` or a
-/// screenshot path).
+/// action's own parameters ([`adp_core::tools::web_tools`]).
 pub fn tools() -> Value {
-    let element = json!({"type": "integer", "minimum": 0,
-        "description": "Number of an interactive element in the last page view (give this or selector)."});
-    let selector = json!({"type": "string",
-        "description": "CSS selector of the element (give this or element)."});
-    let tool = |name: &str, description: &str, properties: Value, required: &[&str]| {
-        json!({"type": "function", "function": {
-            "name": name,
-            "description": description,
-            "parameters": {"type": "object", "properties": properties, "required": required}
-        }})
-    };
-    json!([
-        tool(
-            "goto",
-            "Open a URL.",
-            json!({"url": {"type": "string", "description": "Absolute http(s) URL."}}),
-            &["url"]
-        ),
-        tool(
-            "click",
-            "Click an element.",
-            json!({"element": element, "selector": selector}),
-            &[]
-        ),
-        tool(
-            "fill",
-            "Type text into an input.",
-            json!({"element": element, "selector": selector, "text": {"type": "string"}}),
-            &["text"]
-        ),
-        tool(
-            "fill_and_submit",
-            "Type text into an input, then submit its form (or press Enter).",
-            json!({"element": element, "selector": selector, "text": {"type": "string"}}),
-            &["text"]
-        ),
-        tool(
-            "press",
-            "Press a key (e.g. Enter, Tab, Escape).",
-            json!({"key": {"type": "string"}}),
-            &["key"]
-        ),
-        tool(
-            "select",
-            "Choose an option of a select element.",
-            json!({"element": element, "selector": selector,
-                   "value": {"type": "string", "description": "Option value or label."}}),
-            &["value"]
-        ),
-        tool(
-            "scroll",
-            "Scroll the page.",
-            json!({"direction": {"type": "string", "enum": ["up", "down"]}}),
-            &["direction"]
-        ),
-        tool("back", "Go back to the previous page.", json!({}), &[]),
-        tool(
-            "wait",
-            "Wait for the page to change.",
-            json!({"ms": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_MS}}),
-            &["ms"]
-        ),
-        tool("extract", "Read the current page again.", json!({}), &[]),
-        tool(
-            "finish",
-            "The task is done: give the answer (taken from the page). Ends the task.",
-            json!({"answer": {"type": "string"}}),
-            &["answer"]
-        ),
-    ])
+    Value::Array(adp_core::tools::web_tools())
 }
 
 #[cfg(test)]
@@ -480,51 +317,22 @@ mod tests {
         json!({"id": "c", "type": "function", "function": {"name": name, "arguments": args}})
     }
 
-    #[test]
-    fn one_tool_per_action_without_runtime_parameters() {
-        let t = tools();
-        let list = t.as_array().expect("list");
-        let names: Vec<&str> = list
-            .iter()
-            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-            .collect();
-        assert_eq!(names, TOOL_NAMES);
-        for tool in list {
-            let props = tool
-                .pointer("/function/parameters/properties")
-                .and_then(Value::as_object)
-                .expect("properties");
-            for key in props.keys() {
-                assert!(
-                    [
-                        "url",
-                        "element",
-                        "selector",
-                        "text",
-                        "key",
-                        "value",
-                        "direction",
-                        "ms",
-                        "answer"
-                    ]
-                    .contains(&key.as_str()),
-                    "{key}"
-                );
-            }
-        }
+    fn action_of(call: &Value) -> Result<Action, String> {
+        let (name, args) = adp_core::tools::read_tool_call(call)?;
+        action_of_tool_call(&name, args)
     }
 
     #[test]
     fn tool_calls_become_actions_or_clear_errors() {
         assert_eq!(
-            action_of_tool_call(&call("click", r#"{"element": 3}"#)),
+            action_of(&call("click", r#"{"element": 3}"#)),
             Ok(Action::Click {
                 target: Target::Element(3)
             })
         );
-        assert_eq!(action_of_tool_call(&call("back", "")), Ok(Action::Back));
+        assert_eq!(action_of(&call("back", "")), Ok(Action::Back));
         assert_eq!(
-            action_of_tool_call(&call(
+            action_of(&call(
                 "finish",
                 r#"{"answer": "29.00 EUR", "type": "goto"}"#
             )),
@@ -538,7 +346,7 @@ mod tests {
             ("click", r#"{}"#, "needs \"selector\" or \"element\""),
             ("fly", r#"{}"#, "unknown tool \"fly\""),
         ] {
-            let e = action_of_tool_call(&call(name, args)).expect_err(args);
+            let e = action_of(&call(name, args)).expect_err(args);
             assert!(e.contains(expect), "{e}");
         }
     }
