@@ -3,12 +3,14 @@
 
 use serde_json::{json, Map, Value};
 
-/// What an action acts on: a CSS selector, or the index of an element in
-/// the last observation.
+/// What an action acts on: a CSS selector, the index of an element in the
+/// last observation's numbered list, or an element's stable id from the
+/// accessibility tree (`"e412"`: its backend DOM node id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Selector(String),
     Element(usize),
+    Node(u64),
 }
 
 impl Target {
@@ -16,6 +18,7 @@ impl Target {
         match self {
             Target::Selector(s) => obj.insert("selector".into(), json!(s)),
             Target::Element(i) => obj.insert("element".into(), json!(i)),
+            Target::Node(id) => obj.insert("element".into(), json!(format!("e{id}"))),
         };
     }
 
@@ -23,6 +26,7 @@ impl Target {
         match self {
             Target::Selector(s) => format!("selector {s:?}"),
             Target::Element(i) => format!("element [{i}]"),
+            Target::Node(id) => format!("element e{id}"),
         }
     }
 }
@@ -55,7 +59,7 @@ pub use adp_core::tools::MAX_WAIT_MS;
 
 /// The grammar, as told to a model.
 pub const GRAMMAR: &str = r#"{"type": "goto", "url": "https://..."}
-{"type": "click", "element": 3}              (or "selector": "css selector")
+{"type": "click", "element": 3}              (or "element": "e412", an accessibility-tree id, or "selector": "css selector")
 {"type": "fill", "element": 2, "text": "..."}
 {"type": "fill_and_submit", "element": 2, "text": "..."}   (fill, then submit its form / press Enter)
 {"type": "press", "key": "Enter"}
@@ -81,6 +85,21 @@ impl Action {
             Action::Wait { .. } => "wait",
             Action::Extract => "extract",
             Action::Finish { .. } => "finish",
+        }
+    }
+
+    /// The element id of the accessibility tree it targets, if any (such an
+    /// action only means something on the page it was chosen on).
+    pub fn node(&self) -> Option<u64> {
+        match self {
+            Action::Click { target }
+            | Action::Fill { target, .. }
+            | Action::FillAndSubmit { target, .. }
+            | Action::Select { target, .. } => match target {
+                Target::Node(id) => Some(*id),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
@@ -123,24 +142,32 @@ impl Action {
                 .filter(|s| !s.is_empty());
             let element = match obj.get("element") {
                 None | Some(Value::Null) => None,
-                Some(Value::Number(n)) => Some(
+                Some(Value::Number(n)) => Some(Target::Element(
                     n.as_u64()
-                        .ok_or_else(|| format!("{kind}: \"element\" must be an index ≥ 0"))?,
-                ),
-                Some(Value::String(s)) => Some(
-                    s.trim()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<u64>()
-                        .map_err(|_| format!("{kind}: \"element\" must be an index, got {s:?}"))?,
-                ),
+                        .ok_or_else(|| format!("{kind}: \"element\" must be an index ≥ 0"))?
+                        as usize,
+                )),
+                Some(Value::String(s)) => {
+                    let t = s.trim().trim_start_matches('[').trim_end_matches(']');
+                    let node = t.strip_prefix('e').or_else(|| t.strip_prefix('E'));
+                    Some(match node {
+                        Some(id) => Target::Node(id.parse::<u64>().map_err(|_| {
+                            format!("{kind}: \"element\" must be an index or an id like \"e412\", got {s:?}")
+                        })?),
+                        None => Target::Element(t.parse::<usize>().map_err(|_| {
+                            format!("{kind}: \"element\" must be an index or an id like \"e412\", got {s:?}")
+                        })?),
+                    })
+                }
                 Some(other) => {
-                    return Err(format!("{kind}: \"element\" must be an index, got {other}"))
+                    return Err(format!(
+                        "{kind}: \"element\" must be an index or an id like \"e412\", got {other}"
+                    ))
                 }
             };
             match (selector, element) {
                 (Some(s), None) => Ok(Target::Selector(s.to_owned())),
-                (None, Some(i)) => Ok(Target::Element(i as usize)),
+                (None, Some(t)) => Ok(t),
                 (Some(_), Some(_)) => Err(format!(
                     "{kind}: give \"selector\" or \"element\", not both"
                 )),
@@ -327,6 +354,7 @@ mod tests {
             json!({"type": "goto", "url": "http://x/"}),
             json!({"type": "click", "element": 3}),
             json!({"type": "click", "selector": "#go"}),
+            json!({"type": "click", "element": "e412"}),
             json!({"type": "fill", "selector": "input[name=q]", "text": "rust"}),
             json!({"type": "fill_and_submit", "element": 1, "text": "rust"}),
             json!({"type": "press", "key": "Enter"}),
@@ -361,6 +389,18 @@ mod tests {
                 target: Target::Element(7)
             }
         );
+        let a = Action::from_value(&json!({"type": "fill", "element": "[e17]", "text": "x"}))
+            .expect("node id");
+        assert_eq!(
+            a,
+            Action::Fill {
+                target: Target::Node(17),
+                text: "x".into()
+            }
+        );
+        let e =
+            Action::from_value(&json!({"type": "click", "element": "e1x"})).expect_err("bad id");
+        assert!(e.contains("an id like \"e412\""), "{e}");
         let a = Action::from_value(&json!({"type": "wait", "ms": 999999})).expect("capped");
         assert_eq!(a, Action::Wait { ms: MAX_WAIT_MS });
     }

@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::actions::Action;
+use crate::axtree::{self, AxRead};
 use crate::browser::{BrowserError, BrowserManager, Session};
 use crate::exec::{self, FinalPage, Performed};
-use crate::observe::Observation;
+use crate::observe::{Observation, ObservationMode};
 use crate::page::EvalError;
 use crate::policy::heuristic::Heuristic;
 use crate::policy::openai::OpenAi;
@@ -47,6 +48,12 @@ pub struct AgentSettings {
     pub max_elements: usize,
     /// Bytes of one rendered observation at most.
     pub max_bytes: usize,
+    /// What an observation shows (`WEB_OBSERVATION`).
+    pub observation: ObservationMode,
+    /// Accessibility-tree nodes rendered at most.
+    pub max_ax_nodes: usize,
+    /// Bytes of the raw accessibility tree stored per step at most (0: not stored).
+    pub max_raw_axtree_bytes: usize,
     /// Save a PNG per step under `$OUTPUT_DIR/trajectories/<task_id>/`.
     pub screenshots: bool,
     pub output_dir: PathBuf,
@@ -59,6 +66,9 @@ impl Default for AgentSettings {
             max_text: 4000,
             max_elements: 60,
             max_bytes: 32_768,
+            observation: ObservationMode::Both,
+            max_ax_nodes: 400,
+            max_raw_axtree_bytes: 1 << 20,
             screenshots: false,
             output_dir: PathBuf::from("output"),
         }
@@ -170,6 +180,7 @@ impl WebHandler {
         let (mut policy, cache_hit) = self.choose_policy(&task).await;
         traj.meta("policy", policy.name());
         traj.meta("cache_hit", cache_hit);
+        traj.meta("observation_mode", self.settings.observation.as_str());
         if let Policy::Heuristic(h) = &policy {
             traj.meta("heuristic_intent", h.intent());
         }
@@ -230,7 +241,16 @@ impl WebHandler {
         let final_page = final_page.transpose().map_err(infra)?.unwrap_or_default();
         score(&mut traj, checks, final_page);
 
-        if traj.success && !cache_hit && matches!(policy, Policy::OpenAi(_) | Policy::Heuristic(_))
+        // A plan that names accessibility-tree ids is not cached: an id
+        // means something only on the page it was read from.
+        let portable = traj.steps.iter().all(|s| {
+            Action::from_value(&Value::Object(s.action_params.clone()))
+                .map_or(true, |a| a.node().is_none())
+        });
+        if traj.success
+            && !cache_hit
+            && portable
+            && matches!(policy, Policy::OpenAi(_) | Policy::Heuristic(_))
         {
             let plan = CachedPlan {
                 policy: policy.name().to_owned(),
@@ -281,7 +301,13 @@ impl WebHandler {
             }
         }
         match &self.llm {
-            Some(client) => (Policy::OpenAi(Box::new(OpenAi::new(client.clone()))), false),
+            Some(client) => (
+                Policy::OpenAi(Box::new(OpenAi::new(
+                    client.clone(),
+                    self.settings.observation,
+                ))),
+                false,
+            ),
             None => (Policy::Heuristic(Heuristic::new(&task.description)), false),
         }
     }
@@ -375,8 +401,12 @@ impl WebHandler {
             .await
             .map_err(infra)?;
         let acted_ms = t0.elapsed().as_millis() as u64;
+        let mut ax: Option<AxRead> = None;
         let obs = match self.observe(session).await? {
-            Ok(o) if !session.crashed() => o,
+            Ok((o, a)) if !session.crashed() => {
+                ax = a;
+                o
+            }
             read => {
                 // A page that crashed or cannot be read is a failed step,
                 // never a successful one with nothing in it.
@@ -402,6 +432,12 @@ impl WebHandler {
         if auto {
             // The start_url navigation, added by the runtime (not the policy).
             params.insert("auto".into(), json!(true));
+        }
+        if let Some(ax) = ax {
+            session.remember_nodes(ax.node_frames);
+            if self.settings.max_raw_axtree_bytes > 0 {
+                self.store_axtree(task, traj, step_id, &ax.raw).await;
+            }
         }
         if self.settings.screenshots {
             if let Some(path) = self.screenshot(task, session, step_id).await {
@@ -430,13 +466,19 @@ impl WebHandler {
     /// Reads the page; retries if it was navigating. `Err(why)` inside when
     /// it cannot be read (an infrastructure error outside if the browser is
     /// dead).
-    async fn observe(&self, session: &Session) -> Result<Result<Observation, String>, InfraError> {
+    async fn observe(
+        &self,
+        session: &Session,
+    ) -> Result<Result<(Observation, Option<AxRead>), String>, InfraError> {
         let mut why = "the page kept navigating".to_owned();
         for _ in 0..3 {
-            let read = Observation::read(
+            let read = Observation::read_with(
                 &session.page,
+                &session.frame_id,
+                self.settings.observation,
                 self.settings.max_text,
                 self.settings.max_elements,
+                self.settings.max_ax_nodes,
             );
             match tokio::time::timeout(OBSERVE_TIMEOUT, read).await {
                 Ok(Ok(o)) => return Ok(Ok(o)),
@@ -480,6 +522,37 @@ impl WebHandler {
         }
         crate::observe::cut(&mut why, 300);
         Ok(Err(why))
+    }
+
+    /// Writes the step's raw accessibility tree (compact JSON, capped) to
+    /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.axtree.json` and lists
+    /// it in `metadata.axtree_files` (path relative to `trajectories/`).
+    async fn store_axtree(&self, task: &TaskSpec, traj: &mut Trajectory, step: u32, raw: &Value) {
+        if !adp_core::validate::is_safe_task_id(&task.task_id) {
+            return;
+        }
+        let (bytes, cut) = axtree::raw_record(raw, self.settings.max_raw_axtree_bytes);
+        let name = format!("step_{step}.axtree.json");
+        let dir = self
+            .settings
+            .output_dir
+            .join("trajectories")
+            .join(&task.task_id);
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "Cannot create the step files' directory.");
+            return;
+        }
+        let path = dir.join(&name);
+        if let Err(e) = tokio::fs::write(&path, &bytes).await {
+            tracing::warn!(path = %path.display(), error = %e, "Cannot write an accessibility tree.");
+            return;
+        }
+        let entry = json!({"step_id": step, "path": format!("{}/{name}", task.task_id),
+                           "bytes": bytes.len(), "cut": cut});
+        match traj.metadata.get_mut("axtree_files") {
+            Some(Value::Array(a)) => a.push(entry),
+            _ => traj.meta("axtree_files", json!([entry])),
+        }
     }
 
     /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.png`; `None` if it failed.

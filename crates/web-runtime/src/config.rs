@@ -11,6 +11,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::agent::AgentSettings;
 use crate::browser::{BrowserSettings, SandboxMode, DEFAULT_CHROME_PATH};
 use crate::guard::{parse_allow_list, parse_cidr_list, AllowHost, Cidr, Policy};
+use crate::observe::ObservationMode;
 
 /// Template cache mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -139,6 +140,19 @@ pub struct Config {
     /// field is cut before).
     #[arg(long, env = "WEB_MAX_OBSERVATION_BYTES", default_value_t = 32_768, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub web_max_observation_bytes: u64,
+    /// What an observation shows: `text` (title, URL, visible text, numbered
+    /// elements), `axtree` (title, URL, accessibility tree with stable
+    /// element ids) or `both`.
+    #[arg(long, env = "WEB_OBSERVATION", value_enum, default_value = "both")]
+    pub web_observation: ObservationMode,
+    /// Accessibility-tree nodes rendered in an observation at most (those in
+    /// the viewport first, then the nearest below).
+    #[arg(long, env = "WEB_MAX_AX_NODES", default_value_t = 400, value_parser = clap::value_parser!(u64).range(10..=100_000))]
+    pub web_max_ax_nodes: u64,
+    /// Bytes of the raw accessibility tree stored per step at most
+    /// (`trajectories/<task_id>/step_<n>.axtree.json`; 0: not stored).
+    #[arg(long, env = "WEB_MAX_AXTREE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(0..=268_435_456))]
+    pub web_max_axtree_bytes: u64,
     /// Interactive elements listed in an observation.
     #[arg(long, env = "WEB_MAX_ELEMENTS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub web_max_elements: u64,
@@ -205,6 +219,9 @@ impl Config {
             max_text: self.web_max_text_chars as usize,
             max_elements: self.web_max_elements as usize,
             max_bytes: self.web_max_observation_bytes as usize,
+            observation: self.web_observation,
+            max_ax_nodes: self.web_max_ax_nodes as usize,
+            max_raw_axtree_bytes: self.web_max_axtree_bytes as usize,
             screenshots: self.web_screenshots,
             output_dir: self.common.output_dir.clone(),
         }
@@ -223,6 +240,8 @@ mod tests {
         assert!(!c.web_block_private);
         assert!(c.web_egress_proxy);
         assert!(!c.web_screenshots);
+        assert_eq!(c.web_observation, ObservationMode::Both);
+        assert!(Config::try_parse_from(["web-runtime", "--web-observation", "pixels"]).is_err());
         assert_eq!(c.chrome_path, PathBuf::from(DEFAULT_CHROME_PATH));
         let c = Config::try_parse_from([
             "web-runtime",

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::actions::{Action, Target};
+use crate::axtree::raw;
 use crate::browser::{BrowserError, Session};
 use crate::guard;
 use crate::js;
@@ -315,12 +316,21 @@ pub async fn navigate(
 /// Runs the in-page action script for a targeted action.
 async fn dom_action(session: &Session, mut args: Value, target: &Target) -> ActResult {
     let kind = args["type"].as_str().unwrap_or("action").to_owned();
-    match target {
-        Target::Selector(s) => args["selector"] = json!(s),
-        Target::Element(i) => args["element"] = json!(i),
-    }
-    let expr = js::call(js::ACT, args);
-    let v = match page_call(session, expr, &kind).await? {
+    let v = match target {
+        Target::Node(id) => {
+            args["node"] = json!(id);
+            node_call(session, *id, args, &kind).await?
+        }
+        Target::Selector(s) => {
+            args["selector"] = json!(s);
+            page_call(session, js::call(js::ACT, args), &kind).await?
+        }
+        Target::Element(i) => {
+            args["element"] = json!(i);
+            page_call(session, js::call(js::ACT, args), &kind).await?
+        }
+    };
+    let v = match v {
         Ok(v) => v,
         Err(failed) => return Ok(Err(failed)),
     };
@@ -351,6 +361,117 @@ async fn dom_action(session: &Session, mut args: Value, target: &Target) -> ActR
             ErrorType::BrowserError,
             format!("{kind}: {error}"),
         )))
+    }
+}
+
+/// Runs [`js::ACT`] on the element with the accessibility-tree id `id`:
+/// `DOM.resolveNode` in a fresh isolated world of the node's frame (the
+/// page's own JavaScript cannot change what the action script does), then
+/// `Runtime.callFunctionOn`. An id the page no longer has (or never had) is a
+/// failed step.
+async fn node_call(
+    session: &Session,
+    id: u64,
+    args: Value,
+    what: &str,
+) -> Result<Result<Value, Performed>, BrowserError> {
+    let frame = session.node_frame(id);
+    let not_found = || {
+        Ok(Err(Performed::failed(
+            ErrorType::BrowserError,
+            format!(
+                "{what}: no element e{id} on this page (ids come from the accessibility tree of the last observation; a new page has new ids)"
+            ),
+        )))
+    };
+    let Some(frame) = frame else {
+        return not_found();
+    };
+    let world = raw(
+        &session.page,
+        "Page.createIsolatedWorld",
+        json!({"frameId": frame, "worldName": NODE_WORLD}),
+    )
+    .await;
+    let context = match world {
+        Ok(v) => v.get("executionContextId").and_then(Value::as_i64),
+        Err(e) => return node_error(session, what, e, not_found),
+    };
+    let resolved = raw(
+        &session.page,
+        "DOM.resolveNode",
+        json!({"backendNodeId": id, "executionContextId": context}),
+    )
+    .await;
+    let object = match resolved {
+        Ok(v) => v
+            .pointer("/object/objectId")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        Err(e) => return node_error(session, what, e, not_found),
+    };
+    let Some(object) = object else {
+        return not_found();
+    };
+    let called = raw(
+        &session.page,
+        "Runtime.callFunctionOn",
+        json!({"functionDeclaration": js::act_on_node(), "objectId": object,
+               "arguments": [{"value": args}], "awaitPromise": true, "returnByValue": true}),
+    )
+    .await;
+    match called {
+        Ok(r) => {
+            if let Some(ex) = r.get("exceptionDetails") {
+                let mut m = ex
+                    .pointer("/exception/description")
+                    .or_else(|| ex.get("text"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("exception")
+                    .to_owned();
+                crate::observe::cut(&mut m, 300);
+                return Ok(Err(Performed::failed(
+                    ErrorType::BrowserError,
+                    format!("{what}: {m}"),
+                )));
+            }
+            Ok(Ok(r
+                .pointer("/result/value")
+                .cloned()
+                .unwrap_or(Value::Null)))
+        }
+        Err(e) => node_error(session, what, e, || Ok(Ok(Value::Null))),
+    }
+}
+
+/// Name of the isolated worlds actions on element ids run in.
+const NODE_WORLD: &str = "__adp_node_action__";
+
+/// A CDP error of [`node_call`]: the browser is dead, or the page navigated
+/// (`on_gone`), or the node is not there.
+fn node_error(
+    session: &Session,
+    what: &str,
+    e: CdpError,
+    on_gone: impl FnOnce() -> Result<Result<Value, Performed>, BrowserError>,
+) -> Result<Result<Value, Performed>, BrowserError> {
+    let m = e.to_string();
+    if m.contains("No node with given id")
+        || m.contains("No node found")
+        || m.contains("Node with given id")
+        || m.contains("No frame")
+        || m.contains("Cannot find context")
+        || m.contains("destroyed")
+        || m.contains("navigated")
+    {
+        return on_gone();
+    }
+    match cdp_failure(session, what, e) {
+        BrowserError::Dead(why) => Err(BrowserError::Dead(why)),
+        other => Ok(Err(Performed::failed(
+            ErrorType::BrowserError,
+            other.to_string(),
+        ))),
     }
 }
 

@@ -88,6 +88,10 @@ pub const OBSERVE: &str = r#"(maxText, maxEls) => {
     text_len: cut ? rawLen : text.length,
     elements: out,
     elements_total: total,
+    viewport: {
+      width: window.innerWidth, height: window.innerHeight,
+      scroll_x: window.scrollX, scroll_y: window.scrollY, page_height: 0,
+    },
   };
 }"#;
 
@@ -96,7 +100,7 @@ pub const OBSERVE: &str = r#"(maxText, maxEls) => {
 /// the page; `navigating` says whether it started a cross-document
 /// navigation (Navigation API `navigate` event), so the caller knows to wait
 /// for it.
-pub const ACT: &str = r#"async (a) => {
+pub const ACT: &str = r#"async (a, node) => {
   let nav = false;
   const watch = (e) => { if (!e.destination.sameDocument && !e.downloadRequest) nav = true; };
   if (window.navigation) window.navigation.addEventListener('navigate', watch);
@@ -110,6 +114,12 @@ pub const ACT: &str = r#"async (a) => {
     return el.tagName.toLowerCase() + (t ? ' "' + t + '"' : '');
   };
   const find = () => {
+    if (node !== undefined) {
+      // An element resolved from its accessibility-tree id.
+      if (!node || node.nodeType !== 1) return [null, 'element e' + a.node + ' is not an element'];
+      if (!node.isConnected) return [null, 'element e' + a.node + ' is no longer on the page'];
+      return [node, null];
+    }
     if (a.selector != null) {
       let el;
       try { el = document.querySelector(a.selector); }
@@ -198,6 +208,12 @@ pub const ACT: &str = r#"async (a) => {
   r.navigating = nav;
   return r;
 }"#;
+
+/// `function (a)` called on an element (`Runtime.callFunctionOn` with the
+/// object of an accessibility-tree id): [`ACT`] on `this`.
+pub fn act_on_node() -> String {
+    format!("function (a) {{ return ({ACT})(a, this); }}")
+}
 
 /// Installed before an action: notes in `window.__adpNavigating` whether
 /// the page started a cross-document navigation (Navigation API `navigate`

@@ -14,7 +14,8 @@
 //! * [`resolver`]: the bounded DNS lookups of those checks (a share per page).
 //! * [`page`]: a page's navigation/network state and settle waits.
 //! * [`actions`]: the action grammar; [`exec`]: performing an action.
-//! * [`observe`]: observations (title, URL, text, numbered elements).
+//! * [`observe`]: observations (title, URL, text, numbered elements);
+//!   [`axtree`]: the accessibility-tree view with stable element ids.
 //! * [`js`]: the JavaScript run in pages (observe, act, navigate).
 //! * [`metrics`]: the runtime's metrics beyond CONTRACT §7.
 //! * [`policy`]: scripted, openai and heuristic policies.
@@ -23,6 +24,7 @@
 
 pub mod actions;
 pub mod agent;
+pub mod axtree;
 pub mod browser;
 pub mod config;
 pub mod egress;

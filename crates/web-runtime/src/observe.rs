@@ -7,8 +7,37 @@ use std::fmt::Write as _;
 use chromiumoxide::Page;
 use serde::{Deserialize, Serialize};
 
+use crate::axtree::{self, AxRead, AxView, Viewport};
 use crate::js;
 use crate::page::{evaluate, EvalError};
+
+/// What an observation shows (`WEB_OBSERVATION`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservationMode {
+    /// Title, URL, visible text and the numbered interactive elements.
+    Text,
+    /// Title, URL and the accessibility tree with stable element ids.
+    Axtree,
+    /// Both: the text view, then the accessibility tree.
+    #[default]
+    Both,
+}
+
+impl ObservationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObservationMode::Text => "text",
+            ObservationMode::Axtree => "axtree",
+            ObservationMode::Both => "both",
+        }
+    }
+
+    /// Whether the accessibility tree is read.
+    pub fn axtree(self) -> bool {
+        self != ObservationMode::Text
+    }
+}
 
 /// One interactive element.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -159,7 +188,7 @@ impl Element {
 }
 
 /// Same-origin links as a path, others as they are.
-fn shorten_href<'a>(href: &'a str, page_url: &str) -> &'a str {
+pub(crate) fn shorten_href<'a>(href: &'a str, page_url: &str) -> &'a str {
     let origin = |u: &str| -> Option<usize> {
         let after = u.find("://")? + 3;
         Some(u[after..].find('/').map_or(u.len(), |p| after + p))
@@ -182,6 +211,16 @@ pub struct Observation {
     pub elements: Vec<Element>,
     /// Visible interactive elements on the page (the list may be cut).
     pub elements_total: usize,
+    /// Size and scroll position of the viewport.
+    #[serde(default)]
+    pub viewport: Option<Viewport>,
+    /// The accessibility-tree view (`WEB_OBSERVATION=axtree|both`).
+    #[serde(skip)]
+    pub axtree: Option<AxView>,
+    /// Render without the text and the numbered elements (`axtree` mode;
+    /// they are still read: the final state and the heuristic use them).
+    #[serde(skip)]
+    pub hide_text: bool,
 }
 
 impl Observation {
@@ -213,6 +252,46 @@ impl Observation {
         Ok(o)
     }
 
+    /// Reads the page as `mode` says: the text view (always: the final
+    /// state and the heuristic policy use it) and, for `axtree`/`both`, the
+    /// accessibility tree, both at once. Also gives the tree's raw form and
+    /// the frame of each addressable node.
+    pub async fn read_with(
+        page: &Page,
+        main_frame: &str,
+        mode: ObservationMode,
+        max_text: usize,
+        max_elements: usize,
+        max_ax_nodes: usize,
+    ) -> Result<(Observation, Option<AxRead>), EvalError> {
+        if !mode.axtree() {
+            return Ok((Self::read(page, max_text, max_elements).await?, None));
+        }
+        let text = Self::read(page, max_text, max_elements);
+        let tree = axtree::read(page, main_frame, Viewport::default());
+        let (o, ax) = futures::join!(text, tree);
+        let mut o = o?;
+        let mut ax = match ax {
+            Ok(ax) => ax,
+            Err(e) => {
+                let m = e.to_string();
+                return Err(if m.contains("navigat") || m.contains("No frame") {
+                    EvalError::Navigated
+                } else {
+                    EvalError::Cdp(e)
+                });
+            }
+        };
+        if let Some(vp) = o.viewport.as_mut() {
+            vp.page_height = ax.view.viewport.page_height.max(vp.page_height);
+            ax.view.set_viewport(*vp);
+        }
+        ax.view.max_nodes = max_ax_nodes;
+        o.axtree = Some(ax.view.clone());
+        o.hide_text = mode == ObservationMode::Axtree;
+        Ok((o, Some(ax)))
+    }
+
     /// Every field cut to its bound, in Rust: the page cannot make an
     /// observation bigger than the bounds say.
     pub fn bound(&mut self, max_text: usize, max_elements: usize) {
@@ -227,11 +306,25 @@ impl Observation {
         for e in &mut self.elements {
             e.bound();
         }
+        if let Some(v) = &mut self.viewport {
+            for f in [
+                &mut v.width,
+                &mut v.height,
+                &mut v.scroll_x,
+                &mut v.scroll_y,
+            ] {
+                if !f.is_finite() {
+                    *f = 0.0;
+                }
+                *f = f.clamp(0.0, 1e7);
+            }
+        }
     }
 
-    /// [`Self::render`] cut to `max_bytes` (the cut is marked).
+    /// [`Self::render`] cut to `max_bytes` (the cut is marked; the
+    /// accessibility tree gets what the text view leaves, whole lines).
     pub fn render_capped(&self, max_bytes: usize) -> String {
-        let mut s = self.render();
+        let mut s = self.render_within(max_bytes);
         if s.len() > max_bytes {
             let note = format!(
                 "\n[… observation cut at {max_bytes} bytes of {}]\n",
@@ -245,9 +338,24 @@ impl Observation {
 
     /// The text as it goes into a step and a prompt.
     pub fn render(&self) -> String {
+        self.render_within(usize::MAX)
+    }
+
+    fn render_within(&self, max_bytes: usize) -> String {
         let mut s = String::with_capacity(self.text.len() + 64 * self.elements.len() + 128);
         let _ = writeln!(s, "Title: {}", self.title);
         let _ = writeln!(s, "URL: {}", self.url);
+        if !self.hide_text {
+            self.render_text(&mut s);
+        }
+        if let Some(ax) = &self.axtree {
+            let left = max_bytes.saturating_sub(s.len());
+            s.push_str(&ax.render(&self.url, ax.max_nodes, left));
+        }
+        s
+    }
+
+    fn render_text(&self, s: &mut String) {
         s.push_str("Text:\n");
         s.push_str(&self.text);
         if self.text_len > self.text.chars().count() {
@@ -274,7 +382,6 @@ impl Observation {
                 );
             }
         }
-        s
     }
 }
 
@@ -318,6 +425,7 @@ mod tests {
                 },
             ],
             elements_total: 5,
+            ..Default::default()
         };
         let r = o.render();
         assert!(r.starts_with("Title: Demo\nURL: http://127.0.0.1:8000/index.html\nText:\nHello\n[… text cut: 5 of 10 characters shown]\n"), "{r}");
@@ -358,6 +466,7 @@ mod tests {
                 })
                 .collect(),
             elements_total: 0,
+            ..Default::default()
         };
         o.bound(4000, 60);
         assert!(o.title.chars().count() <= MAX_TITLE + 1);

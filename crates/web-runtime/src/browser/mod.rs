@@ -560,6 +560,7 @@ impl BrowserManager {
             page,
             frame_id,
             events,
+            node_frames: Default::default(),
             manager: self.clone(),
             _permit: permit,
         })

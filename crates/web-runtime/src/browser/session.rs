@@ -38,6 +38,9 @@ pub struct Session {
     /// The page's main frame id (= its target id).
     pub frame_id: String,
     pub events: PageEvents,
+    /// The frame of each element id of the last accessibility tree read
+    /// (actions resolve an id in its frame).
+    pub(crate) node_frames: std::sync::Mutex<std::collections::HashMap<u64, String>>,
     pub(super) manager: BrowserManager,
     pub(super) _permit: OwnedSemaphorePermit,
 }
@@ -60,6 +63,22 @@ impl Session {
     /// Whether this task's page renderer crashed.
     pub fn crashed(&self) -> bool {
         self.manager.shared.targets.crashed(&self.frame_id)
+    }
+
+    /// Remembers the frames of the ids of the last accessibility tree (the
+    /// ids of earlier reads stay known: an element keeps its id).
+    pub fn remember_nodes(&self, frames: std::collections::HashMap<u64, String>) {
+        if let Ok(mut m) = self.node_frames.lock() {
+            if m.len() > 100_000 {
+                m.clear();
+            }
+            m.extend(frames);
+        }
+    }
+
+    /// The frame of the element id `id`, if a tree read saw it.
+    pub fn node_frame(&self, id: u64) -> Option<String> {
+        self.node_frames.lock().ok()?.get(&id).cloned()
     }
 
     pub fn request_timeout(&self) -> Duration {

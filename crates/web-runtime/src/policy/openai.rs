@@ -31,6 +31,7 @@ use serde_json::{json, Map, Value};
 
 use super::{Decision, Turn};
 use crate::actions::{parse_reply, Action, GRAMMAR};
+use crate::observe::ObservationMode;
 
 /// Characters of page text kept when an observation is shortened.
 const OLD_OBSERVATION_CHARS: usize = 300;
@@ -38,6 +39,8 @@ const OLD_OBSERVATION_CHARS: usize = 300;
 pub struct OpenAi {
     client: LlmClient,
     mode: ToolMode,
+    /// What the observations show (which element references to explain).
+    observation: ObservationMode,
     sampling: Sampling,
     tools: Option<Value>,
     /// The conversation as it will be sent next.
@@ -54,14 +57,15 @@ pub struct OpenAi {
 }
 
 impl OpenAi {
-    pub fn new(client: LlmClient) -> Self {
+    pub fn new(client: LlmClient, observation: ObservationMode) -> Self {
         let mode = client.config().tool_mode;
         let sampling = client.config().sampling;
         OpenAi {
             client,
             mode,
+            observation,
             sampling,
-            tools: (mode == ToolMode::Native).then(tools),
+            tools: (mode == ToolMode::Native).then(|| tools(observation)),
             messages: Vec::new(),
             full_observation: None,
             invalid_replies: 0,
@@ -73,11 +77,11 @@ impl OpenAi {
     }
 
     fn system_prompt(&self, max_steps: u32) -> String {
+        let page = page_description(self.observation);
         match self.mode {
             ToolMode::Text => format!(
                 "You control a web browser to complete a task. After each action you get the page: \
-its title, URL, visible text, and a numbered list of interactive elements. Refer to an element \
-by its number (\"element\") or by a CSS selector (\"selector\").\n\
+{page}\n\
 Reply with exactly ONE action as a JSON object, optionally in a ```json fence, nothing else. \
 The actions are:\n{GRAMMAR}\n\
 Use only information shown on the pages. When the task is done, reply with \"finish\" and put the \
@@ -85,9 +89,7 @@ answer (taken from the page) in \"answer\". You have at most {max_steps} actions
             ),
             ToolMode::Native => format!(
                 "You control a web browser to complete a task. Each tool is one browser action; \
-call exactly one tool per reply. After each action you get the page: its title, URL, visible \
-text, and a numbered list of interactive elements. Refer to an element by its number \
-(\"element\") or by a CSS selector (\"selector\").\n\
+call exactly one tool per reply. After each action you get the page: {page}\n\
 Use only information shown on the pages. When the task is done, call \"finish\" with the answer \
 (taken from the page). You have at most {max_steps} actions."
             ),
@@ -278,6 +280,29 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
     }
 }
 
+/// What the system prompt says a page view holds and how to name elements.
+fn page_description(mode: ObservationMode) -> &'static str {
+    match mode {
+        ObservationMode::Text => {
+            "its title, URL, visible text, and a numbered list of interactive elements. Refer to an \
+element by its number (\"element\": 3) or by a CSS selector (\"selector\")."
+        }
+        ObservationMode::Axtree => {
+            "its title, URL and its accessibility tree, one node a line: role, name, value, \
+states, box @(x,y wxh) in page pixels, and (below)/(above) for nodes outside the viewport \
+(scroll to reach them). Refer to an element by its id (\"element\": \"e412\"; an id stays \
+the same while the page stays) or by a CSS selector (\"selector\")."
+        }
+        ObservationMode::Both => {
+            "its title, URL, visible text, a numbered list of interactive elements, and its \
+accessibility tree, one node a line: role, name, value, states, box @(x,y wxh) in page pixels, \
+and (below)/(above) for nodes outside the viewport (scroll to reach them). Refer to an element \
+by its accessibility-tree id (\"element\": \"e412\"; an id stays the same while the page \
+stays), by its number in the list (\"element\": 3) or by a CSS selector (\"selector\")."
+        }
+    }
+}
+
 /// The first user message: the task and the page.
 fn task_message(task: &TaskSpec, page: &str) -> String {
     format!("Task: {}\n\nCurrent page:\n{page}", task.description.trim())
@@ -303,9 +328,23 @@ fn action_of_tool_call(name: &str, args: Map<String, Value>) -> Result<Action, S
 }
 
 /// The `tools` of a native request: one function per action, with only the
-/// action's own parameters ([`adp_core::tools::web_tools`]).
-pub fn tools() -> Value {
-    Value::Array(adp_core::tools::web_tools())
+/// action's own parameters ([`adp_core::tools::web_tools`]); `element`
+/// described for what the observations show (list numbers, tree ids, both).
+pub fn tools(observation: ObservationMode) -> Value {
+    let element = match observation {
+        ObservationMode::Text => return Value::Array(adp_core::tools::web_tools()),
+        ObservationMode::Axtree => json!({"type": "string", "pattern": "^e[0-9]+$",
+            "description": "Id of an element in the accessibility tree of the last page view, e.g. \"e412\" (give this or selector)."}),
+        ObservationMode::Both => json!({"type": ["string", "integer"],
+            "description": "Id of an element in the accessibility tree of the last page view (\"e412\"), or the number of an interactive element in its list (3) (give this or selector)."}),
+    };
+    let mut tools = adp_core::tools::web_tools();
+    for t in &mut tools {
+        if let Some(e) = t.pointer_mut("/function/parameters/properties/element") {
+            *e = element.clone();
+        }
+    }
+    Value::Array(tools)
 }
 
 #[cfg(test)]

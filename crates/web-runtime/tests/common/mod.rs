@@ -149,6 +149,31 @@ pub fn site_router() -> Router {
             let n = q(&query, "n").replace(['<', '>', '&'], "");
             Html(format!("<title>Item {n}</title><h1>Hardware item number {n}</h1><p>In stock.</p>"))
         }))
+        .route("/frames", get(|| async {
+            Html(
+                "<!doctype html><title>Frames</title><h1>Frames and shadows</h1>\
+                 <p id=out>nothing clicked</p>\
+                 <iframe src=\"/frame-inner\" width=400 height=150></iframe>\
+                 <div id=host></div><script>\
+                 const root = document.getElementById('host').attachShadow({mode: 'open'});\
+                 root.innerHTML = '<p id=sout>shadow idle</p><button id=sb>Shadow button</button>';\
+                 root.getElementById('sb').addEventListener('click', () => {\
+                   root.getElementById('sout').textContent = 'shadow clicked'; });\
+                 </script>",
+            )
+        }))
+        .route("/frame-inner", get(|| async {
+            Html(
+                "<!doctype html><title>Inner</title><p id=iout>inner idle</p>\
+                 <button onclick=\"document.getElementById('iout').textContent = 'inner clicked'\">Inner button</button>",
+            )
+        }))
+        .route("/long", get(|| async {
+            let items: String = (0..300)
+                .map(|i| format!("<div style=\"height:30px\"><a href=\"/unseen-item?n={i}\">Item {i}</a></div>"))
+                .collect();
+            Html(format!("<!doctype html><title>Long</title><h1>Long list</h1>{items}"))
+        }))
         .fallback(static_file)
 }
 
