@@ -10,7 +10,8 @@
 //! `reward_breakdown`: a task without `expected_answer`, `tests` or
 //! `verify` has the check `completed` (plus `expected_output`: the final
 //! stdout, trimmed, contains it), so success keeps its old meaning; the
-//! `tests` check runs in one more jail ([`crate::grader`]).
+//! `tests` check runs in the task's stateful session when it is still
+//! alive, else in one more jail that replays the cells ([`crate::grader`]).
 //! `final_result` is the model's final answer if it gave one, else the last
 //! step's stdout; it is what answer checks check.
 
@@ -31,7 +32,7 @@ use crate::executor::{Execution, Sandbox};
 use crate::grader;
 use crate::policy::openai::{self, OpenAiSession, PromptLimits};
 use crate::policy::{heuristic, scripted, Decision, Plan, Policy, Replay};
-use crate::session::{state_lost_note, Session};
+use crate::session::{state_lost_note, Session, INTERRUPT_GRACE};
 use crate::RUNTIME;
 
 /// Runs code tasks; the [`TaskHandler`] of this runtime.
@@ -88,8 +89,10 @@ impl Jails {
             Some(s) => s,
             None => {
                 self.started += 1;
+                // One cell more than the steps: the `tests` check may run
+                // in this session after the last step.
                 self.session
-                    .insert(sandbox.start_session(remaining, u64::from(max_steps))?)
+                    .insert(sandbox.start_session(remaining, u64::from(max_steps) + 1)?)
             }
         };
         let fresh = session.cells() == 0;
@@ -107,6 +110,15 @@ impl Jails {
             }
         }
         Ok(exec)
+    }
+
+    /// The task's session, when it is alive and has at least `need` of its
+    /// lifetime left (and a cell to spare: a session is started for the
+    /// task's `max_steps` cells plus one for the tests).
+    fn live_session(&mut self, need: Duration) -> Option<&mut Session> {
+        self.session
+            .as_mut()
+            .filter(|s| s.is_alive() && s.time_left() >= need)
     }
 
     /// Ends the task's session (in the background: the trajectory need not
@@ -260,9 +272,10 @@ impl CodeAgent {
             last = Some(exec);
         };
 
-        jails.finish();
         self.judge(task, &mut trajectory, last.as_ref(), &ending);
-        self.score(task, &mut trajectory, last.as_ref()).await?;
+        self.score(task, &mut trajectory, last.as_ref(), &mut jails)
+            .await?;
+        jails.finish();
         trajectory.total_duration = started.elapsed().as_secs_f64();
         trajectory.meta("policy", policy.name());
         trajectory.meta("cache_hit", cache_hit);
@@ -338,12 +351,15 @@ impl CodeAgent {
 
     /// Scores the task's checks: `t.success` says on entry whether the run
     /// completed; on return it says whether every check passed. Records the
-    /// final state. `Err` only when the test jail could not run.
+    /// final state. The `tests` check runs in the task's session when it is
+    /// still alive, else in a jail that replays the cells ([`grader`]).
+    /// `Err` only when the test jail could not run.
     async fn score(
         &self,
         task: &TaskSpec,
         t: &mut Trajectory,
         last: Option<&Execution>,
+        jails: &mut Jails,
     ) -> Result<(), InfraError> {
         let checks = match Checks::from_task(task) {
             Ok(c) => c,
@@ -364,7 +380,16 @@ impl CodeAgent {
                 .acquire_owned()
                 .await
                 .map_err(|_| InfraError::new("sandbox", "jail slots closed"))?;
-            live.set("tests", grader::run_tests(&self.sandbox, t, tests).await?);
+            // The tests cell needs a step's wall time (plus the interrupt's
+            // grace) of the session's lifetime.
+            let need = self.sandbox.config().step_timeout + INTERRUPT_GRACE * 2;
+            let outcome = match jails.live_session(need) {
+                Some(session) => {
+                    grader::run_tests_in_session(session, &self.sandbox, t, tests).await?
+                }
+                None => grader::run_tests(&self.sandbox, t, tests).await?,
+            };
+            live.set("tests", outcome);
         }
         let state = FinalState {
             answer: t.final_result.clone(),

@@ -1,16 +1,24 @@
 //! The `tests` check of a code task (`constraints.tests`): Python test code
-//! run in a jail after the agent's last step.
+//! run after the agent's last step, against the state the agent built.
 //!
-//! Each step of the agent ran in its own one-shot jail, so there is no live
-//! interpreter left to test. One more jail rebuilds the state: a harness
-//! replays the code cells the agent ran, in order, in one namespace (their
-//! output discarded; a cell that raises is noted and the replay goes on;
-//! cells that hit the time limit are left out: they would again), sets
-//! `final_answer` to the trajectory's `final_result`, runs the test source
-//! in that namespace, then calls every `test_*` function it defined. Passed
-//! means: the source ran and no test function raised. A failing or broken
-//! test is a score of 0 with its traceback; only a jail that cannot start
-//! is an infrastructure error.
+//! * **In the task's session** ([`run_tests_in_session`]): when the task ran
+//!   in a stateful session that is still alive at the end, the tests run as
+//!   one more cell of that session, in the agent's own namespace and `/tmp`
+//!   (the real state: what the agent computed, not a re-computation).
+//! * **Replayed** ([`run_tests`]): in oneshot mode (each step was its own
+//!   jail, no interpreter is left), or when the session was lost (a cell
+//!   ended it, or too little of its lifetime is left), one more one-shot jail
+//!   rebuilds the state: the harness replays the code cells the agent ran, in
+//!   order, in one namespace (their output discarded; a cell that raises is
+//!   noted and the replay goes on; cells that hit the time limit are left
+//!   out: they would again).
+//!
+//! Either way the harness sets `final_answer` to the trajectory's
+//! `final_result`, runs the test source in that namespace, then calls every
+//! `test_*` function it defined. Passed means: the source ran and no test
+//! function raised. A failing or broken test — or tests that end the
+//! session or run out of time — is a score of 0 with its traceback; only a
+//! jail that cannot start is an infrastructure error.
 //!
 //! The result comes back as one line on stdout, tagged with a random
 //! nonce; everything else the tests printed is the check's log. The tests
@@ -25,6 +33,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::executor::{Execution, Sandbox};
+use crate::session::Session;
 
 /// Longest the test jail may run, whatever the number of cells.
 pub const MAX_TESTS_WALL: Duration = Duration::from_secs(120);
@@ -38,8 +47,9 @@ const RESULT_TAG: &str = "__ADP_TESTS_RESULT__";
 const HARNESS: &str = r#"
 import contextlib as _adp_cl, io as _adp_io, json as _adp_json, os as _adp_os, traceback as _adp_tb
 
-def _adp_run(cells, tests, answer, tag):
-    g = {"__name__": "__main__", "__builtins__": __builtins__}
+def _adp_run(cells, tests, answer, tag, g=None):
+    if g is None:
+        g = {"__name__": "__main__", "__builtins__": __builtins__}
     replay = []
     for i, cell in enumerate(cells):
         sink = _adp_io.StringIO()
@@ -106,6 +116,17 @@ pub fn program(cells: &[String], tests: &str, answer: &str, tag: &str) -> String
     )
 }
 
+/// The cell run in the task's own session: the harness, then the call with
+/// no cells to replay and the session's namespace (`globals()` of a cell).
+pub fn session_program(tests: &str, answer: &str, tag: &str) -> String {
+    format!(
+        "{HARNESS}_adp_run([], {}, {}, {}, globals())\n",
+        lit(tests),
+        lit(answer),
+        lit(tag)
+    )
+}
+
 /// `v` as JSON, which for strings and lists of strings is a Python literal.
 fn lit<T: serde::Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "None".to_owned())
@@ -131,11 +152,35 @@ pub async fn run_tests(
     let code = program(&cells, tests, &t.final_result, &tag);
     let wall = wall(sandbox.config().step_timeout, cells.len());
     let exec = sandbox.run(&code, wall).await?;
-    Ok(judge(&exec, &tag, cells.len()))
+    Ok(judge(
+        &exec,
+        &tag,
+        &format!("{} cell(s) replayed", cells.len()),
+    ))
 }
 
-/// Reads the harness's report from a finished run.
-fn judge(exec: &Execution, tag: &str, cells: usize) -> Outcome {
+/// Runs `tests` as one more cell of the task's live `session`, with a
+/// step's wall limit. `Err` only when the session cannot take a cell.
+pub async fn run_tests_in_session(
+    session: &mut Session,
+    sandbox: &Sandbox,
+    t: &Trajectory,
+    tests: &str,
+) -> Result<Outcome, InfraError> {
+    let tag = format!("{RESULT_TAG}{}", uuid::Uuid::new_v4().simple());
+    let code = session_program(tests, &t.final_result, &tag);
+    let run = session
+        .run_cell(&code, sandbox.config().step_timeout)
+        .await?;
+    Ok(judge(&run.execution, &tag, IN_SESSION))
+}
+
+/// How the detail names a run in the task's session.
+pub const IN_SESSION: &str = "run in the task's session";
+
+/// Reads the harness's report from a finished run; `how` says where the
+/// state came from (the session, or the cells replayed).
+fn judge(exec: &Execution, tag: &str, how: &str) -> Outcome {
     let stdout = &exec.stdout.text;
     let report = stdout
         .rfind(tag)
@@ -165,7 +210,7 @@ fn judge(exec: &Execution, tag: &str, cells: usize) -> Outcome {
         let tail = lines[lines.len().saturating_sub(8)..].join("\n");
         return Outcome {
             score: 0.0,
-            detail: format!("the tests did not finish: {why}\n{tail}")
+            detail: format!("the tests did not finish ({how}): {why}\n{tail}")
                 .trim_end()
                 .to_owned(),
             log: Some(cut(&log)),
@@ -178,7 +223,7 @@ fn judge(exec: &Execution, tag: &str, cells: usize) -> Outcome {
         log.push_str(&format!("[replay] {e}\n"));
     }
     let replayed = format!(
-        "{cells} cell(s) replayed{}",
+        "{how}{}",
         match report.replay_errors.len() {
             0 => String::new(),
             n => format!(", {n} raised"),

@@ -77,6 +77,8 @@ pub struct Session {
     cgroup: Option<SessionCgroup>,
     cells: u64,
     alive: bool,
+    /// When nsjail's time limit ends the jail.
+    expires: Instant,
 }
 
 impl Sandbox {
@@ -84,6 +86,7 @@ impl Sandbox {
     /// time) for at most `cells` cells (bounds the session's CPU time).
     pub fn start_session(&self, lifetime: Duration, cells: u64) -> Result<Session, InfraError> {
         let lifetime_secs = lifetime.as_secs_f64().ceil().max(1.0) as u64 + 2;
+        let expires = Instant::now() + Duration::from_secs(lifetime_secs);
         let cgroup = match &self.setup().limits {
             LimitMode::CgroupV1 { memory_root, .. } => match SessionCgroup::create(memory_root) {
                 Ok(g) => Some(g),
@@ -115,6 +118,7 @@ impl Sandbox {
             cgroup,
             cells: 0,
             alive: true,
+            expires,
         })
     }
 }
@@ -128,6 +132,12 @@ impl Session {
     /// Cells run so far.
     pub fn cells(&self) -> u64 {
         self.cells
+    }
+
+    /// How long the jail may still live (its time limit is the task's time
+    /// left when it started, plus a margin).
+    pub fn time_left(&self) -> Duration {
+        self.expires.saturating_duration_since(Instant::now())
     }
 
     /// Runs one cell with a wall limit of `wall`. `Err` only when the
