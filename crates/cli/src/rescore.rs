@@ -344,7 +344,7 @@ fn rescore_file(
         return;
     }
     update(&mut raw, &old, &new, from_file.then_some(&task));
-    let written = serde_json::to_vec_pretty(&raw)
+    let written = adp_core::pretty::to_vec(&raw)
         .map_err(adp_core::Error::from)
         .and_then(|mut body| {
             body.push(b'\n');

@@ -9,7 +9,8 @@
 //! * [`names`]: every Redis stream, group and key name.
 //! * [`queue`]: consumer groups, the [`queue::Worker`] that runs a
 //!   [`queue::TaskHandler`], heartbeats, re-claim, retries, dead letters.
-//! * [`writer`]: atomic trajectory files.
+//! * [`writer`]: atomic trajectory files, laid out by [`pretty`] (pretty JSON,
+//!   arrays of numbers on one line).
 //! * [`cache`]: the template (plan) cache.
 //! * [`metrics`]: the Prometheus registry and the `/metrics` + `/health` server.
 //! * [`health`]: runtime registration in the `runtime_health` hash.
@@ -31,6 +32,7 @@ pub mod llm;
 pub mod llm_record;
 pub mod metrics;
 pub mod names;
+pub mod pretty;
 pub mod queue;
 pub mod reward;
 pub mod tools;

@@ -101,7 +101,7 @@ impl TrajectoryWriter {
     /// Writes `trajectory` atomically and durably; returns the final path.
     pub async fn write(&self, trajectory: &Trajectory) -> Result<PathBuf> {
         let path = self.target(trajectory)?;
-        let mut body = serde_json::to_vec_pretty(trajectory)?;
+        let mut body = crate::pretty::to_vec(trajectory)?;
         body.push(b'\n');
         let (done, result) = oneshot::channel();
         self.submit(Job {

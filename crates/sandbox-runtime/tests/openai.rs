@@ -428,6 +428,23 @@ async fn native_tool_calls_with_logprobs_are_recorded_as_sent() {
         messages[n]["tool_calls"][0]["function"]["name"],
         "final_answer"
     );
+    // In the file, token ids and logprobs are one line each (not one
+    // number a line), and the file reads back to the same records.
+    let file = common::trajectory_path(h.out.path(), "native_multi");
+    let text = std::fs::read_to_string(&file).expect("trajectory file");
+    for key in ["completion_token_ids", "logprobs", "prompt_token_ids"] {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("\"{key}\": [")))
+            .collect();
+        assert_eq!(lines.len(), 3, "{key}: one line per call");
+        assert!(
+            lines.iter().all(|l| l.trim_end_matches(',').ends_with(']')),
+            "{lines:?}"
+        );
+    }
+    let back: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(back["metadata"]["llm_calls"], t.metadata["llm_calls"]);
     h.stop().await;
 }
 
@@ -561,7 +578,7 @@ async fn trajectory_size_with_logprobs() {
     let file = common::trajectory_path(h.out.path(), "size_10");
     let size = std::fs::metadata(&file).expect("trajectory file").len();
     let part = |key: &str| {
-        serde_json::to_string_pretty(&traj.metadata[key])
+        adp_core::pretty::to_vec(&traj.metadata[key])
             .map(|s| s.len())
             .unwrap_or(0)
     };
@@ -582,13 +599,13 @@ async fn trajectory_size_with_logprobs() {
             }
         }
     }
-    let lean = serde_json::to_vec_pretty(&lean)
+    let lean = adp_core::pretty::to_vec(&lean)
         .map(|v| v.len())
         .unwrap_or(0);
     println!(
         "trajectory size, 10 steps + final answer, 500-token replies, LLM_LOGPROBS=true: \
          {size} bytes ({:.0} KiB; without the token arrays {lean} bytes = {:.0} KiB); \
-         metadata.llm_calls {} bytes, metadata.messages {} bytes (pretty-printed alone); \
+         metadata.llm_calls {} bytes, metadata.messages {} bytes (laid out alone as in the file); \
          {prompt_ids} prompt token ids in all, {} completion token ids and logprobs",
         size as f64 / 1024.0,
         lean as f64 / 1024.0,
