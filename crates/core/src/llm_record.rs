@@ -281,10 +281,150 @@ pub fn request_body(calls: &[LlmCall], i: usize) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(request_value(calls, i))).unwrap_or_default()
 }
 
+/// A message part's URL that stands for a file stored with the trajectory:
+/// `adp-file:<path relative to the trajectories directory>`. A runtime that
+/// sent a file inline (a screenshot as `data:image/png;base64,...`) records
+/// this instead, so the file is stored once, not again as base64 in every
+/// record; [`inline_files`] turns it back into what was sent.
+pub const FILE_URL_PREFIX: &str = "adp-file:";
+
+/// The data URL a PNG is sent as (`data:image/png;base64,<standard base64>`).
+pub fn png_data_url(png: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut s = String::from("data:image/png;base64,");
+    base64::engine::general_purpose::STANDARD.encode_string(png, &mut s);
+    s
+}
+
+/// The `adp-file:` reference of the file at `path` (relative to the
+/// trajectories directory).
+pub fn file_url(path: &str) -> String {
+    format!("{FILE_URL_PREFIX}{path}")
+}
+
+/// Replaces, in `value`, every `image_url.url` equal to a key of `files`
+/// (a data URL that was sent) by its file reference. Returns how many.
+pub fn reference_files(
+    value: &mut Value,
+    files: &std::collections::HashMap<String, String>,
+) -> usize {
+    let mut n = 0;
+    match value {
+        Value::Object(m) => {
+            if let Some(Value::String(url)) = m.get_mut("image_url").and_then(|i| i.get_mut("url"))
+            {
+                if let Some(path) = files.get(url.as_str()) {
+                    *url = file_url(path);
+                    n += 1;
+                }
+            }
+            for v in m.values_mut() {
+                n += reference_files(v, files);
+            }
+        }
+        Value::Array(a) => {
+            for v in a {
+                n += reference_files(v, files);
+            }
+        }
+        _ => {}
+    }
+    n
+}
+
+/// Puts the files that `adp-file:` references stand for back into the
+/// records, as the data URLs that were sent (`dir`: the trajectories
+/// directory the paths are relative to), so [`request_body`] gives the bytes
+/// sent again. Only `.png` files are referenced today. Returns how many
+/// references were replaced; `Err` names a reference whose file is missing,
+/// unreadable, or not a plain relative path.
+pub fn inline_files(calls: &mut [LlmCall], dir: &std::path::Path) -> Result<usize, String> {
+    fn walk(v: &mut Value, dir: &std::path::Path) -> Result<usize, String> {
+        let mut n = 0;
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(url)) =
+                    m.get_mut("image_url").and_then(|i| i.get_mut("url"))
+                {
+                    if let Some(path) = url.strip_prefix(FILE_URL_PREFIX) {
+                        let rel = std::path::Path::new(path);
+                        let plain = rel
+                            .components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_)));
+                        if !plain || !path.ends_with(".png") {
+                            return Err(format!("{url}: not a relative .png path"));
+                        }
+                        let bytes =
+                            std::fs::read(dir.join(rel)).map_err(|e| format!("{url}: {e}"))?;
+                        *url = png_data_url(&bytes);
+                        n += 1;
+                    }
+                }
+                for v in m.values_mut() {
+                    n += walk(v, dir)?;
+                }
+            }
+            Value::Array(a) => {
+                for v in a {
+                    n += walk(v, dir)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(n)
+    }
+    let mut n = 0;
+    for c in calls {
+        for m in &mut c.messages_added {
+            n += walk(m, dir)?;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn file_references_round_trip_to_the_bytes_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("t1")).expect("dir");
+        let png = b"\x89PNG\r\n\x1a\nnot really";
+        std::fs::write(dir.path().join("t1/step_0.png"), png).expect("write");
+        let data = png_data_url(png);
+        let sent = json!([{"role": "user", "content": [
+            {"type": "text", "text": "page"},
+            {"type": "image_url", "image_url": {"url": data}}]}]);
+        let mut log = CallLog::new();
+        let mut b = body(sent.clone());
+        log.push(CallOutcome {
+            body: &b,
+            started_at: 1.0,
+            latency: 0.1,
+            result: Err("x".into()),
+        });
+        let sent_bytes = serde_json::to_vec(&Value::Object(b.clone())).expect("bytes");
+        let mut recorded = log.to_value();
+        let files = std::collections::HashMap::from([(data.clone(), "t1/step_0.png".to_owned())]);
+        assert_eq!(reference_files(&mut recorded, &files), 1);
+        assert!(!recorded.to_string().contains("base64"), "{recorded}");
+        let mut calls: Vec<LlmCall> = serde_json::from_value(recorded).expect("calls");
+        assert_eq!(inline_files(&mut calls, dir.path()), Ok(1));
+        assert_eq!(request_body(&calls, 0), sent_bytes);
+        // A reference that leaves the directory is refused.
+        b.insert("messages".into(), json!([{"content": [{"type": "image_url", "image_url": {"url": "adp-file:../x.png"}}]}]));
+        let mut bad = CallLog::new();
+        bad.push(CallOutcome {
+            body: &b,
+            started_at: 1.0,
+            latency: 0.1,
+            result: Err("x".into()),
+        });
+        let mut calls: Vec<LlmCall> = serde_json::from_value(bad.to_value()).expect("calls");
+        assert!(inline_files(&mut calls, dir.path()).is_err());
+    }
 
     fn body(messages: Value) -> Map<String, Value> {
         let v = json!({

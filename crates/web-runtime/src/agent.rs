@@ -24,7 +24,7 @@ use crate::actions::Action;
 use crate::axtree::{self, AxRead};
 use crate::browser::{BrowserError, BrowserManager, Session};
 use crate::exec::{self, FinalPage, Performed};
-use crate::observe::{Observation, ObservationMode};
+use crate::observe::{Observation, ObservationMode, Screenshot};
 use crate::page::EvalError;
 use crate::policy::heuristic::Heuristic;
 use crate::policy::openai::OpenAi;
@@ -56,6 +56,9 @@ pub struct AgentSettings {
     pub max_raw_axtree_bytes: usize,
     /// Save a PNG per step under `$OUTPUT_DIR/trajectories/<task_id>/`.
     pub screenshots: bool,
+    /// Also attach each step's screenshot to the model's next request
+    /// (`WEB_SCREENSHOTS=model`; implies `screenshots`).
+    pub screenshots_to_model: bool,
     pub output_dir: PathBuf,
 }
 
@@ -70,6 +73,7 @@ impl Default for AgentSettings {
             max_ax_nodes: 400,
             max_raw_axtree_bytes: 1 << 20,
             screenshots: false,
+            screenshots_to_model: false,
             output_dir: PathBuf::from("output"),
         }
     }
@@ -402,7 +406,7 @@ impl WebHandler {
             .map_err(infra)?;
         let acted_ms = t0.elapsed().as_millis() as u64;
         let mut ax: Option<AxRead> = None;
-        let obs = match self.observe(session).await? {
+        let mut obs = match self.observe(session).await? {
             Ok((o, a)) if !session.crashed() => {
                 ax = a;
                 o
@@ -439,9 +443,15 @@ impl WebHandler {
                 self.store_axtree(task, traj, step_id, &ax.raw).await;
             }
         }
-        if self.settings.screenshots {
-            if let Some(path) = self.screenshot(task, session, step_id).await {
+        if self.settings.screenshots || self.settings.screenshots_to_model {
+            if let Some((path, rel, png)) = self.screenshot(task, session, step_id).await {
                 params.insert("screenshot".into(), json!(path));
+                if self.settings.screenshots_to_model {
+                    obs.screenshot = Some(Screenshot {
+                        path: rel,
+                        png: std::sync::Arc::new(png),
+                    });
+                }
             }
         }
         let (error_type, error_message) = match &performed.error {
@@ -555,8 +565,14 @@ impl WebHandler {
         }
     }
 
-    /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.png`; `None` if it failed.
-    async fn screenshot(&self, task: &TaskSpec, session: &Session, step: u32) -> Option<String> {
+    /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.png`: its path, its path
+    /// relative to `trajectories/`, and its bytes; `None` if it failed.
+    async fn screenshot(
+        &self,
+        task: &TaskSpec,
+        session: &Session,
+        step: u32,
+    ) -> Option<(String, String, Vec<u8>)> {
         use chromiumoxide::page::ScreenshotParams;
         if !adp_core::validate::is_safe_task_id(&task.task_id) {
             return None;
@@ -584,10 +600,11 @@ impl WebHandler {
             tracing::warn!(dir = %dir.display(), error = %e, "Cannot create the screenshot directory.");
             return None;
         }
-        if let Err(e) = tokio::fs::write(&path, bytes).await {
+        if let Err(e) = tokio::fs::write(&path, &bytes).await {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write a screenshot.");
             return None;
         }
-        Some(path.display().to_string())
+        let rel = format!("{}/step_{step}.png", task.task_id);
+        Some((path.display().to_string(), rel, bytes))
     }
 }

@@ -22,6 +22,17 @@ pub enum CacheMode {
     Off,
 }
 
+/// `WEB_SCREENSHOTS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScreenshotMode {
+    #[value(alias = "false")]
+    Off,
+    #[value(alias = "true")]
+    On,
+    /// Saved, and attached to the model's request.
+    Model,
+}
+
 /// A comma-separated list of CIDR blocks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CidrList(pub Vec<Cidr>);
@@ -127,9 +138,12 @@ pub struct Config {
     /// name). Off: such a page fails its step with `network_error`.
     #[arg(long, env = "WEB_IGNORE_HTTPS_ERRORS", default_value_t = false, action = ArgAction::Set)]
     pub web_ignore_https_errors: bool,
-    /// Save a screenshot per step under `$OUTPUT_DIR/trajectories/<task_id>/`.
-    #[arg(long, env = "WEB_SCREENSHOTS", default_value_t = false, action = ArgAction::Set)]
-    pub web_screenshots: bool,
+    /// Screenshots: `off`, `on` (a PNG per step under
+    /// `$OUTPUT_DIR/trajectories/<task_id>/`) or `model` (also attached to
+    /// the `openai` policy's next request as an image part). `false`/`true`
+    /// mean `off`/`on`.
+    #[arg(long, env = "WEB_SCREENSHOTS", value_enum, default_value = "off")]
+    pub web_screenshots: ScreenshotMode,
     /// Budget of one action (navigation and settling included), in milliseconds.
     #[arg(long, env = "WEB_ACTION_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub web_action_timeout_ms: u64,
@@ -222,7 +236,8 @@ impl Config {
             observation: self.web_observation,
             max_ax_nodes: self.web_max_ax_nodes as usize,
             max_raw_axtree_bytes: self.web_max_axtree_bytes as usize,
-            screenshots: self.web_screenshots,
+            screenshots: self.web_screenshots != ScreenshotMode::Off,
+            screenshots_to_model: self.web_screenshots == ScreenshotMode::Model,
             output_dir: self.common.output_dir.clone(),
         }
     }
@@ -239,7 +254,15 @@ mod tests {
         assert_eq!(c.metrics_port, 8002);
         assert!(!c.web_block_private);
         assert!(c.web_egress_proxy);
-        assert!(!c.web_screenshots);
+        assert_eq!(c.web_screenshots, ScreenshotMode::Off);
+        for (v, want) in [
+            ("true", ScreenshotMode::On),
+            ("false", ScreenshotMode::Off),
+            ("model", ScreenshotMode::Model),
+        ] {
+            let c = Config::try_parse_from(["web-runtime", "--web-screenshots", v]).expect(v);
+            assert_eq!(c.web_screenshots, want);
+        }
         assert_eq!(c.web_observation, ObservationMode::Both);
         assert!(Config::try_parse_from(["web-runtime", "--web-observation", "pixels"]).is_err());
         assert_eq!(c.chrome_path, PathBuf::from(DEFAULT_CHROME_PATH));

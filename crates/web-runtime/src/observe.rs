@@ -221,6 +221,17 @@ pub struct Observation {
     /// they are still read: the final state and the heuristic use them).
     #[serde(skip)]
     pub hide_text: bool,
+    /// The step's screenshot, for the model (`WEB_SCREENSHOTS=model`).
+    #[serde(skip)]
+    pub screenshot: Option<Screenshot>,
+}
+
+/// A step's screenshot as stored with the trajectory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Screenshot {
+    /// Path relative to `$OUTPUT_DIR/trajectories/` (`<task_id>/step_<n>.png`).
+    pub path: String,
+    pub png: std::sync::Arc<Vec<u8>>,
 }
 
 impl Observation {

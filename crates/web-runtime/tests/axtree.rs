@@ -4,7 +4,9 @@
 //! iframe and in an open shadow root; scrolling brings elements into the
 //! observation that the first one did not list. The model is the scripted
 //! OpenAI-compatible server, which picks ids out of the observations it is
-//! sent, as a model would.
+//! sent, as a model would. And `WEB_SCREENSHOTS=model`: the step's
+//! screenshot reaches that server as an image part, and the record, which
+//! references the stored PNG, rebuilds the bytes sent.
 
 mod common;
 
@@ -12,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use adp_core::llm::{LlmClient, LlmConfig};
+use adp_core::llm_record;
+use base64::Engine as _;
 use common::{run, summary, Harness, Site};
 use serde_json::{json, Value};
 use test_support::fake_llm::{FakeLlm, RecordedRequest, Reply};
@@ -282,5 +286,91 @@ async fn scrolling_reveals_elements_the_first_observation_did_not_list() {
         last.contains("(above)") || last.contains("nodes above"),
         "{last}"
     );
+    h.stop().await;
+}
+
+/// The image parts of a request's messages: (message index, URL).
+fn images(req: &RecordedRequest) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, m) in req.messages().iter().enumerate() {
+        for part in m["content"].as_array().into_iter().flatten() {
+            if part["type"] == "image_url" {
+                out.push((
+                    i,
+                    part["image_url"]["url"].as_str().unwrap_or("").to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_screenshots_reach_the_model_as_image_parts_and_are_stored_once() {
+    let (h, site) = start().await;
+    let llm = FakeLlm::start(vec![
+        Reply::tool_call("extract", json!({})),
+        Reply::tool_call("finish", json!({"answer": "seen"})),
+    ])
+    .await;
+    let mut settings = h.settings();
+    settings.screenshots_to_model = true;
+    let handler = h.handler(settings, Some(client(&llm)));
+    let t = run(
+        &handler,
+        json!({
+            "task_id": "ax_shot",
+            "description": "Look at the order form",
+            "max_steps": 3,
+            "constraints": {"start_url": format!("{site}/order.html")}
+        }),
+    )
+    .await;
+    assert!(t.success, "{t:#?}");
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 2);
+    // Each request carries exactly one screenshot, the newest page's, as an
+    // OpenAI image part holding a PNG data URL.
+    let mut last_at = 0;
+    for (k, req) in reqs.iter().enumerate() {
+        let imgs = images(req);
+        assert_eq!(imgs.len(), 1, "request {k}: {imgs:?}");
+        let (at, url) = &imgs[0];
+        assert!(*at > last_at, "request {k}: the image is a newer message");
+        last_at = *at;
+        let b64 = url
+            .strip_prefix("data:image/png;base64,")
+            .expect("png data URL");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64");
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "request {k}: not a PNG"
+        );
+        let stored = std::fs::read(
+            h.out
+                .path()
+                .join(format!("trajectories/ax_shot/step_{k}.png")),
+        )
+        .expect("stored screenshot");
+        assert_eq!(png, stored, "request {k}: the step's stored screenshot");
+    }
+    // The trajectory references the files; it holds no base64 copy.
+    let text = serde_json::to_string(&t).expect("json");
+    assert!(!text.contains("base64,"), "screenshot stored twice");
+    assert!(text.contains("adp-file:ax_shot/step_0.png"), "{text}");
+    // ... and the records rebuild the requests byte for byte once inlined.
+    let mut calls = llm_record::from_metadata(&t.metadata).expect("valid llm_calls");
+    let inlined = llm_record::inline_files(&mut calls, &h.out.path().join("trajectories"))
+        .expect("files found");
+    assert_eq!(inlined, 2);
+    for (i, r) in reqs.iter().enumerate() {
+        assert_eq!(
+            llm_record::request_body(&calls, i),
+            r.raw,
+            "call {i} rebuilt as sent"
+        );
+    }
     h.stop().await;
 }

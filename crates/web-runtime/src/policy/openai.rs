@@ -23,8 +23,10 @@
 //! messages it sent (the first call that sends the shortened form has a
 //! `messages_prefix` that stops before it).
 
+use std::collections::HashMap;
+
 use adp_core::llm::{LlmClient, Sampling, ToolMode};
-use adp_core::llm_record::{CallLog, LlmResponse};
+use adp_core::llm_record::{self, CallLog, LlmResponse};
 use adp_core::tools::{ToolReply, ToolTurns, WEB_TOOL_NAMES};
 use adp_core::{InfraError, TaskSpec, Trajectory};
 use serde_json::{json, Map, Value};
@@ -54,6 +56,11 @@ pub struct OpenAi {
     turns: ToolTurns,
     /// Steps recorded before the policy's first action (the start URL).
     steps_before: u32,
+    /// The message holding the latest screenshot (`WEB_SCREENSHOTS=model`).
+    screenshot_message: Option<usize>,
+    /// Data URL sent → the file it came from (relative to `trajectories/`):
+    /// the records reference the file instead of repeating its base64.
+    sent_files: HashMap<String, String>,
 }
 
 impl OpenAi {
@@ -73,6 +80,8 @@ impl OpenAi {
             log: CallLog::new(),
             turns: ToolTurns::new(),
             steps_before: 0,
+            screenshot_message: None,
+            sent_files: HashMap::new(),
         }
     }
 
@@ -134,6 +143,7 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
                 }
             }
         }
+        self.attach_screenshot(turn);
         loop {
             let reply = self
                 .client
@@ -188,6 +198,34 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
         self.messages
             .push(json!({"role": "user", "content": task_message(turn.task, page)}));
         self.full_observation = Some(self.messages.len() - 1);
+    }
+
+    /// With a screenshot in the observation (`WEB_SCREENSHOTS=model`): a user
+    /// message with the image as an OpenAI `image_url` part (a PNG data
+    /// URL), after the page view (and after the tool message, in native
+    /// mode: tool messages carry text only). The previous screenshot is
+    /// left out of what is sent from now on, as older page views are
+    /// shortened.
+    fn attach_screenshot(&mut self, turn: &Turn<'_>) {
+        let Some(shot) = &turn.observation.screenshot else {
+            return;
+        };
+        if let Some(i) = self.screenshot_message.take() {
+            if let Some(m) = self.messages.get_mut(i) {
+                m["content"] = json!("[screenshot of an earlier page left out]");
+            }
+        }
+        let url = llm_record::png_data_url(&shot.png);
+        // Two identical screenshots have one data URL: the first file stands
+        // for both (same bytes).
+        self.sent_files
+            .entry(url.clone())
+            .or_insert_with(|| shot.path.clone());
+        self.messages.push(json!({"role": "user", "content": [
+            {"type": "text", "text": format!("Screenshot of the current page's viewport (step {}):", turn.step)},
+            {"type": "image_url", "image_url": {"url": url}}
+        ]}));
+        self.screenshot_message = Some(self.messages.len() - 1);
     }
 
     /// Text mode: the JSON action in the reply, or `None` after telling the
@@ -269,14 +307,22 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
 
     /// `metadata.messages` (the last request's messages plus the final
     /// reply), `metadata.model` and `metadata.llm_calls`.
+    ///
+    /// A screenshot sent as a data URL is recorded as a reference to its
+    /// file (`adp-file:<task_id>/step_<n>.png`, stored once with the
+    /// trajectory); [`llm_record::inline_files`] restores the bytes sent.
     pub fn record(&self, trajectory: &mut Trajectory) {
-        trajectory.meta("messages", Value::Array(self.messages.clone()));
+        let mut messages = Value::Array(self.messages.clone());
+        llm_record::reference_files(&mut messages, &self.sent_files);
+        trajectory.meta("messages", messages);
         if let Some(model) = &self.model {
             trajectory.meta("model", model.clone());
         }
         let mut log = self.log.clone();
         log.clear_step_ids_from(trajectory.steps.len() as u32);
-        trajectory.meta("llm_calls", log.to_value());
+        let mut calls = log.to_value();
+        llm_record::reference_files(&mut calls, &self.sent_files);
+        trajectory.meta("llm_calls", calls);
     }
 }
 
