@@ -23,8 +23,9 @@
 # rates are medians over rounds, the ratio is the median over pipeline rounds
 # of (pipeline / mean of the raw rounds before and after it), which follows
 # the machine's drifting speed better than a ratio of medians. Prints tasks/s
-# both ways, the ratio (target >= 90%), the runtime's RSS and per-step /
-# per-task durations.
+# both ways, the ratio (target >= 90 % for one step, >= 300 % for a stateful
+# multi-step run), the runtime's RSS and per-step / per-task durations.
+# Memory per idle session: scripts/bench_session_memory.sh.
 # Task i is a scripted code task running print(sum(range(i))) (with
 # BENCH_STEPS=S: S cells, cell k printing sum(range(i + k)); raw runs the
 # same S cells as S one-shot jails per task, so both rates are tasks/s).
@@ -129,7 +130,10 @@ fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
 print(f"tasks={n} steps/task={os.environ.get('BENCH_STEPS', '1')} session={os.environ.get('BENCH_SESSION', 'stateful')} parallelism={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"raw nsjail+python : {raw:7.1f} tasks/s  (median of {fmt(raws)})")
 print(f"pipeline          : {pipe:7.1f} tasks/s  (median of {fmt(rates)}; {ok}/{n * len(rates)} tasks succeeded)")
-print(f"ratio             : {100 * statistics.median(paired):6.1f} %  (target >= 90 %; median of each pipeline round over its neighbouring raw rounds: {fmt(100 * x for x in paired)})")
+# Targets: one-step tasks >= 90 % of raw (issue 13: the stateful default >= 93 %);
+# multi-step tasks in a stateful session >= 3x the same cells run one-shot (issue 13).
+target = "300 %" if int(os.environ.get("BENCH_STEPS", "1")) > 1 else "90 %"
+print(f"ratio             : {100 * statistics.median(paired):6.1f} %  (target >= {target}; median of each pipeline round over its neighbouring raw rounds: {fmt(100 * x for x in paired)})")
 print(f"ratio of medians  : {100 * pipe / raw:6.1f} %")
 print(f"runtime RSS       : peak {max(peaks):.1f} MiB, after a run {max(afters):.1f} MiB")
 print(f"CPU per task      : runtime {statistics.median(c[0] for c in cpus):.2f} ms, redis {statistics.median(c[1] for c in cpus):.2f} ms")

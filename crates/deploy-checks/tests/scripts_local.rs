@@ -8,13 +8,14 @@ use std::sync::Mutex;
 use deploy_checks::root;
 use deploy_checks::tools::require;
 
-const SCRIPTS: [&str; 13] = [
+const SCRIPTS: [&str; 14] = [
     "scripts/ops-common.sh",
     "scripts/bench-common.sh",
     "scripts/bench_sandbox.sh",
     "scripts/bench_web.sh",
     "scripts/bench_dispatch.sh",
     "scripts/bench_export.sh",
+    "scripts/bench_session_memory.sh",
     "scripts/image_rootfs_check.sh",
     "scripts/build.sh",
     "scripts/deploy.sh",

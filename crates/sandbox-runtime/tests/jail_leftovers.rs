@@ -9,52 +9,7 @@ use std::time::Duration;
 use adp_core::TaskType;
 use common::{observation, task, Harness};
 use serde_json::json;
-use test_support::wait_until;
-
-/// Processes of uid 65534 descending from this test process.
-fn jailed_descendants() -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let uid_65534 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .is_some_and(|u| u.split_whitespace().next() == Some("65534"));
-        if !uid_65534 {
-            continue;
-        }
-        // Walk up the parents to this process.
-        let mut p = pid;
-        for _ in 0..16 {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                break;
-            };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(0);
-            if ppid == me {
-                found.push(pid);
-                break;
-            }
-            if ppid <= 1 {
-                break;
-            }
-            p = ppid;
-        }
-    }
-    found
-}
+use test_support::{jailed_descendants, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_of_a_session_outlives_its_task_and_tasks_share_nothing() {

@@ -161,6 +161,84 @@ pub fn process_running(pid: u32) -> bool {
     })
 }
 
+/// The descendants of process `root` (children, grandchildren, ...), from
+/// one scan of `/proc`.
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = Default::default();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The parent follows the state, after the parenthesised name.
+            if let Some(ppid) = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or_default() {
+            found.push(c);
+            todo.push(c);
+        }
+    }
+    found
+}
+
+/// The real uid of process `pid` (`None` once it is gone).
+pub fn process_uid(pid: u32) -> Option<u32> {
+    status_field(pid, "Uid:")
+}
+
+/// Processes of uid 65534 (the jails' user) descending from this process.
+pub fn jailed_descendants() -> Vec<u32> {
+    descendants(std::process::id())
+        .into_iter()
+        .filter(|&p| process_uid(p) == Some(65534))
+        .collect()
+}
+
+/// Resident memory of process `pid`, KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_field(pid, "VmRSS:").map_or(0, u64::from)
+}
+
+/// Proportional set size of process `pid` (`/proc/<pid>/smaps_rollup`),
+/// KiB: its private memory plus its share of pages mapped by several
+/// processes (0 once it is gone).
+pub fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The first number of field `name` in `/proc/<pid>/status`.
+fn status_field(pid: u32, name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Creates an empty file at `path` last modified `age` ago, as a process
 /// that died that long ago would have left it.
 pub fn aged_file(path: &Path, age: Duration) {
