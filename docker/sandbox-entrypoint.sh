@@ -14,10 +14,29 @@
 #
 # When OUTPUT_DIR is root's (no bind mount, or one Docker created), the
 # runtime keeps running as root, as before. See docs/deploy.md.
+#
+# Per-jail cgroups: Docker mounts the container's own cgroups read-only. With
+# SYS_ADMIN the entrypoint remounts them read-write (only the container's own
+# subtree is visible there, so jails' groups nest under the container's limits)
+# and gives the runtime's user the NSJAIL parent groups. Where that is refused
+# (another runtime, a stricter profile) nothing changes: the runtime detects
+# that no cgroup is usable and reports its rlimit fallback as degraded
+# (/health `jail_limits`, metric sandbox_limits_degraded).
 set -eu
 out=${OUTPUT_DIR:-/app/output}
 uid=$(stat -c %u "$out" 2>/dev/null || echo 0)
 gid=$(stat -c %g "$out" 2>/dev/null || echo 0)
+if [ "$(id -u)" = 0 ] && [ "${SANDBOX_CGROUPS:-auto}" != off ]; then
+  for dir in /sys/fs/cgroup/memory /sys/fs/cgroup/pids; do
+    [ -d "$dir" ] || continue
+    if [ ! -w "$dir" ] || ! touch "$dir" 2>/dev/null; then
+      mount -o remount,rw,bind "$dir" 2>/dev/null || mount -o remount,rw "$dir" 2>/dev/null || true
+    fi
+    if mkdir -p "$dir/NSJAIL" 2>/dev/null; then
+      chown -R "$uid:$gid" "$dir/NSJAIL" 2>/dev/null || true
+    fi
+  done
+fi
 if [ "$(id -u)" = 0 ] && [ "$uid" != 0 ]; then
   caps=+sys_admin,+setuid,+setgid
   exec setpriv --reuid "$uid" --regid "$gid" --clear-groups \

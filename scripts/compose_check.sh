@@ -36,7 +36,8 @@
 # as; default the invoking user, SUDO_UID under sudo, and 1000 when run as
 # root without sudo, so the ownership check means something).
 # Needs root, and: scripts/setup.sh compose.
-# Prints a ledger and the time of each phase; exit 0 only if everything held.
+# Prints a ledger and the time of each phase; exit 0 only if everything held,
+# 3 when no Docker engine can start on this machine, 1 for any other failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +57,7 @@ if [[ ${#PHASES[@]} -eq 0 ]]; then
   if [[ $REDUCED == 1 ]]; then PHASES=(a); else PHASES=(a b c); fi
 fi
 for p in "${PHASES[@]}"; do [[ "$p" =~ ^(build|a|b|c)$ ]] || { echo "compose_check.sh: no phase '$p'" >&2; exit 2; }; done
-[[ $(id -u) -eq 0 ]] || { echo "compose_check.sh: needs root (dockerd, unshare, nsenter)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "compose_check.sh: needs root (dockerd, unshare, nsenter)" >&2; exit 3; }
 
 # Debian's 20.10 CLI: another `docker` (without plugins) may come first on PATH.
 DOCKER=${COMPOSE_CHECK_DOCKER:-/usr/bin/docker}
@@ -144,6 +145,14 @@ wait_socket() { # DOCKER_HOST pid log
   tail -n 30 "$3" >&2; return 1
 }
 
+# The machine cannot run a Docker engine at all (no cgroups, no overlay, a
+# container without privileges...): exit 3, which callers such as .ci/run can
+# tell apart from a check that failed (1).
+no_engine() {
+  bad "engine: $1 (its log is above); this machine cannot run the real-engine check"
+  exit 3
+}
+
 start_engines() {
   if [[ -n "${DOCKER_HOST:-}" ]]; then
     REUSED_ENGINE=1; BUILD_HOST=$DOCKER_HOST; PRIV_HOST=$DOCKER_HOST
@@ -157,7 +166,7 @@ start_engines() {
     >"$WORK/build-engine.log" 2>&1 &
   BUILD_PID=$!
   BUILD_HOST=unix://$EXEC_B/docker.sock
-  wait_socket "$BUILD_HOST" "$BUILD_PID" "$WORK/build-engine.log" || { echo "build engine did not start" >&2; exit 1; }
+  wait_socket "$BUILD_HOST" "$BUILD_PID" "$WORK/build-engine.log" || no_engine "the build engine (dockerd) did not start"
 
   log "starting the run engine in a private network namespace"
   setsid unshare --net --fork bash -c 'ip link set lo up; exec dockerd "$@"' dockerd \
@@ -167,7 +176,7 @@ start_engines() {
   for i in $(seq 1 100); do [[ -s "$EXEC_P/docker.pid" ]] && break; sleep 0.1; done
   PRIV_PID=$(cat "$EXEC_P/docker.pid" 2>/dev/null || echo "$launcher")
   PRIV_HOST=unix://$EXEC_P/docker.sock
-  wait_socket "$PRIV_HOST" "$PRIV_PID" "$WORK/run-engine.log" || { echo "run engine did not start" >&2; exit 1; }
+  wait_socket "$PRIV_HOST" "$PRIV_PID" "$WORK/run-engine.log" || no_engine "the run engine (dockerd in a private network namespace) did not start"
   PRIV_NETNS=$(readlink "/proc/$PRIV_PID/ns/net")
   [[ "$PRIV_NETNS" != "$(readlink /proc/self/ns/net)" ]] || { echo "run engine is not in a private network namespace" >&2; exit 1; }
   note "engines: build pid $BUILD_PID (host netns, --bridge=none), run pid $PRIV_PID ($PRIV_NETNS)"
@@ -679,8 +688,55 @@ while True:
         pass"
   add endless "while True:
     pass"
+  # The hardening of the jail itself (crates/sandbox-runtime/tests/attacks.rs):
+  # refused system calls, only the interpreter visible, the tmpfs inode cap.
+  add syscalls "import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    print(name, r, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
+call('io_uring_setup', 425, 8, 0)
+call('unshare_newuser', 272, 0x10000000)
+call('mount', 165, 0, 0, 0, 0, 0)
+call('add_key', 248, 0, 0, 0, 0, 0)
+call('ptrace', 101, 0, 0, 0, 0)
+call('bpf', 321, 0, 0, 0)"
+  add visible "import json, sqlite3, ssl, decimal, shutil
+print(sqlite3.connect(':memory:').execute('select 6 * 7').fetchone()[0], decimal.Decimal('0.1') + decimal.Decimal('0.2'), json.dumps([1]))
+for tool in ['gcc', 'cc', 'curl', 'strace', 'gdb', 'apt-get', 'sh', 'nsjail', 'sandbox-runtime']:
+    if shutil.which(tool, path='/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'):
+        print('VISIBLE', tool)"
+  add inodes "n = 0
+err = None
+try:
+    while n < 100000:
+        open('f%d' % n, 'w').close()
+        n += 1
+except OSError as e:
+    err = e.errno
+print(n, err)"
   submit "$SDIR/attacks.jsonl"
   wait_trajectories "$SDIR/ids" 400 || fail "sandbox: attack tasks did not finish"
+  # The memory bomb runs on its own: next to the fork bomb and the endless
+  # loop its children get so little CPU that they may not reach the limit
+  # within the 30 s step limit.
+  code_task membomb "import os, time
+pids = []
+for i in range(4):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            block = b'x' * (300 * 1024 * 1024)
+            time.sleep(3)
+            os._exit(0)
+        except MemoryError:
+            os._exit(3)
+    pids.append(pid)
+print('children', [os.waitpid(p, 0)[1] for p in pids])" >"$SDIR/membomb.jsonl"
+  echo membomb >"$SDIR/membomb.ids"
+  submit "$SDIR/membomb.jsonl"
+  wait_trajectories "$SDIR/membomb.ids" 200 || fail "sandbox: the memory bomb task did not finish"
+  cat "$SDIR/membomb.ids" >>"$SDIR/ids"
   obs() { jq -r '.steps[0].observation' "$(traj "$1")"; }
   field() { jq -r "$2" "$(traj "$1")"; }
 
@@ -701,6 +757,35 @@ while True:
   ok "sandbox: fork bomb contained ($(field fork_bomb '.error_type'): $(field fork_bomb .error_message | cut -c1-80))"
   [[ "$(field endless .error_type)" == timeout ]] || fail "sandbox: endless loop: $(field endless .error_type)"
   ok "sandbox: endless loop stopped by the wall-time limit"
+  local name
+  for name in io_uring_setup unshare_newuser mount add_key ptrace bpf; do
+    grep -q "^$name -1 EPERM$" <<<"$(obs syscalls)" || fail "sandbox: $name not refused: $(obs syscalls)"
+  done
+  ok "sandbox: seccomp refuses io_uring_setup, unshare(CLONE_NEWUSER), mount, add_key, ptrace, bpf (EPERM)"
+  [[ "$(field visible .success)" == true && "$(obs visible)" == "42 0.3 [1]" ]] \
+    || fail "sandbox: tools visible in the jail or stdlib broken: $(obs visible)"
+  ok "sandbox: json, sqlite3, ssl, decimal work; gcc, curl, strace, gdb, apt-get, sh, nsjail not visible"
+  local files errno_
+  read -r files errno_ <<<"$(obs inodes)"
+  [[ "$errno_" == 28 && "$files" -gt 1000 && "$files" -le 8192 ]] || fail "sandbox: 100k files in /tmp: $(obs inodes)"
+  ok "sandbox: the /tmp inode cap stops a file flood at $files files (ENOSPC)"
+  # How the runtime bounds each jail in this container (cgroups, or the
+  # rlimit fallback it reports as degraded when the cgroup tree is read-only).
+  local limits
+  limits=$(rd exec "$sb" curl -fsS http://127.0.0.1:8001/health | jq -r '.checks.jail_limits.detail // "not reported"')
+  [[ "$limits" != "not reported" ]] || fail "sandbox: /health does not report the jail limit mode"
+  if [[ "$limits" == cgroup* ]]; then
+    # 4 processes x 300 MiB: the whole jail is held to its memory limit (the
+    # cgroup's OOM killer; fewer, smaller children than the native test so a
+    # loaded machine still gets there within the 30 s step limit).
+    [[ "$(field membomb .success)" == false && "$(field membomb .steps[0].error_message)" == *"memory limit exceeded"* ]] \
+      || fail "sandbox: 4 x 300 MiB in one jail: $(field membomb '.steps[0] | {observation, error_type, error_message} | tojson')"
+    ok "sandbox: per-jail limits through the container's own cgroups ($limits): 4 x 300 MiB ends in a memory error"
+  else
+    [[ "$(obs membomb)" == *768* || "$(field membomb .success)" == false ]] \
+      || fail "sandbox: 4 x 300 MiB in one jail (rlimits): $(obs membomb)"
+    note "sandbox: jail limits in this container are degraded: $limits"
+  fi
 
   # The runtime is still healthy and runs the next task.
   code_task after_attacks "print('alive')" alive >"$SDIR/after.jsonl"
