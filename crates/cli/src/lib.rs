@@ -6,6 +6,7 @@
 //! * [`status`]: per-stream progress, runtime health, consumers (`adp status [--watch]`).
 //! * [`dead`]: the `tasks:dead` stream: list, show, requeue, drop.
 //! * [`replay`]: re-enqueue tasks from their trajectories (old file kept as `<id>.attempt-N.json`).
+//! * [`runs`]: the runs in Redis and on disk (`adp runs list|prune`).
 //! * [`enqueue`]: putting a task back on its stream, archiving the old trajectory.
 //! * [`export`]: trajectories → one JSONL dataset (`trajectory`, `messages`, `sharegpt`).
 //! * [`rescore`]: task checks evaluated again on existing trajectories (old scores kept in `reward_history`).
@@ -25,6 +26,7 @@ pub mod fmt;
 pub mod progress;
 pub mod replay;
 pub mod rescore;
+pub mod runs;
 pub mod stats;
 pub mod status;
 pub mod validate;
@@ -48,6 +50,8 @@ Examples:
   adp export --out data.jsonl --format messages --success-only
   adp rescore tasks.jsonl         score trajectories again after editing their checks
   adp stats
+  adp --run qwen-7b stats         the same for the trajectories of run qwen-7b
+  adp runs                        every run with its counts
   adp validate tasks.jsonl        check a task file before submitting it
 
 Exit codes: 0 ok, 1 failure, 2 usage error, 64 bad configuration.";
@@ -75,6 +79,10 @@ pub struct Cli {
     /// Output directory of the platform (holds trajectories/ and rejected.jsonl).
     #[arg(long, env = "OUTPUT_DIR", default_value = "output", global = true)]
     pub output_dir: PathBuf,
+    /// The run whose trajectories and rejections the command reads
+    /// (`default`: $OUTPUT_DIR/trajectories; else $OUTPUT_DIR/runs/<run>/).
+    #[arg(long = "run", env = "RUN_ID", default_value = adp_core::runs::DEFAULT_RUN, global = true)]
+    pub run_id: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -89,6 +97,7 @@ pub enum Command {
     Export(export::ExportArgs),
     Stats(stats::StatsArgs),
     Validate(validate::ValidateArgs),
+    Runs(runs::RunsArgs),
 }
 
 /// Where the platform's state lives.
@@ -96,12 +105,20 @@ pub enum Command {
 pub struct Env {
     pub redis_url: String,
     pub output_dir: PathBuf,
+    /// The run commands read (`--run`).
+    pub run_id: String,
 }
 
 impl Env {
-    /// `$OUTPUT_DIR/trajectories`.
+    /// The run's trajectory directory: `$OUTPUT_DIR/trajectories` for the
+    /// default run, `$OUTPUT_DIR/runs/<run>/trajectories` for a named one.
     pub fn trajectories_dir(&self) -> PathBuf {
-        self.output_dir.join("trajectories")
+        adp_core::runs::trajectories_dir(&self.output_dir, &self.run_id)
+    }
+
+    /// The run's `rejected.jsonl`.
+    pub fn rejected_path(&self) -> PathBuf {
+        adp_core::runs::rejected_path(&self.output_dir, &self.run_id)
     }
 
     /// Checks the output directory is usable (missing is fine: nothing written yet).
@@ -138,9 +155,14 @@ fn check_dir(path: &Path, what: &str) -> Result<()> {
 /// Runs one command. Only `status --watch` catches Ctrl-C (to stop cleanly);
 /// every other command keeps the default signal behaviour.
 pub async fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = adp_core::runs::check_run_id(&cli.run_id) {
+        eprintln!("adp: error: --run: {e}");
+        return ExitCode::from(64);
+    }
     let env = Env {
         redis_url: cli.redis_url,
         output_dir: cli.output_dir,
+        run_id: cli.run_id,
     };
     let result = match cli.command {
         Command::Status(args) => status::run(&env, args).await,
@@ -150,6 +172,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Export(args) => export::run(&env, args),
         Command::Stats(args) => stats::run(&env, args),
         Command::Validate(args) => validate::run(args),
+        Command::Runs(args) => runs::run(&env, args).await,
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

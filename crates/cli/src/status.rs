@@ -529,7 +529,7 @@ pub async fn snapshot(
         streams,
         totals,
         dead_letters,
-        rejected_lines: count_lines(&env.output_dir.join("rejected.jsonl")),
+        rejected_lines: count_lines(&env.rejected_path()),
         runtimes: runtimes(conn, now).await?,
         consumers,
         trajectory_files: file_counts,

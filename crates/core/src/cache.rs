@@ -2,6 +2,12 @@
 //! produced (code, browser actions), never a result. A hit saves the LLM
 //! calls; the runtime still executes the plan for real.
 //!
+//! A plan answers only for the policy that made it: the key also holds the
+//! runtime's policy (model endpoint, model, sampling settings; see
+//! [`TemplateCache::with_policy`]) and the task's `constraints.sampling`. A
+//! rollout of a task sampled several times never uses the cache (each
+//! rollout is an independent sample), nor stores into it.
+//!
 //! A Redis failure here is logged and counted as a miss; it never fails a task.
 
 use std::time::Duration;
@@ -12,25 +18,52 @@ use redis::AsyncCommands;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::llm::LlmConfig;
 use crate::metrics::Metrics;
 use crate::names::TEMPLATE_CACHE_PREFIX;
-use crate::types::TaskType;
+use crate::types::{TaskSpec, TaskType};
 
-/// `template_cache:{md5 hex of "<task_type>:<description lowercased and trimmed>"}`.
+/// `template_cache:{md5 hex of "<task_type>:<description lowercased and trimmed>"}`:
+/// the key of the offline policy (no model, no sampling settings).
 pub fn cache_key(task_type: TaskType, description: &str) -> String {
-    let normalized = format!(
+    policy_cache_key(task_type, description, "")
+}
+
+/// The key of a plan made by `policy` (empty: the offline policy, whose key
+/// is [`cache_key`]): md5 of `"<task_type>:<description>"`, then a newline
+/// and `policy` when there is one.
+pub fn policy_cache_key(task_type: TaskType, description: &str, policy: &str) -> String {
+    let mut normalized = format!(
         "{}:{}",
         task_type.as_str(),
         description.trim().to_lowercase()
     );
+    if !policy.is_empty() {
+        normalized.push('\n');
+        normalized.push_str(policy);
+    }
     let digest = Md5::digest(normalized.as_bytes());
     format!("{TEMPLATE_CACHE_PREFIX}{}", hex::encode(digest))
+}
+
+/// The part of the cache key naming a model policy: endpoint, model, tool
+/// mode and sampling settings. Plans of another model or other settings never match.
+pub fn llm_policy(cfg: &LlmConfig) -> String {
+    format!(
+        "openai|{}|{}|tools={:?}|sampling={}",
+        cfg.api_root(),
+        cfg.model,
+        cfg.tool_mode,
+        serde_json::to_string(&cfg.sampling).unwrap_or_default()
+    )
 }
 
 /// The plan cache of one runtime.
 #[derive(Clone)]
 pub struct TemplateCache {
     conn: Option<ConnectionManager>,
+    /// The runtime's policy, part of every key ([`llm_policy`]; empty: offline).
+    policy: String,
     ttl: Duration,
     metrics: Metrics,
     cache_type: &'static str,
@@ -48,25 +81,45 @@ impl TemplateCache {
         metrics.init_cache(cache_type);
         TemplateCache {
             conn,
+            policy: String::new(),
             ttl,
             metrics,
             cache_type,
         }
     }
 
+    /// Plans are made (and looked up) for `policy` ([`llm_policy`] of the
+    /// model client; empty for the offline policy).
+    pub fn with_policy(mut self, policy: impl Into<String>) -> Self {
+        self.policy = policy.into();
+        self
+    }
+
     pub fn enabled(&self) -> bool {
         self.conn.is_some()
     }
 
+    /// The key of `task`'s plan under this cache's policy, or `None` when
+    /// the task must not use the cache (a rollout of a sampled task).
+    pub fn key_for(&self, task: &TaskSpec) -> Option<String> {
+        if task.rollout.is_some() {
+            return None;
+        }
+        let mut policy = self.policy.clone();
+        if let Some(sampling) = task.constraints.get("sampling") {
+            if !self.policy.is_empty() {
+                policy.push_str("|sampling=");
+                policy.push_str(&sampling.to_string());
+            }
+        }
+        Some(policy_cache_key(task.task_type, &task.description, &policy))
+    }
+
     /// Looks up the plan for a task; `None` on a miss, a disabled cache, a
-    /// Redis error or an undecodable entry.
-    pub async fn get<T: DeserializeOwned>(
-        &self,
-        task_type: TaskType,
-        description: &str,
-    ) -> Option<T> {
+    /// rollout, a Redis error or an undecodable entry.
+    pub async fn get<T: DeserializeOwned>(&self, task: &TaskSpec) -> Option<T> {
         let mut conn = self.conn.clone()?;
-        let key = cache_key(task_type, description);
+        let key = self.key_for(task)?;
         let found: Option<T> = match conn.get::<_, Option<String>>(&key).await {
             Ok(Some(raw)) => match serde_json::from_str(&raw) {
                 Ok(v) => Some(v),
@@ -90,12 +143,15 @@ impl TemplateCache {
         found
     }
 
-    /// Stores a plan with the TTL. Errors are logged, never returned.
-    pub async fn put<T: Serialize>(&self, task_type: TaskType, description: &str, plan: &T) {
+    /// Stores a plan with the TTL (not for a rollout). Errors are logged,
+    /// never returned.
+    pub async fn put<T: Serialize>(&self, task: &TaskSpec, plan: &T) {
         let Some(mut conn) = self.conn.clone() else {
             return;
         };
-        let key = cache_key(task_type, description);
+        let Some(key) = self.key_for(task) else {
+            return;
+        };
         let raw = match serde_json::to_string(plan) {
             Ok(r) => r,
             Err(e) => {

@@ -9,6 +9,7 @@
 //! * [`names`]: every Redis stream, group and key name.
 //! * [`queue`]: consumer groups, the [`queue::Worker`] that runs a
 //!   [`queue::TaskHandler`], heartbeats, re-claim, retries, dead letters.
+//! * [`runs`]: runs and rollouts on disk (the trajectory path rule).
 //! * [`writer`]: atomic trajectory files, laid out by [`pretty`] (pretty JSON,
 //!   arrays of numbers on one line).
 //! * [`cache`]: the template (plan) cache.
@@ -35,6 +36,7 @@ pub mod names;
 pub mod pretty;
 pub mod queue;
 pub mod reward;
+pub mod runs;
 pub mod tools;
 pub mod types;
 pub mod validate;

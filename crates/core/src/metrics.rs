@@ -50,6 +50,12 @@ pub struct Metrics {
     /// Extension: dead letters put back on their stream by `adp dead requeue`
     /// (read from Redis by the dispatcher).
     pub dead_requeued_total: IntGaugeVec,
+    /// Extension: consumers of a stream's group that read within the last
+    /// minute (set by the dispatcher).
+    pub queue_active_consumers: IntGaugeVec,
+    /// Extension: seconds a stream has had entries waiting and no active
+    /// consumer (0 while served; set by the dispatcher).
+    pub queue_unserved_seconds: prometheus::GaugeVec,
 }
 
 impl Metrics {
@@ -160,6 +166,23 @@ impl Metrics {
             &["queue_name"],
         );
 
+        let queue_active_consumers = gauge(
+            "queue_active_consumers",
+            "Consumers of the stream's group that read from it within the last minute.",
+            &["queue_name"],
+        );
+        let queue_unserved_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "queue_unserved_seconds",
+                "Seconds the stream has had entries waiting and no active consumer (0 while served).",
+            ),
+            &["queue_name"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queue_unserved_seconds.clone()))
+            .expect("register");
+
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -185,6 +208,8 @@ impl Metrics {
             entries_gone_total,
             reads_paused,
             dead_requeued_total,
+            queue_active_consumers,
+            queue_unserved_seconds,
         }
     }
 
@@ -226,11 +251,16 @@ impl Metrics {
     /// dispatcher exports (`queue_size`, `dead_requeued_total`), so the
     /// dashboard and alerts see them before the first event.
     pub fn init_rejections(&self) {
-        for r in RejectReason::CODES.iter().chain(["duplicate"].iter()) {
+        for r in RejectReason::CODES
+            .iter()
+            .chain(["duplicate", "conflicting_duplicate"].iter())
+        {
             self.tasks_rejected_total.with_label_values(&[r]);
         }
         for t in TaskType::ALL {
             self.queue_size.with_label_values(&[t.stream()]);
+            self.queue_active_consumers.with_label_values(&[t.stream()]);
+            self.queue_unserved_seconds.with_label_values(&[t.stream()]);
             self.dead_requeued_total.with_label_values(&[t.stream()]);
         }
         self.queue_size

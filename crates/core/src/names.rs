@@ -15,10 +15,40 @@ pub const TASK_STREAMS: [&str; 3] = [STREAM_CODE, STREAM_WEB, STREAM_REASONING];
 /// The one consumer group on every stream.
 pub const GROUP: &str = "workers";
 
-/// Set of every `task_id` ever dispatched (the dispatcher's idempotency record).
+/// Set of every `task_id` dispatched before runs existed: read (never
+/// written) as part of the default run's record, until `adp runs prune default`.
 pub const DISPATCHED_IDS: &str = "dispatcher:dispatched_ids";
-/// Prefix of the dispatcher's per-file checkpoint (`<prefix><md5 of path>`).
+/// Prefix of the dispatcher's per-file checkpoint: `<prefix><md5 of path>` for
+/// the default run, `<prefix><run_id>:<md5 of path>` for a named run.
 pub const DISPATCHER_CHECKPOINT_PREFIX: &str = "dispatcher:checkpoint:";
+/// Set of every run id the dispatcher has dispatched for.
+pub const RUNS: &str = "dispatcher:runs";
+/// Prefix of a run's counters hash (`<prefix><run_id>`): `tasks`, `entries`,
+/// `conflicts`, `created_at`, `updated_at`.
+pub const RUN_PREFIX: &str = "dispatcher:run:";
+/// Prefix of a run's id record buckets (`<prefix><run_id>:<bucket hex>`).
+pub const RUN_IDS_PREFIX: &str = "dispatcher:ids:";
+/// Buckets of a run's id record (hashes of 64-bit id hash -> content hash).
+pub const RUN_ID_BUCKETS: u32 = 1 << 16;
+
+/// A run's counters hash.
+pub fn run_key(run_id: &str) -> String {
+    format!("{RUN_PREFIX}{run_id}")
+}
+
+/// One bucket of a run's id record.
+pub fn run_ids_key(run_id: &str, bucket: u32) -> String {
+    format!("{RUN_IDS_PREFIX}{run_id}:{bucket:04x}")
+}
+
+/// The checkpoint of a task file (`path_md5`: md5 hex of its canonical path) in a run.
+pub fn checkpoint_key(run_id: &str, path_md5: &str) -> String {
+    if run_id == crate::runs::DEFAULT_RUN {
+        format!("{DISPATCHER_CHECKPOINT_PREFIX}{path_md5}")
+    } else {
+        format!("{DISPATCHER_CHECKPOINT_PREFIX}{run_id}:{path_md5}")
+    }
+}
 /// Hash: field = runtime id, value `healthy` / `unhealthy`.
 pub const RUNTIME_HEALTH: &str = "runtime_health";
 /// Key the health check writes with `SET ... XX`: never created (XX sets

@@ -77,6 +77,18 @@ pub struct TaskSpec {
     pub timeout: u64,
     #[serde(default = "default_priority")]
     pub priority: i64,
+    /// Extension (CONTRACT §8): how many independent samples of this task a
+    /// run takes (overrides the dispatcher's `ROLLOUTS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollouts: Option<u32>,
+    /// Set by the dispatcher: the run this task was dispatched for (absent:
+    /// the default run). Ignored in a task file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Set by the dispatcher: which of the task's rollouts this entry is
+    /// (0-based; absent when the task has one rollout). Ignored in a task file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<u32>,
 }
 
 pub const DEFAULT_MAX_STEPS: u32 = 10;
@@ -92,8 +104,15 @@ fn default_timeout() -> u64 {
 fn default_priority() -> i64 {
     DEFAULT_PRIORITY
 }
+fn default_run_id() -> String {
+    crate::runs::DEFAULT_RUN.to_owned()
+}
 
 impl TaskSpec {
+    /// The run this task belongs to ([`crate::runs::DEFAULT_RUN`] when unset).
+    pub fn run(&self) -> &str {
+        self.run_id.as_deref().unwrap_or(crate::runs::DEFAULT_RUN)
+    }
     fn constraint_str(&self, key: &str) -> Option<&str> {
         self.constraints.get(key).and_then(Value::as_str)
     }
@@ -205,6 +224,9 @@ pub struct ExecutionStep {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trajectory {
     pub task_id: String,
+    /// Extension (CONTRACT §8): the run the task was dispatched for.
+    #[serde(default = "default_run_id")]
+    pub run_id: String,
     pub runtime_id: String,
     pub success: bool,
     pub steps: Vec<ExecutionStep>,
@@ -238,9 +260,15 @@ pub struct RewardItem {
 
 impl Trajectory {
     /// An empty trajectory for `task`, to be filled by a runtime.
+    /// Carries the task's run and rollout (`run_id`, `metadata.rollout`).
     pub fn new(task: &TaskSpec, runtime_id: &str) -> Self {
+        let mut metadata = Map::new();
+        if let Some(r) = task.rollout {
+            metadata.insert("rollout".to_owned(), r.into());
+        }
         Trajectory {
             task_id: task.task_id.clone(),
+            run_id: task.run().to_owned(),
             runtime_id: runtime_id.to_owned(),
             success: false,
             steps: Vec::new(),
@@ -248,12 +276,21 @@ impl Trajectory {
             error_type: None,
             error_message: None,
             total_duration: 0.0,
-            metadata: Map::new(),
+            metadata,
             created_at: unix_now(),
             task: Some(task.clone()),
             reward: None,
             reward_breakdown: Vec::new(),
         }
+    }
+
+    /// `metadata.rollout`: which rollout of its task this is (None: the
+    /// task has one).
+    pub fn rollout(&self) -> Option<u32> {
+        self.metadata
+            .get("rollout")
+            .and_then(Value::as_u64)
+            .and_then(|r| u32::try_from(r).ok())
     }
 
     /// Sets a metadata field.

@@ -13,6 +13,7 @@ pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 pub const MAX_TASK_ID_LEN: usize = 128;
 pub const MAX_STEPS_RANGE: (i64, i64) = (1, 100);
 pub const TIMEOUT_RANGE: (i64, i64) = (1, 3600);
+pub const ROLLOUTS_RANGE: (i64, i64) = (1, crate::runs::MAX_ROLLOUTS as i64);
 
 /// Why a line was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -114,6 +115,15 @@ fn json_kind(v: &Value) -> &'static str {
 /// Parses and validates one line (without its newline). Missing optional
 /// fields get their defaults; a missing or empty `task_id` gets a fresh UUID v4.
 pub fn parse_task_line(line: &[u8]) -> Result<TaskSpec, RejectReason> {
+    parse_task_line_with(line, || uuid::Uuid::new_v4().to_string())
+}
+
+/// [`parse_task_line`], with `missing_id` giving the id of a task without
+/// one (the dispatcher's deterministic ids).
+pub fn parse_task_line_with(
+    line: &[u8],
+    missing_id: impl FnOnce() -> String,
+) -> Result<TaskSpec, RejectReason> {
     if line.len() > MAX_LINE_BYTES {
         return Err(RejectReason::LineTooLong {
             len: line.len(),
@@ -123,19 +133,27 @@ pub fn parse_task_line(line: &[u8]) -> Result<TaskSpec, RejectReason> {
     let text = std::str::from_utf8(line).map_err(|e| RejectReason::InvalidUtf8(e.valid_up_to()))?;
     let value: Value =
         serde_json::from_str(text).map_err(|e| RejectReason::InvalidJson(e.to_string()))?;
-    validate_value(value)
+    validate_value_with(value, missing_id)
 }
 
 /// Validates an already parsed JSON value.
 pub fn validate_value(value: Value) -> Result<TaskSpec, RejectReason> {
+    validate_value_with(value, || uuid::Uuid::new_v4().to_string())
+}
+
+/// [`validate_value`] with the id of a task without one from `missing_id`.
+pub fn validate_value_with(
+    value: Value,
+    missing_id: impl FnOnce() -> String,
+) -> Result<TaskSpec, RejectReason> {
     let mut obj = match value {
         Value::Object(o) => o,
         other => return Err(RejectReason::NotAnObject(json_kind(&other))),
     };
 
     let task_id = match take(&mut obj, "task_id") {
-        None => uuid::Uuid::new_v4().to_string(),
-        Some(Value::String(s)) if s.is_empty() => uuid::Uuid::new_v4().to_string(),
+        None => missing_id(),
+        Some(Value::String(s)) if s.is_empty() => missing_id(),
         Some(Value::String(s)) => {
             if !is_safe_task_id(&s) {
                 return Err(RejectReason::UnsafeTaskId(truncate_chars(&s, 200)));
@@ -194,6 +212,10 @@ pub fn validate_value(value: Value) -> Result<TaskSpec, RejectReason> {
         Some(TIMEOUT_RANGE),
     )?;
     let priority = int_field(&mut obj, "priority", DEFAULT_PRIORITY, None)?;
+    let rollouts = match obj.get("rollouts") {
+        None | Some(Value::Null) => None,
+        Some(_) => u32::try_from(int_field(&mut obj, "rollouts", 1, Some(ROLLOUTS_RANGE))?).ok(),
+    };
 
     let spec = TaskSpec {
         task_id,
@@ -204,6 +226,9 @@ pub fn validate_value(value: Value) -> Result<TaskSpec, RejectReason> {
         max_steps: u32::try_from(max_steps).unwrap_or(DEFAULT_MAX_STEPS),
         timeout: u64::try_from(timeout).unwrap_or(DEFAULT_TIMEOUT_SECS),
         priority,
+        rollouts,
+        run_id: None,
+        rollout: None,
     };
     check_constraints(&spec)?;
     Ok(spec)

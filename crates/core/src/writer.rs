@@ -1,4 +1,5 @@
-//! Atomic trajectory files: `$OUTPUT_DIR/trajectories/<task_id>.json`.
+//! Atomic trajectory files: `$OUTPUT_DIR/trajectories/<task_id>.json` (the
+//! default run; a named run or a rollout: see [`crate::runs::trajectory_path`]).
 //!
 //! Written to a temp file in the same directory, fsynced, renamed over the
 //! target, and the directory fsynced: a reader sees the old file or the new
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
+use crate::runs;
 use crate::types::Trajectory;
 use crate::validate::is_safe_task_id;
 
@@ -46,9 +48,12 @@ pub fn is_temp_file_name(name: &str) -> bool {
 /// Most writes committed as one group.
 const MAX_GROUP: usize = 64;
 
-/// Writes trajectories into one directory.
+/// Writes trajectories under one output directory, each in its run's
+/// trajectory directory.
 #[derive(Debug, Clone)]
 pub struct TrajectoryWriter {
+    output_dir: PathBuf,
+    /// The default run's trajectory directory.
     dir: PathBuf,
     /// How long the committer waits after a write for others to join it.
     gather: Duration,
@@ -59,16 +64,20 @@ pub struct TrajectoryWriter {
 /// One write waiting for the committer.
 #[derive(Debug)]
 struct Job {
+    /// The directory of `path` (the run's trajectory directory).
+    dir: PathBuf,
     path: PathBuf,
     body: Vec<u8>,
     done: oneshot::Sender<Result<()>>,
 }
 
 impl TrajectoryWriter {
-    /// A writer for `<output_dir>/trajectories`.
+    /// A writer for `<output_dir>/trajectories` (and the directories of
+    /// named runs under `<output_dir>/runs`).
     pub fn new(output_dir: &Path) -> Self {
         TrajectoryWriter {
-            dir: output_dir.join("trajectories"),
+            output_dir: output_dir.to_path_buf(),
+            dir: runs::trajectories_dir(output_dir, runs::DEFAULT_RUN),
             gather: Duration::ZERO,
             committer: Arc::new(Mutex::new(None)),
         }
@@ -81,11 +90,12 @@ impl TrajectoryWriter {
         self
     }
 
+    /// The default run's trajectory directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The file of `task_id`; refuses ids that are not safe file names.
+    /// The default run's file of `task_id`; refuses ids that are not safe file names.
     pub fn path_for(&self, task_id: &str) -> Result<PathBuf> {
         if !is_safe_task_id(task_id) {
             return Err(Error::UnsafeTaskId(task_id.to_owned()));
@@ -93,18 +103,28 @@ impl TrajectoryWriter {
         Ok(self.dir.join(format!("{task_id}.json")))
     }
 
-    /// The file `trajectory` is written to.
+    /// The file `trajectory` is written to: its run's, task's and
+    /// rollout's ([`runs::trajectory_path`]).
     pub fn target(&self, trajectory: &Trajectory) -> Result<PathBuf> {
-        self.path_for(&trajectory.task_id)
+        runs::trajectory_path(
+            &self.output_dir,
+            &trajectory.run_id,
+            &trajectory.task_id,
+            trajectory.rollout(),
+        )
     }
 
-    /// Writes `trajectory` atomically and durably; returns the final path.
+    /// Writes `trajectory` atomically and durably to [`Self::target`];
+    /// returns that path.
     pub async fn write(&self, trajectory: &Trajectory) -> Result<PathBuf> {
         let path = self.target(trajectory)?;
         let mut body = crate::pretty::to_vec(trajectory)?;
         body.push(b'\n');
         let (done, result) = oneshot::channel();
         self.submit(Job {
+            dir: path
+                .parent()
+                .map_or_else(|| self.dir.clone(), Path::to_path_buf),
             path: path.clone(),
             body,
             done,
@@ -130,11 +150,10 @@ impl TrajectoryWriter {
             None => job,
         };
         let (tx, rx) = mpsc::channel();
-        let dir = self.dir.clone();
         let gather = self.gather;
         std::thread::Builder::new()
             .name("trajectory-writer".into())
-            .spawn(move || commit_loop(&dir, gather, &rx))
+            .spawn(move || commit_loop(gather, &rx))
             .map_err(|e| Error::Other(format!("cannot start the trajectory writer: {e}")))?;
         tx.send(job)
             .map_err(|_| Error::Other("the trajectory committer thread stopped".into()))?;
@@ -143,9 +162,15 @@ impl TrajectoryWriter {
     }
 
     /// Removes temp files older than `age` left by a process killed
-    /// mid-write (never a trajectory, whatever its task id).
+    /// mid-write (never a trajectory, whatever its task id), in the default
+    /// run's directory and every named run's.
     pub fn remove_stale_temp_files(&self, age: Duration) -> usize {
-        remove_old_files_matching(&self.dir, is_temp_file_name, age)
+        let mut removed = remove_old_files_matching(&self.dir, is_temp_file_name, age);
+        for run in runs::runs_on_disk(&self.output_dir) {
+            let dir = runs::trajectories_dir(&self.output_dir, &run);
+            removed += remove_old_files_matching(&dir, is_temp_file_name, age);
+        }
+        removed
     }
 }
 
@@ -185,7 +210,7 @@ fn remove_old_files_matching(dir: &Path, matches: impl Fn(&str) -> bool, age: Du
 /// The committer: after a write arrives, gathers what else arrives within
 /// `gather` (or is waiting already) and commits it as one group. Ends when
 /// every writer is gone.
-fn commit_loop(dir: &Path, gather: Duration, rx: &mpsc::Receiver<Job>) {
+fn commit_loop(gather: Duration, rx: &mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let deadline = Instant::now() + gather;
         let mut group = vec![first];
@@ -201,17 +226,17 @@ fn commit_loop(dir: &Path, gather: Duration, rx: &mpsc::Receiver<Job>) {
                 None => break,
             }
         }
-        commit(dir, group);
+        commit(group);
     }
 }
 
 /// Writes every job's temp file, then fsyncs and renames each, then fsyncs
-/// `dir` once; each job learns its own outcome (a failed one does not fail
-/// the others, but a failed directory fsync fails every job it covers).
-fn commit(dir: &Path, group: Vec<Job>) {
+/// each directory once; each job learns its own outcome (a failed one does
+/// not fail the others, but a failed directory fsync fails every job it covers).
+fn commit(group: Vec<Job>) {
     let mut staged = Vec::with_capacity(group.len());
     for job in group {
-        match stage(dir, &job.body) {
+        match stage(&job.dir, &job.body) {
             Ok(tmp) => staged.push((job, tmp)),
             Err(e) => {
                 let _ = job.done.send(Err(e));
@@ -232,15 +257,24 @@ fn commit(dir: &Path, group: Vec<Job>) {
             }
         }
     }
-    if renamed.is_empty() {
-        return;
+    // One fsync per directory (a group mostly shares one run's directory).
+    let mut dirs: Vec<(&Path, std::io::Result<()>)> = Vec::new();
+    for job in &renamed {
+        if !dirs.iter().any(|(d, _)| *d == job.dir.as_path()) {
+            let synced = std::fs::File::open(&job.dir).and_then(|f| f.sync_all());
+            dirs.push((job.dir.as_path(), synced));
+        }
     }
-    let dir_synced = std::fs::File::open(dir).and_then(|f| f.sync_all());
-    for job in renamed {
-        let outcome = match &dir_synced {
-            Ok(()) => Ok(()),
-            Err(e) => Err(Error::Io(std::io::Error::new(e.kind(), e.to_string()))),
-        };
+    let outcomes: Vec<Result<()>> = renamed
+        .iter()
+        .map(
+            |job| match dirs.iter().find(|(d, _)| *d == job.dir.as_path()) {
+                Some((_, Err(e))) => Err(Error::Io(std::io::Error::new(e.kind(), e.to_string()))),
+                _ => Ok(()),
+            },
+        )
+        .collect();
+    for (job, outcome) in renamed.into_iter().zip(outcomes) {
         let _ = job.done.send(outcome);
     }
 }

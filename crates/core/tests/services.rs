@@ -177,6 +177,44 @@ async fn writer_is_atomic_and_refuses_unsafe_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_and_rollouts_get_their_own_files() {
+    let out = tempfile::tempdir().expect("tmp");
+    let w = TrajectoryWriter::new(out.path());
+    let mut spec = task("same");
+    let plain = w
+        .write(&Trajectory::new(&spec, "sandbox-runtime"))
+        .await
+        .expect("default run");
+    assert_eq!(plain, out.path().join("trajectories/same.json"));
+    spec.run_id = Some("exp-1".into());
+    let named = w
+        .write(&Trajectory::new(&spec, "sandbox-runtime"))
+        .await
+        .expect("named run");
+    assert_eq!(named, out.path().join("runs/exp-1/trajectories/same.json"));
+    for r in 0..3 {
+        spec.rollout = Some(r);
+        let t = Trajectory::new(&spec, "sandbox-runtime");
+        assert_eq!((t.run_id.as_str(), t.rollout()), ("exp-1", Some(r)));
+        let path = w.write(&t).await.expect("rollout");
+        assert_eq!(
+            path,
+            out.path()
+                .join(format!("runs/exp-1/trajectories/same@{r}.json"))
+        );
+        let back: Trajectory =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("parse");
+        assert_eq!(back.run_id, "exp-1");
+        assert_eq!(back.metadata["rollout"], r);
+    }
+    // The default run's file is untouched by the named run's.
+    let first: Trajectory =
+        serde_json::from_str(&std::fs::read_to_string(&plain).expect("read")).expect("parse");
+    assert_eq!(first.run_id, "default");
+    assert!(!first.metadata.contains_key("rollout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_writes_every_file_and_fails_only_the_bad_one() {
     let out = tempfile::tempdir().expect("tmp");
     let w = TrajectoryWriter::new(out.path()).with_gather(Duration::from_millis(50));
@@ -233,10 +271,10 @@ async fn cache_counts_hits_and_misses_and_treats_redis_failure_as_a_miss() {
         .expect("connect");
     let metrics = Metrics::new();
     let cache = TemplateCache::new(Some(conn), Duration::from_secs(60), metrics.clone(), "code");
-    assert_eq!(cache.get::<String>(TaskType::Code, "x").await, None);
-    cache.put(TaskType::Code, "x", &"print(1)".to_owned()).await;
+    assert_eq!(cache.get::<String>(&described("x")).await, None);
+    cache.put(&described("x"), &"print(1)".to_owned()).await;
     assert_eq!(
-        cache.get::<String>(TaskType::Code, " X ").await.as_deref(),
+        cache.get::<String>(&described(" X ")).await.as_deref(),
         Some("print(1)")
     );
     assert_eq!(
@@ -260,17 +298,83 @@ async fn cache_counts_hits_and_misses_and_treats_redis_failure_as_a_miss() {
     redis.stop();
     let r = tokio::time::timeout(
         Duration::from_secs(15),
-        cache.get::<String>(TaskType::Code, "x"),
+        cache.get::<String>(&described("x")),
     )
     .await
     .expect("a down cache answers promptly");
     assert_eq!(r, None, "Redis down = miss, never an error");
-    cache.put(TaskType::Code, "y", &"print(2)".to_owned()).await; // logged, not failing
+    cache.put(&described("y"), &"print(2)".to_owned()).await; // logged, not failing
     assert_eq!(
         metrics
             .cache_misses_total
             .with_label_values(&["code"])
             .get(),
         2
+    );
+}
+
+fn described(description: &str) -> TaskSpec {
+    let mut t = task("c");
+    t.description = description.to_owned();
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_answer_only_for_their_model_settings_and_never_for_rollouts() {
+    let redis = RedisServer::start();
+    let conn = adp_core::config::connect(&redis.url())
+        .await
+        .expect("connect");
+    let cache = |policy: &str| {
+        TemplateCache::new(
+            Some(conn.clone()),
+            Duration::from_secs(60),
+            Metrics::new(),
+            "code",
+        )
+        .with_policy(policy)
+    };
+    let mut cfg = adp_core::llm::LlmConfig::new("http://127.0.0.1:9");
+    cfg.model = "model-a".into();
+    let a = cache(&adp_core::cache::llm_policy(&cfg));
+    cfg.model = "model-b".into();
+    let b = cache(&adp_core::cache::llm_policy(&cfg));
+    cfg.sampling.temperature = Some(0.9);
+    let b_hot = cache(&adp_core::cache::llm_policy(&cfg));
+    let offline = cache("");
+
+    let t = described("same task");
+    a.put(&t, &"plan of a".to_owned()).await;
+    assert_eq!(a.get::<String>(&t).await.as_deref(), Some("plan of a"));
+    assert_eq!(b.get::<String>(&t).await, None, "another model");
+    assert_eq!(
+        b_hot.get::<String>(&t).await,
+        None,
+        "other sampling settings"
+    );
+    assert_eq!(offline.get::<String>(&t).await, None, "the offline policy");
+
+    let mut sampled = t.clone();
+    sampled
+        .constraints
+        .insert("sampling".into(), serde_json::json!({"temperature": 1.0}));
+    assert_eq!(
+        a.get::<String>(&sampled).await,
+        None,
+        "the task's own sampling"
+    );
+
+    let mut rollout = t.clone();
+    rollout.rollout = Some(1);
+    assert_eq!(
+        a.get::<String>(&rollout).await,
+        None,
+        "rollouts bypass the cache"
+    );
+    a.put(&rollout, &"rollout plan".to_owned()).await;
+    assert_eq!(
+        a.get::<String>(&t).await.as_deref(),
+        Some("plan of a"),
+        "nor store"
     );
 }

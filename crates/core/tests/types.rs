@@ -45,7 +45,10 @@ fn contract_trajectory_example_round_trips_exactly() {
     assert_eq!(t.steps[0].action_type, ActionType::CodeExecution);
     assert_eq!(t.steps[0].error_type, None);
     assert_eq!(t.task, None);
-    let back = serde_json::to_value(&t).expect("serialize");
+    let mut back = serde_json::to_value(&t).expect("serialize");
+    // CONTRACT §8 adds `run_id`; a file without it belongs to the default run.
+    assert_eq!(back["run_id"], "default");
+    back.as_object_mut().expect("object").remove("run_id");
     assert_eq!(back, original, "every field keeps its name, type and value");
 }
 

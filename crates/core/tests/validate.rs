@@ -225,3 +225,29 @@ fn code_may_be_a_list_of_cells() {
     .expect("one string is valid");
     assert_eq!(t.code_cells(), Some(vec!["print(1)".to_owned()]));
 }
+
+#[test]
+fn rollouts_is_checked_and_dispatcher_fields_are_ignored() {
+    let t = parse_task_line(
+        br#"{"task_id":"r","task_type":"code","description":"d","rollouts":3,"run_id":"x","rollout":7}"#,
+    )
+    .expect("valid");
+    assert_eq!(t.rollouts, Some(3));
+    assert_eq!(
+        (t.run_id, t.rollout),
+        (None, None),
+        "set by the dispatcher only"
+    );
+    for bad in [
+        r#""rollouts":0"#,
+        r#""rollouts":1001"#,
+        r#""rollouts":1.5"#,
+        r#""rollouts":"2""#,
+    ] {
+        let line = format!(r#"{{"task_type":"code","description":"d",{bad}}}"#);
+        assert!(
+            matches!(reason(&line), "out_of_range" | "wrong_type"),
+            "{line}"
+        );
+    }
+}

@@ -1,7 +1,18 @@
 //! Sending validated tasks to Redis: one atomic Lua call per batch records
-//! each `task_id` in the dispatched set and XADDs only the new ones, and
-//! saves the file checkpoint in the same step. A crash at any point leaves
-//! Redis either before or after the whole batch: nothing is doubled or skipped.
+//! each task in its run's id record and XADDs only the new ones (one entry
+//! per rollout), and saves the file checkpoint in the same step. A crash at
+//! any point leaves Redis either before or after the whole batch: nothing is
+//! doubled or skipped.
+//!
+//! # The id record
+//! Per run, `dispatcher:ids:<run_id>:<bucket>` (65,536 buckets) are hashes
+//! from a 64-bit hash of the task id to a 32-bit hash of the task's content
+//! ([`adp_core::runs::id_slot`], [`adp_core::runs::content_hash`]). Small
+//! hashes are kept by Redis as listpacks: ≈ 16 bytes per task plus the
+//! bucket's own overhead (measured: see docs/formats.md). A task id seen
+//! again with the same content is a duplicate; with other content, a
+//! conflicting duplicate (rejected, recorded). The default run also honours
+//! the pre-run set `dispatcher:dispatched_ids` while it exists.
 //!
 //! The checkpoint is saved compare-and-set: the call fails with
 //! [`CHECKPOINT_MOVED`] when Redis no longer holds the checkpoint this
@@ -12,8 +23,8 @@
 
 use std::sync::LazyLock;
 
-use adp_core::names;
 use adp_core::types::{unix_now, TaskSpec, TaskType};
+use adp_core::{names, runs};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -21,32 +32,67 @@ use redis::Script;
 /// one this dispatcher saved last.
 pub const CHECKPOINT_MOVED: &str = "CHECKPOINT_MOVED";
 
-/// KEYS: dispatched set, checkpoint key, tasks:code, tasks:web, tasks:reasoning.
+/// KEYS: checkpoint, tasks:code, tasks:web, tasks:reasoning, run hash,
+/// legacy id set, runs set, then one id-record bucket per task.
 /// ARGV: checkpoint JSON (or ""), submitted_at, the checkpoint JSON this
-/// dispatcher saved last ("" = none), then per task: stream index (1-3),
-/// task_id, task JSON, priority. Returns one 1 (dispatched) or 0 (duplicate)
-/// per task, or the error CHECKPOINT_MOVED (nothing written).
+/// dispatcher saved last ("" = none), run id, "1" to consult the legacy set,
+/// then per task: stream index (1-3), id field, content hash, rollouts,
+/// task JSON, priority, task_id.
+/// Returns per task 1 (dispatched), 0 (duplicate) or 2 (same id, other
+/// content), or the error CHECKPOINT_MOVED (nothing written). With a
+/// conflict in the batch the checkpoint is not moved (the dispatcher moves
+/// it once the conflict's rejection record is on disk).
 static DISPATCH_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"
-if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then
+        r#"
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then
   return redis.error_reply('CHECKPOINT_MOVED the checkpoint in Redis is not the one this dispatcher saved')
 end
+local legacy = ARGV[5] == '1' and redis.call('EXISTS', KEYS[6]) == 1
 local out = {}
-local i = 4
-while i <= #ARGV do
-  local stream = KEYS[2 + tonumber(ARGV[i])]
-  if redis.call('SADD', KEYS[1], ARGV[i + 1]) == 1 then
-    redis.call('XADD', stream, '*', 'task', ARGV[i + 2], 'submitted_at', ARGV[2], 'priority', ARGV[i + 3])
-    out[#out + 1] = 1
+local tasks, entries, conflicts = 0, 0, 0
+local n = (#ARGV - 5) / 7
+for j = 0, n - 1 do
+  local a = 6 + j * 7
+  local bucket = KEYS[8 + j]
+  local prev = redis.call('HGET', bucket, ARGV[a + 1])
+  if prev then
+    if prev == ARGV[a + 2] then out[j + 1] = 0 else out[j + 1] = 2; conflicts = conflicts + 1 end
+  elseif legacy and redis.call('SISMEMBER', KEYS[6], ARGV[a + 6]) == 1 then
+    out[j + 1] = 0
   else
-    out[#out + 1] = 0
+    redis.call('HSET', bucket, ARGV[a + 1], ARGV[a + 2])
+    local stream = KEYS[1 + tonumber(ARGV[a])]
+    local k = tonumber(ARGV[a + 3])
+    local json = ARGV[a + 4]
+    if k == 1 then
+      redis.call('XADD', stream, '*', 'task', json, 'submitted_at', ARGV[2], 'priority', ARGV[a + 5])
+    else
+      local head = string.sub(json, 1, -2)
+      for r = 0, k - 1 do
+        redis.call('XADD', stream, '*', 'task', head .. ',"rollout":' .. r .. '}', 'submitted_at', ARGV[2], 'priority', ARGV[a + 5])
+      end
+    end
+    tasks = tasks + 1
+    entries = entries + k
+    out[j + 1] = 1
   end
-  i = i + 4
 end
-if ARGV[1] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
+if n > 0 then
+  if redis.call('SADD', KEYS[7], ARGV[4]) == 1 then
+    redis.call('HSETNX', KEYS[5], 'created_at', ARGV[2])
+  end
+  if tasks > 0 then
+    redis.call('HINCRBY', KEYS[5], 'tasks', tasks)
+    redis.call('HINCRBY', KEYS[5], 'entries', entries)
+    redis.call('HSET', KEYS[5], 'updated_at', ARGV[2])
+  end
+  if conflicts > 0 then redis.call('HINCRBY', KEYS[5], 'conflicts', conflicts) end
+end
+-- A conflict must be recorded before the checkpoint passes its line.
+if ARGV[1] ~= '' and conflicts == 0 then redis.call('SET', KEYS[1], ARGV[1]) end
 return out
-",
+"#,
     )
 });
 
@@ -58,50 +104,133 @@ fn stream_index(t: TaskType) -> u8 {
     }
 }
 
+/// What the batch step did with one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New in its run: `rollouts` entries added.
+    Dispatched,
+    /// Already in the run's record with the same content: skipped.
+    Duplicate,
+    /// Already in the run's record with other content: rejected.
+    Conflict,
+}
+
 /// A task ready to send, serialized once.
 pub struct Prepared {
     pub task_type: TaskType,
     pub task_id: String,
+    /// The task JSON (with `run_id` for a named run; without `rollout`).
     pub json: String,
     pub priority: i64,
+    pub rollouts: u32,
+    pub bucket: u32,
+    pub field: i64,
+    pub content: u32,
+    /// Line number in the task file (for a conflict's rejection record).
+    pub line: u64,
+    /// The line as read (for a conflict's rejection record).
+    pub raw: Vec<u8>,
+    /// Byte offset and line count before the line (where to resume to read it again).
+    pub start: (u64, u64),
 }
 
 impl Prepared {
-    pub fn new(task: &TaskSpec) -> Self {
+    /// `task` as read from the file (no run, no rollout), for `run_id`,
+    /// sampled `default_rollouts` times unless it says otherwise.
+    pub fn new(
+        task: &TaskSpec,
+        run_id: &str,
+        default_rollouts: u32,
+        line: u64,
+        raw: Vec<u8>,
+        start: (u64, u64),
+    ) -> Self {
+        // The content is the task as the file gives it, whatever the run.
+        let content =
+            runs::content_hash(serde_json::to_string(task).unwrap_or_default().as_bytes());
+        let mut task = task.clone();
+        let rollouts = task.rollouts.unwrap_or(default_rollouts).max(1);
+        if run_id != runs::DEFAULT_RUN {
+            task.run_id = Some(run_id.to_owned());
+        }
+        task.rollout = None;
+        let (bucket, field) = runs::id_slot(&task.task_id);
         Prepared {
             task_type: task.task_type,
-            task_id: task.task_id.clone(),
-            json: serde_json::to_string(task).unwrap_or_default(),
+            json: serde_json::to_string(&task).unwrap_or_default(),
+            task_id: task.task_id,
             priority: task.priority,
+            rollouts,
+            bucket,
+            field,
+            content,
+            line,
+            raw,
+            start,
+        }
+    }
+}
+
+/// The run's keys and settings the batch step needs.
+pub struct RunKeys {
+    pub run_id: String,
+    pub checkpoint: String,
+    pub run: String,
+    /// Consult `dispatcher:dispatched_ids` (the default run only).
+    pub legacy: bool,
+}
+
+impl RunKeys {
+    pub fn new(run_id: &str, checkpoint: String) -> Self {
+        RunKeys {
+            run_id: run_id.to_owned(),
+            checkpoint,
+            run: names::run_key(run_id),
+            legacy: run_id == runs::DEFAULT_RUN,
         }
     }
 }
 
 /// Sends one batch atomically (an empty one just moves the checkpoint);
-/// returns, per task, whether it was new. `expected` is the checkpoint JSON
-/// saved last (None: none yet); see [`CHECKPOINT_MOVED`].
+/// returns, per task, what happened to it. `expected` is the checkpoint
+/// JSON saved last (None: none yet); see [`CHECKPOINT_MOVED`].
 pub async fn send_batch(
     conn: &mut ConnectionManager,
-    checkpoint_key: &str,
+    keys: &RunKeys,
     checkpoint: Option<&str>,
     expected: Option<&str>,
     batch: &[Prepared],
-) -> redis::RedisResult<Vec<bool>> {
+) -> redis::RedisResult<Vec<Outcome>> {
     let mut inv = DISPATCH_BATCH.prepare_invoke();
-    inv.key(names::DISPATCHED_IDS)
-        .key(checkpoint_key)
+    inv.key(&keys.checkpoint)
         .key(names::STREAM_CODE)
         .key(names::STREAM_WEB)
         .key(names::STREAM_REASONING)
+        .key(&keys.run)
+        .key(names::DISPATCHED_IDS)
+        .key(names::RUNS)
         .arg(checkpoint.unwrap_or(""))
         .arg(format!("{:.6}", unix_now()))
-        .arg(expected.unwrap_or(""));
+        .arg(expected.unwrap_or(""))
+        .arg(&keys.run_id)
+        .arg(if keys.legacy { "1" } else { "0" });
     for t in batch {
+        inv.key(names::run_ids_key(&keys.run_id, t.bucket));
         inv.arg(stream_index(t.task_type))
-            .arg(&t.task_id)
+            .arg(t.field)
+            .arg(t.content)
+            .arg(t.rollouts)
             .arg(&t.json)
-            .arg(t.priority);
+            .arg(t.priority)
+            .arg(&t.task_id);
     }
     let flags: Vec<i64> = inv.invoke_async(conn).await?;
-    Ok(flags.into_iter().map(|f| f == 1).collect())
+    Ok(flags
+        .into_iter()
+        .map(|f| match f {
+            1 => Outcome::Dispatched,
+            2 => Outcome::Conflict,
+            _ => Outcome::Duplicate,
+        })
+        .collect())
 }

@@ -1,14 +1,16 @@
 //! # dispatcher
 //!
 //! Reads the task file line by line, validates each line, and routes tasks to
-//! their Redis stream exactly once per `task_id` (CONTRACT §1, §2).
+//! their Redis stream exactly once per `task_id` and run, one entry per
+//! rollout (CONTRACT §1, §2, §8).
 //!
 //! # Layout
 //! * [`config`] — settings.
-//! * [`source`] — the task file (checkpoint resume, follow, truncation/replacement).
-//! * [`dispatch`] — the atomic batch step in Redis (idempotency + checkpoint).
-//! * [`rejects`] — `rejected.jsonl`.
-//! * [`stats`] — `queue_size` / `pending_lag_seconds` refresh and backpressure.
+//! * [`source`] — the task file (checkpoint with prefix hash, follow,
+//!   truncation/replacement/rewrite).
+//! * [`dispatch`] — the atomic batch step in Redis (id record + checkpoint).
+//! * [`rejects`] — the run's `rejected.jsonl`.
+//! * [`stats`] — queue gauges, consumers, per-type backpressure.
 
 pub mod config;
 pub mod dispatch;
@@ -16,8 +18,9 @@ pub mod rejects;
 pub mod source;
 pub mod stats;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,23 +28,26 @@ use adp_core::lines::Line;
 use adp_core::metrics::{CheckResult, HealthFn, Metrics};
 use adp_core::queue::Queue;
 use adp_core::types::TaskType;
-use adp_core::validate::{parse_task_line, RejectReason};
-use adp_core::{config as core_config, health, names};
+use adp_core::validate::{parse_task_line_with, RejectReason};
+use adp_core::{config as core_config, health, names, runs};
 use anyhow::Context;
 use md5::{Digest, Md5};
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-use dispatch::Prepared;
+use dispatch::{Outcome, Prepared, RunKeys};
 use rejects::RejectLog;
-use source::{Checkpoint, Poll, TaskFile};
+use source::{Checkpoint, Occurrences, Poll, TaskFile};
 
 /// What one run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub lines: u64,
+    /// Tasks new in the run.
     pub dispatched: u64,
+    /// Stream entries added (one per rollout).
+    pub entries: u64,
     pub duplicates: u64,
     pub rejected: BTreeMap<&'static str, u64>,
 }
@@ -61,6 +67,9 @@ impl std::fmt::Display for Summary {
             self.duplicates,
             self.rejected_total()
         )?;
+        if self.entries != self.dispatched {
+            write!(f, " ({} stream entries with rollouts)", self.entries)?;
+        }
         if !self.rejected.is_empty() {
             let parts: Vec<String> = self
                 .rejected
@@ -73,15 +82,35 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// Redis key of the checkpoint of one task file (by canonical path).
-pub fn checkpoint_key(path: &std::path::Path) -> String {
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let digest = Md5::digest(canonical.to_string_lossy().as_bytes());
-    format!(
-        "{}{}",
-        names::DISPATCHER_CHECKPOINT_PREFIX,
-        hex::encode(digest)
-    )
+/// Redis key of the checkpoint of one task file (by canonical path) in a run.
+pub fn checkpoint_key(run_id: &str, path: &std::path::Path) -> String {
+    let digest = Md5::digest(canonical(path).as_bytes());
+    names::checkpoint_key(run_id, &hex::encode(digest))
+}
+
+/// The task file's canonical path (as given when it does not exist yet).
+fn canonical(path: &std::path::Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The id of a line without `task_id`: the same line content at the same
+/// occurrence in the same run always gets the same id.
+pub fn generated_id(run_id: &str, line: &[u8], occurrence: u32) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(run_id.as_bytes());
+    h.update(&[0]);
+    h.update(line.trim_ascii());
+    h.update(&[0]);
+    h.update(&occurrence.to_le_bytes());
+    format!("auto-{:032x}", h.digest128())
+}
+
+/// Whether a Redis error is the server refusing writes at `maxmemory`.
+pub fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM") || e.to_string().contains("OOM")
 }
 
 /// Runs the dispatcher until the file is done (FOLLOW=false) or `shutdown`.
@@ -116,15 +145,24 @@ pub async fn run_with_metrics(
     };
     let queue = Queue::new(conn.clone());
 
+    let oom = Arc::new(AtomicBool::new(false));
     let health_conn = conn.clone();
+    let health_oom = oom.clone();
     let health_fn: HealthFn = Arc::new(move || {
         let c = health_conn.clone();
+        let oom = health_oom.load(Ordering::Relaxed);
         Box::pin(async move {
             let mut m = BTreeMap::new();
             m.insert(
                 "redis".to_owned(),
                 CheckResult::from_result(health::check_redis(&c).await),
             );
+            let writes: Result<(), &str> = if oom {
+                Err("Redis refuses writes: out of memory (maxmemory); dispatching waits")
+            } else {
+                Ok(())
+            };
+            m.insert("redis_writes".to_owned(), CheckResult::from_result(writes));
             m
         })
     });
@@ -161,7 +199,9 @@ pub async fn run_with_metrics(
         stats_stop.clone(),
     ));
 
-    let result = Dispatcher::new(cfg, queue, metrics).run(&shutdown).await;
+    let result = Dispatcher::new(cfg, queue, metrics, oom)
+        .run(&shutdown)
+        .await;
     stats_stop.cancel();
     let _ = stats_task.await;
     result.map(|s| (s, bound))
@@ -181,28 +221,44 @@ struct Dispatcher {
     rejects: RejectLog,
     summary: Summary,
     backpressure: stats::Backpressure,
-    checkpoint_key: String,
+    keys: RunKeys,
     saved_checkpoint: Option<Checkpoint>,
     /// The checkpoint JSON Redis holds as far as we know (None: no key).
     saved_json: Option<String>,
     /// Redis no longer holds our checkpoint: read the file again from its.
     moved_back: bool,
+    /// Lines of paused task types, in file order per type.
+    spill: HashMap<TaskType, VecDeque<Prepared>>,
+    spilled: usize,
+    /// The checkpoint before the earliest line still in the spill: saved
+    /// instead of the reading position while anything is held.
+    spill_from: Option<Checkpoint>,
+    /// Redis answered OOM to the last write (shown by /health).
+    oom: Arc<AtomicBool>,
 }
 
 impl Dispatcher {
-    fn new(cfg: Config, queue: Queue, metrics: Metrics) -> Self {
-        let checkpoint_key = checkpoint_key(&cfg.task_file);
+    fn new(cfg: Config, queue: Queue, metrics: Metrics, oom: Arc<AtomicBool>) -> Self {
+        let keys = RunKeys::new(&cfg.run_id, checkpoint_key(&cfg.run_id, &cfg.task_file));
+        let rejects = RejectLog::new(
+            runs::rejected_path(&cfg.common.output_dir, &cfg.run_id),
+            &canonical(&cfg.task_file),
+        );
         Dispatcher {
-            rejects: RejectLog::new(&cfg.common.output_dir),
+            rejects,
             backpressure: stats::Backpressure::new(cfg.max_backlog),
             cfg,
             queue,
             metrics,
             summary: Summary::default(),
-            checkpoint_key,
+            keys,
             saved_checkpoint: None,
             saved_json: None,
             moved_back: false,
+            spill: HashMap::new(),
+            spilled: 0,
+            spill_from: None,
+            oom,
         }
     }
 
@@ -210,7 +266,7 @@ impl Dispatcher {
         let mut delay = Duration::from_millis(100);
         loop {
             let mut conn = self.queue.conn();
-            match conn.get::<_, Option<String>>(&self.checkpoint_key).await {
+            match conn.get::<_, Option<String>>(&self.keys.checkpoint).await {
                 Ok(raw) => {
                     self.saved_json = raw.clone();
                     self.saved_checkpoint = None;
@@ -225,93 +281,135 @@ impl Dispatcher {
         }
     }
 
+    /// Opens the task file at the checkpoint Redis holds (or from line 1
+    /// when the file before it changed); false when the file is missing.
+    async fn open_at_checkpoint(
+        &mut self,
+        file: &mut TaskFile,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<bool> {
+        let resume = self.load_checkpoint(shutdown).await;
+        *file = TaskFile::new(&self.cfg.task_file, self.cfg.follow);
+        self.spill.clear();
+        self.spilled = 0;
+        self.spill_from = None;
+        let (found, skipped) = file
+            .open(resume.as_ref())
+            .with_context(|| format!("reading {}", self.cfg.task_file.display()))?;
+        if let Some(why) = skipped {
+            tracing::warn!(task_file = %self.cfg.task_file.display(), why, "Not resuming at the checkpoint: reading the file again from line 1 (tasks already dispatched in this run are skipped).");
+        } else if let Some(r) = resume.as_ref().filter(|r| r.offset > 0 && found) {
+            tracing::info!(
+                line = r.line,
+                offset = r.offset,
+                run_id = %self.cfg.run_id,
+                "Resuming the task file after its checkpoint."
+            );
+        }
+        // Records of this file written after the checkpoint belong to lines
+        // about to be read again: they are not written twice.
+        let from = resume.as_ref().and_then(|r| r.rejected_bytes).unwrap_or(0);
+        let from = if skipped.is_some() || resume.is_none() {
+            self.rejects.file_len()
+        } else {
+            from
+        };
+        match self.rejects.load_seen(from) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                records = n,
+                "Rejection records past the checkpoint found; their lines are not recorded twice."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the rejection records back; a line rejected just before a crash may be recorded twice.")
+            }
+        }
+        Ok(found)
+    }
+
     async fn run(mut self, shutdown: &CancellationToken) -> anyhow::Result<Summary> {
         let mut file = TaskFile::new(&self.cfg.task_file, self.cfg.follow);
-        let resume = self.load_checkpoint(shutdown).await;
-        if !file.open(resume)? {
+        if !self.open_at_checkpoint(&mut file, shutdown).await? {
             if !self.cfg.follow {
                 anyhow::bail!("task file {} not found", self.cfg.task_file.display());
             }
             tracing::warn!(task_file = %self.cfg.task_file.display(), "Task file does not exist yet; waiting for it.");
-        } else if let (Some(r), Some(c)) = (resume, file.checkpoint()) {
-            if c.offset > 0 {
-                tracing::info!(
-                    line = r.line,
-                    offset = r.offset,
-                    "Resuming the task file after its checkpoint."
-                );
-            }
-            if (c.dev, c.ino, c.offset) == (r.dev, r.ino, r.offset) {
-                self.rewind_rejects(r.rejected_bytes);
-            }
         }
         // Save where we start (and how long rejected.jsonl is) before the
-        // first line: a crash in the first batch then rewinds correctly too.
-        let start = file.checkpoint();
-        if !self.flush(&mut Vec::new(), start, shutdown).await? {
+        // first line.
+        if !self.flush(&mut Vec::new(), &mut file, shutdown).await? {
             return Ok(self.summary);
         }
-        tracing::info!(task_file = %self.cfg.task_file.display(), follow = self.cfg.follow, max_backlog = self.cfg.max_backlog, "Dispatcher started.");
+        tracing::info!(task_file = %self.cfg.task_file.display(), run_id = %self.cfg.run_id, rollouts = self.cfg.rollouts, follow = self.cfg.follow, max_backlog = self.cfg.max_backlog, "Dispatcher started.");
 
         let batch_limit = self.cfg.batch_size.min(self.cfg.max_backlog).max(1) as usize;
         let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        let verify_every = Duration::from_millis(self.cfg.verify_interval_ms);
         let mut batch: Vec<Prepared> = Vec::with_capacity(batch_limit);
         let mut last_progress = Instant::now();
+        let mut last_verify = Instant::now();
         let mut missing_logged = false;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let polled = file
-                .poll()
-                .with_context(|| format!("reading {}", self.cfg.task_file.display()))?;
-            let at_end = match polled {
-                Poll::Line(line) => {
-                    missing_logged = false;
-                    self.summary.lines += 1;
-                    if let Some(task) = self.validate(line) {
-                        batch.push(task);
+            let spill_full = self.spilled as u64 >= self.cfg.max_spill;
+            let at_end = if spill_full {
+                // Paused types hold MAX_SPILL lines: read on once they drain.
+                true
+            } else {
+                let start = file.position();
+                let polled = file
+                    .poll()
+                    .with_context(|| format!("reading {}", self.cfg.task_file.display()))?;
+                match polled {
+                    Poll::Line(line) => {
+                        missing_logged = false;
+                        self.summary.lines += 1;
+                        if let Some(task) = self.validate(line, start, &mut file.occurrences) {
+                            batch.push(task);
+                        }
+                        // Rejection records are flushed (and the checkpoint
+                        // moved) every REJECTS_FLUSH_BYTES too: a long run of bad
+                        // lines must not pile up in memory.
+                        if batch.len() < batch_limit
+                            && self.rejects.pending_bytes() < rejects::REJECTS_FLUSH_BYTES
+                        {
+                            continue;
+                        }
+                        false
                     }
-                    // Rejection records are flushed (and the checkpoint
-                    // moved) every REJECTS_FLUSH_BYTES too: a long run of bad
-                    // lines must not pile up in memory.
-                    if batch.len() < batch_limit
-                        && self.rejects.pending_bytes() < rejects::REJECTS_FLUSH_BYTES
-                    {
-                        continue;
+                    Poll::Restarted(why) => {
+                        tracing::warn!(task_file = %self.cfg.task_file.display(), why, "Task file changed under us; reading it again from line 1 (tasks already dispatched in this run are skipped).");
+                        // Lines of the old content not sent yet are dropped
+                        // with it; the spill is kept (already read, in order).
+                        batch.clear();
+                        false
                     }
-                    false
-                }
-                Poll::Restarted(why) => {
-                    tracing::warn!(task_file = %self.cfg.task_file.display(), why, "Task file changed under us; reading it again from line 1 (already dispatched ids are skipped).");
-                    false
-                }
-                Poll::Missing => {
-                    if !missing_logged {
-                        tracing::warn!(task_file = %self.cfg.task_file.display(), "Task file missing; waiting for it.");
-                        missing_logged = true;
+                    Poll::Missing => {
+                        if !missing_logged {
+                            tracing::warn!(task_file = %self.cfg.task_file.display(), "Task file missing; waiting for it.");
+                            missing_logged = true;
+                        }
+                        true
                     }
-                    true
+                    Poll::Idle => true,
                 }
-                Poll::Idle => true,
             };
             // A full batch, or nothing more to read right now: send what we have.
-            if !self.flush(&mut batch, file.checkpoint(), shutdown).await? {
+            if !self.flush(&mut batch, &mut file, shutdown).await? {
                 break;
+            }
+            if at_end && !self.moved_back && last_verify.elapsed() >= verify_every {
+                last_verify = Instant::now();
+                self.verify_checkpoint().await;
             }
             if self.moved_back {
                 self.moved_back = false;
-                let resume = self.load_checkpoint(shutdown).await;
-                file = TaskFile::new(&self.cfg.task_file, self.cfg.follow);
-                file.open(resume)?;
-                let at = file.checkpoint();
-                if let (Some(r), Some(c)) = (resume, at) {
-                    if (c.dev, c.ino, c.offset) == (r.dev, r.ino, r.offset) {
-                        self.rewind_rejects(r.rejected_bytes);
-                    }
-                }
+                batch.clear();
+                self.open_at_checkpoint(&mut file, shutdown).await?;
                 tracing::warn!(
-                    line = at.map_or(0, |c| c.line),
+                    line = file.position().1,
                     "The checkpoint in Redis moved back (Redis lost its latest writes, or another dispatcher reads this file); reading the file again from there. Tasks Redis still has are skipped as duplicates, the lost ones are dispatched again."
                 );
                 continue;
@@ -323,41 +421,76 @@ impl Dispatcher {
                     dispatched = self.summary.dispatched,
                     duplicates = self.summary.duplicates,
                     rejected = self.summary.rejected_total(),
+                    held = self.spilled,
                     "Progress."
                 );
             }
-            if at_end && (!self.cfg.follow || sleep_or_cancel(poll, shutdown).await) {
+            if !at_end {
+                continue;
+            }
+            if !self.cfg.follow && self.spilled == 0 && !spill_full {
+                // Done: make sure Redis kept what we wrote before leaving.
+                if self.cfg.exit_verify_ms > 0 {
+                    if sleep_or_cancel(Duration::from_millis(self.cfg.exit_verify_ms), shutdown)
+                        .await
+                    {
+                        break;
+                    }
+                    self.verify_checkpoint().await;
+                    if self.moved_back {
+                        continue;
+                    }
+                }
+                break;
+            }
+            if sleep_or_cancel(poll, shutdown).await {
                 break;
             }
         }
-        let checkpoint = file.checkpoint();
         if !shutdown.is_cancelled() {
-            self.flush(&mut batch, checkpoint, shutdown).await?;
+            self.flush(&mut batch, &mut file, shutdown).await?;
         }
         self.rejects.flush().context("writing rejected.jsonl")?;
-        tracing::info!(summary = %self.summary, "Dispatcher finished.");
+        tracing::info!(summary = %self.summary, run_id = %self.cfg.run_id, "Dispatcher finished.");
         Ok(self.summary)
     }
 
-    /// Drops rejection records written after the checkpoint `rejected_bytes`
-    /// belongs to (their lines are read again), so each rejected line keeps
-    /// exactly one record across crashes.
-    fn rewind_rejects(&mut self, rejected_bytes: Option<u64>) {
-        let Some(len) = rejected_bytes else {
-            return;
-        };
-        match self.rejects.rewind(len) {
-            Ok(0) => {}
-            Ok(dropped) => tracing::warn!(
-                bytes = dropped,
-                "rejected.jsonl held records past the checkpoint (a run stopped before saving it); dropped them, their lines are read again."
-            ),
-            Err(e) => tracing::warn!(error = %e, "Cannot cut rejected.jsonl back to the checkpoint; some rejections may be recorded twice."),
+    /// Compares the checkpoint in Redis with the one saved last; sets
+    /// `moved_back` when Redis holds another (it lost our latest writes).
+    async fn verify_checkpoint(&mut self) {
+        let mut conn = self.queue.conn();
+        match conn.get::<_, Option<String>>(&self.keys.checkpoint).await {
+            Ok(now) if now != self.saved_json => {
+                tracing::warn!(
+                    expected = ?self.saved_json,
+                    found = ?now,
+                    "Redis no longer holds the checkpoint saved last."
+                );
+                self.moved_back = true;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "Cannot check the checkpoint in Redis now."),
         }
     }
 
-    /// Validates one line; rejected lines are recorded here.
-    fn validate(&mut self, line: Line) -> Option<Prepared> {
+    /// Records a rejected line.
+    fn reject(&mut self, number: u64, reason: &str, code: &'static str, raw: &[u8]) {
+        tracing::warn!(line = number, reason = code, detail = %reason, "Rejected task line.");
+        self.metrics
+            .tasks_rejected_total
+            .with_label_values(&[code])
+            .inc();
+        *self.summary.rejected.entry(code).or_default() += 1;
+        self.rejects.push(number, code, reason, raw);
+    }
+
+    /// Validates one line (read from `start`); rejected lines are recorded here.
+    fn validate(
+        &mut self,
+        line: Line,
+        start: (u64, u64),
+        occurrences: &mut Occurrences,
+    ) -> Option<Prepared> {
         let (number, result, raw): (u64, Result<_, RejectReason>, Vec<u8>) = match line {
             Line::TooLong { number, len } => (
                 number,
@@ -371,36 +504,43 @@ impl Dispatcher {
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     return None; // blank lines are skipped
                 }
-                (number, parse_task_line(&bytes), bytes)
+                let run_id = &self.cfg.run_id;
+                let parsed = parse_task_line_with(&bytes, || {
+                    let seen = occurrences.entry(source::line_key(&bytes)).or_default();
+                    let id = generated_id(run_id, &bytes, *seen);
+                    *seen += 1;
+                    id
+                });
+                (number, parsed, bytes)
             }
         };
         match result {
-            Ok(task) => Some(Prepared::new(&task)),
+            Ok(task) => Some(Prepared::new(
+                &task,
+                &self.cfg.run_id,
+                self.cfg.rollouts,
+                number,
+                raw,
+                start,
+            )),
             Err(reason) => {
-                let code = reason.code();
-                tracing::warn!(line = number, reason = code, detail = %reason, "Rejected task line.");
-                self.metrics
-                    .tasks_rejected_total
-                    .with_label_values(&[code])
-                    .inc();
-                *self.summary.rejected.entry(code).or_default() += 1;
-                self.rejects.push(number, code, &reason.to_string(), &raw);
+                self.reject(number, &reason.to_string(), reason.code(), &raw);
                 None
             }
         }
     }
 
     /// One attempt to add the batch and move the checkpoint from the saved
-    /// one to `checkpoint` (atomically); the flags say which tasks were new.
+    /// one to `checkpoint` (atomically, unless a task conflicts).
     async fn send(
         &self,
         checkpoint: Option<&str>,
         batch: &[Prepared],
-    ) -> redis::RedisResult<Vec<bool>> {
+    ) -> redis::RedisResult<Vec<Outcome>> {
         let mut conn = self.queue.conn();
         dispatch::send_batch(
             &mut conn,
-            &self.checkpoint_key,
+            &self.keys,
             checkpoint,
             self.saved_json.as_deref(),
             batch,
@@ -408,25 +548,114 @@ impl Dispatcher {
         .await
     }
 
-    /// Sends the batch (waiting out backpressure and Redis outages). Returns
-    /// false when shutdown interrupted it (the batch is not sent; the
-    /// checkpoint is not moved, so a restart reads those lines again).
+    /// Sends `batch` until it is in Redis (waiting out Redis outages and
+    /// OOM with backoff). None: shutdown or CHECKPOINT_MOVED interrupted it.
+    async fn send_retrying(
+        &mut self,
+        checkpoint_json: Option<&str>,
+        batch: &[Prepared],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Outcome>> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.send(checkpoint_json, batch).await {
+                Ok(flags) => {
+                    if self.oom.swap(false, Ordering::Relaxed) {
+                        tracing::info!("Redis accepts writes again; dispatching resumed.");
+                    }
+                    return Some(flags);
+                }
+                Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
+                    // Nothing was written; these lines are read again.
+                    self.moved_back = true;
+                    return None;
+                }
+                Err(e) if is_oom(&e) => {
+                    if !self.oom.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, run_id = %self.cfg.run_id, "Redis is out of memory (maxmemory) and refuses new tasks: dispatching waits (nothing is lost; /health reports 503). Free memory: let the runtimes drain the streams, `adp runs prune` finished runs, or raise maxmemory.");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = batch.len(), retry_in_ms = delay.as_millis() as u64, "Sending a batch to Redis failed; retrying (nothing is lost).");
+                }
+            }
+            if sleep_or_cancel(delay, shutdown).await {
+                return None;
+            }
+            let cap = if self.oom.load(Ordering::Relaxed) {
+                10
+            } else {
+                5
+            };
+            delay = (delay * 2).min(Duration::from_secs(cap));
+        }
+    }
+
+    /// Sends what can go now: held lines of types with room first, then the
+    /// batch's lines of those types; lines of paused types are held in
+    /// order. Saves the checkpoint (the reading position, or the one before
+    /// the earliest held line). Returns false when shutdown interrupted it
+    /// (nothing of it is saved: a restart reads those lines again).
     async fn flush(
         &mut self,
         batch: &mut Vec<Prepared>,
-        checkpoint: Option<Checkpoint>,
+        file: &mut TaskFile,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
         self.rejects.flush().context("writing rejected.jsonl")?;
-        let checkpoint = checkpoint.map(|c| Checkpoint {
-            rejected_bytes: Some(self.rejects.file_len()),
-            ..c
-        });
-        let checkpoint_json = checkpoint.map(|c| serde_json::to_string(&c).unwrap_or_default());
-        if batch.is_empty() {
+        let mut send: Vec<Prepared> = Vec::with_capacity(batch.len());
+        let mut room: HashMap<TaskType, u64> = HashMap::new();
+        for t in TaskType::ALL {
+            let held = self.spill.get(&t).map_or(0, VecDeque::len);
+            if held == 0 && !batch.iter().any(|p| p.task_type == t) {
+                continue;
+            }
+            let mut r = self.backpressure.room(&self.queue, t).await;
+            if let Some(q) = self.spill.get_mut(&t) {
+                while r > 0 {
+                    let Some(p) = q.pop_front() else { break };
+                    r = r.saturating_sub(u64::from(p.rollouts));
+                    self.spilled -= 1;
+                    send.push(p);
+                }
+            }
+            room.insert(t, r);
+        }
+        for p in batch.drain(..) {
+            let r = room.entry(p.task_type).or_default();
+            let held = self.spill.get(&p.task_type).is_some_and(|q| !q.is_empty());
+            if !held && *r > 0 {
+                *r = r.saturating_sub(u64::from(p.rollouts));
+                send.push(p);
+                continue;
+            }
+            if self.spilled == 0 && self.spill_from.is_none() {
+                let (offset, line) = p.start;
+                self.spill_from = file.checkpoint_at(offset, line)?;
+                if let Some(c) = self.spill_from.as_mut() {
+                    c.rejected_bytes = Some(self.rejects.file_len());
+                }
+            }
+            self.spill.entry(p.task_type).or_default().push_back(p);
+            self.spilled += 1;
+        }
+        if self.spilled == 0 {
+            self.spill_from = None;
+        }
+        let checkpoint = match &self.spill_from {
+            Some(c) => Some(c.clone()),
+            None => file.checkpoint()?.map(|c| Checkpoint {
+                rejected_bytes: Some(self.rejects.file_len()),
+                ..c
+            }),
+        };
+        let checkpoint_json = checkpoint
+            .as_ref()
+            .map(|c| serde_json::to_string(c).unwrap_or_default());
+        if send.is_empty() {
             // Nothing to send, but rejected/blank lines may have moved the checkpoint.
             if checkpoint.is_some() && checkpoint != self.saved_checkpoint {
-                match self.send(checkpoint_json.as_deref(), batch).await {
+                match self.send(checkpoint_json.as_deref(), &send).await {
                     Ok(_) => {
                         self.saved_checkpoint = checkpoint;
                         self.saved_json = checkpoint_json;
@@ -434,59 +663,78 @@ impl Dispatcher {
                     Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
                         self.moved_back = true;
                     }
+                    Err(e) if is_oom(&e) => {
+                        if !self.oom.swap(true, Ordering::Relaxed) {
+                            tracing::error!(error = %e, "Redis is out of memory (maxmemory): the checkpoint waits (/health reports 503).");
+                        }
+                    }
                     Err(_) => {} // saved with the next batch
                 }
             }
             return Ok(true);
         }
-        let mut streams: Vec<TaskType> = batch.iter().map(|t| t.task_type).collect();
-        streams.sort_by_key(|t| t.as_str());
-        streams.dedup();
-        if !self
-            .backpressure
-            .wait(&self.queue, &streams, shutdown)
+        let Some(flags) = self
+            .send_retrying(checkpoint_json.as_deref(), &send, shutdown)
             .await
-        {
-            return Ok(false);
-        }
-        let mut delay = Duration::from_millis(100);
-        let flags = loop {
-            match self.send(checkpoint_json.as_deref(), batch).await {
-                Ok(flags) => break flags,
-                Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
-                    // Nothing was written; these lines are read again.
-                    batch.clear();
-                    self.moved_back = true;
-                    return Ok(true);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, batch = batch.len(), retry_in_ms = delay.as_millis() as u64, "Sending a batch to Redis failed; retrying (nothing is lost).");
-                }
-            }
-            if sleep_or_cancel(delay, shutdown).await {
-                return Ok(false);
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+        else {
+            return Ok(!shutdown.is_cancelled());
         };
-        for (task, new) in batch.iter().zip(flags) {
-            if new {
-                self.summary.dispatched += 1;
-                self.backpressure.added(task.task_type);
-                self.metrics
-                    .tasks_submitted_total
-                    .with_label_values(&[task.task_type.as_str(), task.task_type.runtime()])
-                    .inc();
-                tracing::debug!(task_id = %task.task_id, queue = task.task_type.stream(), "Task dispatched.");
-            } else {
-                self.summary.duplicates += 1;
-                self.metrics
-                    .tasks_rejected_total
-                    .with_label_values(&["duplicate"])
-                    .inc();
-                tracing::debug!(task_id = %task.task_id, "Duplicate task_id skipped.");
+        let mut conflicts = false;
+        for (task, outcome) in send.iter().zip(flags) {
+            match outcome {
+                Outcome::Dispatched => {
+                    self.summary.dispatched += 1;
+                    self.summary.entries += u64::from(task.rollouts);
+                    self.backpressure
+                        .added(task.task_type, u64::from(task.rollouts));
+                    self.metrics
+                        .tasks_submitted_total
+                        .with_label_values(&[task.task_type.as_str(), task.task_type.runtime()])
+                        .inc_by(u64::from(task.rollouts));
+                    tracing::debug!(task_id = %task.task_id, queue = task.task_type.stream(), rollouts = task.rollouts, "Task dispatched.");
+                }
+                Outcome::Duplicate => {
+                    self.summary.duplicates += 1;
+                    self.metrics
+                        .tasks_rejected_total
+                        .with_label_values(&["duplicate"])
+                        .inc();
+                    tracing::debug!(task_id = %task.task_id, "Duplicate task_id skipped.");
+                }
+                Outcome::Conflict => {
+                    conflicts = true;
+                    let why = format!(
+                        "task_id {:?} was already dispatched in run {:?} with different content",
+                        task.task_id, self.cfg.run_id
+                    );
+                    self.reject(task.line, &why, "conflicting_duplicate", &task.raw);
+                }
             }
         }
-        batch.clear();
+        if conflicts {
+            // The batch step left the checkpoint where it was: it moves only
+            // now that the conflicts' records are on disk.
+            self.rejects.flush().context("writing rejected.jsonl")?;
+            let checkpoint = checkpoint.map(|c| Checkpoint {
+                rejected_bytes: Some(self.rejects.file_len()),
+                ..c
+            });
+            let json = checkpoint
+                .as_ref()
+                .map(|c| serde_json::to_string(c).unwrap_or_default());
+            if self
+                .send_retrying(json.as_deref(), &[], shutdown)
+                .await
+                .is_none()
+            {
+                return Ok(!shutdown.is_cancelled());
+            }
+            self.saved_checkpoint = checkpoint;
+            if json.is_some() {
+                self.saved_json = json;
+            }
+            return Ok(true);
+        }
         self.saved_checkpoint = checkpoint;
         if checkpoint_json.is_some() {
             self.saved_json = checkpoint_json;

@@ -1,6 +1,15 @@
-//! `$OUTPUT_DIR/rejected.jsonl`: one record per rejected line (CONTRACT §1).
+//! The run's `rejected.jsonl`: one record per rejected line (CONTRACT §1),
+//! naming the task file it came from.
+//!
+//! The file is only ever appended to (several task files, and several
+//! dispatchers, may share it). A line read again after a crash (its record
+//! written, the checkpoint covering it not yet saved) is not recorded twice:
+//! at start the records of this task file written after the checkpoint are
+//! read back ([`RejectLog::load_seen`]) and the same (line, reason, raw) is
+//! not appended again.
 
-use std::io::Write;
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -15,14 +24,30 @@ pub const REJECTS_FLUSH_BYTES: usize = 1024 * 1024;
 /// Appends rejection records.
 pub struct RejectLog {
     path: PathBuf,
+    /// The task file, as records name it.
+    file: String,
     pending: Vec<u8>,
+    /// Records of this task file already in the log past the checkpoint.
+    seen: HashSet<u64>,
+}
+
+fn record_key(line: u64, reason: &str, raw: &str) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&line.to_le_bytes());
+    h.update(reason.as_bytes());
+    h.update(&[0]);
+    h.update(raw.as_bytes());
+    h.digest()
 }
 
 impl RejectLog {
-    pub fn new(output_dir: &Path) -> Self {
+    /// Records of `task_file` appended to `path`.
+    pub fn new(path: PathBuf, task_file: &str) -> Self {
         RejectLog {
-            path: output_dir.join("rejected.jsonl"),
+            path,
+            file: task_file.to_owned(),
             pending: Vec::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -30,10 +55,48 @@ impl RejectLog {
         &self.path
     }
 
-    /// Queues a record; [`Self::flush`] writes it.
+    /// Reads back the records of this task file from byte `from` on (the
+    /// log's length when the checkpoint was saved): their lines are about to
+    /// be read again and must not be recorded twice. Returns how many.
+    pub fn load_seen(&mut self, from: u64) -> std::io::Result<usize> {
+        self.seen.clear();
+        let f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut reader = std::io::BufReader::new(f);
+        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(from))?;
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf)? == 0 {
+                break;
+            }
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) else {
+                continue; // a torn or foreign line
+            };
+            if v["file"].as_str() != Some(self.file.as_str()) {
+                continue;
+            }
+            let (Some(line), Some(reason), Some(raw)) =
+                (v["line"].as_u64(), v["reason"].as_str(), v["raw"].as_str())
+            else {
+                continue;
+            };
+            self.seen.insert(record_key(line, reason, raw));
+        }
+        Ok(self.seen.len())
+    }
+
+    /// Queues a record; [`Self::flush`] writes it. A record this file
+    /// already has past the checkpoint is not queued again.
     pub fn push(&mut self, line: u64, reason: &str, detail: &str, raw: &[u8]) {
         let raw = cut_lossy(raw, RAW_LIMIT);
-        let record = json!({"line": line, "reason": reason, "detail": detail, "raw": raw});
+        if self.seen.remove(&record_key(line, reason, &raw)) {
+            return;
+        }
+        let record = json!({"line": line, "reason": reason, "detail": detail, "raw": raw, "file": self.file});
         self.pending
             .extend_from_slice(record.to_string().as_bytes());
         self.pending.push(b'\n');
@@ -44,27 +107,12 @@ impl RejectLog {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
-    /// Cuts the file back to `len` bytes: records past it were written by a
-    /// run that stopped before saving the checkpoint that covers them, and
-    /// their lines are about to be read (and rejected) again. Returns the
-    /// bytes removed.
-    pub fn rewind(&mut self, len: u64) -> std::io::Result<u64> {
-        let current = self.file_len();
-        if current <= len {
-            return Ok(0);
-        }
-        let f = std::fs::OpenOptions::new().write(true).open(&self.path)?;
-        f.set_len(len)?;
-        f.sync_all()?;
-        Ok(current - len)
-    }
-
     /// Bytes of records queued and not yet written.
     pub fn pending_bytes(&self) -> usize {
         self.pending.len()
     }
 
-    /// Appends every queued record and syncs the file.
+    /// Appends every queued record (one write) and syncs the file.
     pub fn flush(&mut self) -> std::io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());

@@ -1,7 +1,7 @@
 //! Queue statistics (`queue_size`, `pending_lag_seconds`,
 //! `dead_requeued_total`) refreshed every few seconds, and backpressure.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use adp_core::metrics::Metrics;
@@ -11,11 +11,18 @@ use adp_core::types::TaskType;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
+/// A consumer that read within this long is active.
+pub const ACTIVE_WITHIN: Duration = Duration::from_secs(60);
+
 /// Refreshes the queue gauges until `stop`.
 pub async fn stats_loop(queue: Queue, metrics: Metrics, every: Duration, stop: CancellationToken) {
+    let mut unserved: HashMap<&'static str, Instant> = HashMap::new();
     loop {
         if let Err(e) = refresh(&queue, &metrics).await {
             tracing::debug!(error = %e, "Could not refresh queue statistics.");
+        }
+        if let Err(e) = refresh_consumers(&queue, &metrics, &mut unserved).await {
+            tracing::debug!(error = %e, "Could not refresh consumer statistics.");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -62,12 +69,74 @@ pub async fn refresh(queue: &Queue, metrics: &Metrics) -> adp_core::Result<()> {
     Ok(())
 }
 
-/// Pauses dispatching while a target stream's backlog is over the limit.
+/// Consumers of `stream`'s group that read within [`ACTIVE_WITHIN`].
+pub async fn active_consumers(queue: &Queue, stream: &str) -> redis::RedisResult<u64> {
+    let mut conn = queue.conn();
+    let reply: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(names::GROUP)
+        .query_async(&mut conn)
+        .await;
+    let consumers = match reply {
+        Ok(c) => c,
+        Err(e) if e.to_string().contains("no such key") || e.to_string().contains("NOGROUP") => {
+            return Ok(0)
+        }
+        Err(e) => return Err(e),
+    };
+    let within = u64::try_from(ACTIVE_WITHIN.as_millis()).unwrap_or(u64::MAX);
+    Ok(consumers
+        .iter()
+        .filter(|c| {
+            c.get("idle")
+                .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                .is_some_and(|idle| idle < within)
+        })
+        .count() as u64)
+}
+
+/// `queue_active_consumers` and `queue_unserved_seconds`; logs a stream
+/// that has had waiting entries and no active consumer for a minute.
+async fn refresh_consumers(
+    queue: &Queue,
+    metrics: &Metrics,
+    unserved: &mut HashMap<&'static str, Instant>,
+) -> adp_core::Result<()> {
+    for t in TaskType::ALL {
+        let stream = t.stream();
+        let active = active_consumers(queue, stream).await?;
+        metrics
+            .queue_active_consumers
+            .with_label_values(&[stream])
+            .set(i64::try_from(active).unwrap_or(i64::MAX));
+        let waiting = queue.backlog(stream).await? > 0;
+        let seconds = if active == 0 && waiting {
+            let since = *unserved.entry(stream).or_insert_with(Instant::now);
+            let s = since.elapsed();
+            if s >= ACTIVE_WITHIN && s < ACTIVE_WITHIN + Duration::from_secs(10) {
+                tracing::warn!(queue = stream, runtime = t.runtime(), "Entries have waited a minute with no active consumer: is the runtime of this task type running? Other task types are not held up.");
+            }
+            s.as_secs_f64()
+        } else {
+            unserved.remove(stream);
+            0.0
+        };
+        metrics
+            .queue_unserved_seconds
+            .with_label_values(&[stream])
+            .set(seconds);
+    }
+    Ok(())
+}
+
+/// Per task type: how many more entries its stream may take before its
+/// backlog reaches MAX_BACKLOG. A full stream pauses only its own type.
 pub struct Backpressure {
     max: u64,
-    /// Last measured backlog per stream, plus what we added since.
+    /// Last measured backlog per type, plus what we added since.
     known: HashMap<TaskType, (u64, Instant)>,
-    paused: bool,
+    paused: HashSet<TaskType>,
 }
 
 impl Backpressure {
@@ -75,70 +144,57 @@ impl Backpressure {
         Backpressure {
             max,
             known: HashMap::new(),
-            paused: false,
+            paused: HashSet::new(),
         }
     }
 
-    /// Counts a task added to a stream since the last measurement.
-    pub fn added(&mut self, t: TaskType) {
-        if let Some((n, _)) = self.known.get_mut(&t) {
-            *n += 1;
+    /// Counts `n` entries added to a type's stream since the last measurement.
+    pub fn added(&mut self, t: TaskType, n: u64) {
+        if let Some((b, _)) = self.known.get_mut(&t) {
+            *b += n;
         }
     }
 
-    /// Waits until every stream in `streams` is under the limit. Returns
-    /// false if `shutdown` fired while waiting.
-    pub async fn wait(
-        &mut self,
-        queue: &Queue,
-        streams: &[TaskType],
-        shutdown: &CancellationToken,
-    ) -> bool {
-        loop {
-            let mut over = None;
-            for &t in streams {
-                let fresh = self.known.get(&t).is_some_and(|(n, at)| {
-                    *n < self.max && at.elapsed() < Duration::from_millis(500)
-                });
-                if !fresh {
-                    match queue.backlog(t.stream()).await {
-                        Ok(n) => {
-                            self.known.insert(t, (n, Instant::now()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Cannot read the backlog; retrying.");
-                            self.known.remove(&t);
-                            over = Some((t, u64::MAX));
-                            break;
-                        }
-                    }
+    /// Entries the type's stream may still take (0: paused). Measured again
+    /// when the last measurement is older than 500 ms or says full; a
+    /// Redis error reads as full.
+    pub async fn room(&mut self, queue: &Queue, t: TaskType) -> u64 {
+        let fresh = self
+            .known
+            .get(&t)
+            .is_some_and(|(n, at)| *n < self.max && at.elapsed() < Duration::from_millis(500));
+        if !fresh {
+            match queue.backlog(t.stream()).await {
+                Ok(n) => {
+                    self.known.insert(t, (n, Instant::now()));
                 }
-                let n = self.known.get(&t).map_or(0, |(n, _)| *n);
-                if n >= self.max {
-                    over = Some((t, n));
-                    break;
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = t.stream(), "Cannot read the backlog; retrying.");
+                    self.known.remove(&t);
+                    return 0;
                 }
-            }
-            let Some((t, n)) = over else {
-                if self.paused {
-                    tracing::info!("Backlog below MAX_BACKLOG again; dispatching resumed.");
-                    self.paused = false;
-                }
-                return true;
-            };
-            if !self.paused && n != u64::MAX {
-                tracing::info!(
-                    queue = t.stream(),
-                    backlog = n,
-                    max_backlog = self.max,
-                    "Backlog over MAX_BACKLOG; dispatching paused."
-                );
-                self.paused = true;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = shutdown.cancelled() => return false,
             }
         }
+        let backlog = self.known.get(&t).map_or(0, |(n, _)| *n);
+        let room = self.max.saturating_sub(backlog);
+        if room == 0 && self.paused.insert(t) {
+            tracing::info!(
+                queue = t.stream(),
+                backlog,
+                max_backlog = self.max,
+                "Backlog over MAX_BACKLOG; this task type is paused (its lines are held in order), the others go on."
+            );
+        } else if room > 0 && self.paused.remove(&t) {
+            tracing::info!(
+                queue = t.stream(),
+                "Backlog below MAX_BACKLOG again; this task type resumed."
+            );
+        }
+        room
+    }
+
+    /// Whether a type is paused as far as the last measurement knows.
+    pub fn is_paused(&self, t: TaskType) -> bool {
+        self.paused.contains(&t)
     }
 }

@@ -29,6 +29,8 @@ fn config(redis: &RedisServer, file: &Path, out: &Path, extra: &[&str]) -> Confi
         "127.0.0.1".into(),
         "--poll-interval-ms".into(),
         "50".into(),
+        "--exit-verify-ms".into(),
+        "100".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     Config::try_parse_from(args).expect("config")
@@ -206,7 +208,9 @@ async fn idempotent_across_duplicates_and_restarts() {
     lines.push(task_line("t7", "reasoning"));
     write_file(&env.file(), &lines);
     let s = run_once(&env.redis, &env.file(), &env.out()).await;
-    assert_eq!((s.dispatched, s.duplicates), (50, 2));
+    // t3 again as it was: a duplicate; t7 again with other content: rejected.
+    assert_eq!((s.dispatched, s.duplicates), (50, 1));
+    assert_eq!(s.rejected.get("conflicting_duplicate"), Some(&1));
 
     // Restart on the same file: resumes after its checkpoint, nothing again.
     let s = run_once(&env.redis, &env.file(), &env.out()).await;
@@ -216,7 +220,8 @@ async fn idempotent_across_duplicates_and_restarts() {
     let copy = env.dir.path().join("copy.jsonl");
     std::fs::copy(env.file(), &copy).expect("copy");
     let s = run_once(&env.redis, &copy, &env.out()).await;
-    assert_eq!((s.dispatched, s.duplicates), (0, 52));
+    assert_eq!((s.dispatched, s.duplicates), (0, 51));
+    assert_eq!(s.rejected.get("conflicting_duplicate"), Some(&1));
     assert_eq!(xlen(&env.redis, names::STREAM_CODE), 50);
     assert_eq!(xlen(&env.redis, names::STREAM_REASONING), 0);
 }

@@ -91,10 +91,11 @@ fn kill_9_of_the_dispatcher_mid_file_skips_and_doubles_nothing() {
     let doubled = entries.len() - in_stream.len();
     let missing = ids.difference(&in_stream).count();
     let extra = in_stream.difference(&ids).count();
-    let set_size: usize = redis::cmd("SCARD")
-        .arg(names::DISPATCHED_IDS)
+    let set_size: usize = redis::cmd("HGET")
+        .arg(names::run_key(adp_core::runs::DEFAULT_RUN))
+        .arg("tasks")
         .query(&mut conn)
-        .expect("SCARD");
+        .expect("run record count");
     let (records, twice) = rejections(&cluster.output_dir().join("rejected.jsonl"));
     let result = json!({
         "valid_lines": n,

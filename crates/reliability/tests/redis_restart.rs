@@ -169,10 +169,11 @@ fn redis_restarts_lose_nothing_and_power_loss_is_re_dispatched() {
         .collect();
     let running = alive(&mut dispatcher, &mut runtimes);
     let ledger = Ledger::collect(&cluster, &all_ids, Some(&watch));
-    let set_size: usize = redis::cmd("SCARD")
-        .arg(names::DISPATCHED_IDS)
+    let set_size: usize = redis::cmd("HGET")
+        .arg(names::run_key(adp_core::runs::DEFAULT_RUN))
+        .arg("tasks")
         .query(&mut cluster.redis())
-        .expect("SCARD");
+        .expect("run record count");
     let result = json!({
         "phases": phases,
         "services_restarted": pids != after,

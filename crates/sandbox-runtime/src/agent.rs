@@ -179,11 +179,7 @@ impl CodeAgent {
         if let Some(cells) = task.code_cells() {
             return (Policy::Scripted(scripted::Scripted::new(cells)), false);
         }
-        if let Some(plan) = self
-            .cache
-            .get::<Plan>(task.task_type, &task.description)
-            .await
-        {
+        if let Some(plan) = self.cache.get::<Plan>(task).await {
             if !plan.code.is_empty() {
                 let system = openai::system_prompt(self.limits());
                 let user = openai::task_prompt(task);
@@ -290,9 +286,7 @@ impl CodeAgent {
 
         if trajectory.success && !cache_hit {
             if let Some(plan) = policy.plan() {
-                self.cache
-                    .put(task.task_type, &task.description, &plan)
-                    .await;
+                self.cache.put(task, &plan).await;
             }
         }
         Ok(trajectory)

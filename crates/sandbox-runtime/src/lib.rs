@@ -76,6 +76,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.runtime.cache_ttl(),
         metrics.clone(),
         "code",
+    )
+    .with_policy(
+        llm.as_ref()
+            .map(|c| adp_core::cache::llm_policy(c.config()))
+            .unwrap_or_default(),
     );
     let policy = match &llm {
         Some(c) => format!("openai ({})", c.config().api_root()),

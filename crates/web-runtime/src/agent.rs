@@ -16,7 +16,7 @@ use adp_core::llm::LlmClient;
 use adp_core::queue::{TaskContext, TaskHandler};
 use adp_core::reward::{self, CheckError, CheckKind, Checks, Evaluation, Live, Outcome};
 use adp_core::types::unix_now;
-use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, TaskType, Trajectory};
+use adp_core::{ActionType, ErrorType, ExecutionStep, InfraError, TaskSpec, Trajectory};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -270,9 +270,7 @@ impl WebHandler {
                     })
                     .collect(),
             };
-            self.cache
-                .put(TaskType::Web, &task.description, &plan)
-                .await;
+            self.cache.put(&task, &plan).await;
         }
         Ok(traj)
     }
@@ -283,11 +281,7 @@ impl WebHandler {
         if let Some(actions) = task.actions() {
             return (Policy::Scripted(Scripted::from_values(actions)), false);
         }
-        if let Some(plan) = self
-            .cache
-            .get::<CachedPlan>(TaskType::Web, &task.description)
-            .await
-        {
+        if let Some(plan) = self.cache.get::<CachedPlan>(task).await {
             if plan.start_url.as_deref() == task.start_url() {
                 let actions: Result<Vec<Action>, String> =
                     plan.actions.iter().map(Action::from_value).collect();

@@ -159,6 +159,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.runtime.cache_ttl(),
         metrics.clone(),
         "web",
+    )
+    .with_policy(
+        llm.as_ref()
+            .map(|c| adp_core::cache::llm_policy(c.config()))
+            .unwrap_or_default(),
     );
     let handler = WebHandler::new(browser.clone(), config.agent_settings(), llm, cache);
     let mut worker_config = WorkerConfig::from_args(

@@ -140,6 +140,9 @@ pub fn task(id: &str, tt: TaskType) -> TaskSpec {
         max_steps: 5,
         timeout: 60,
         priority: 1,
+        rollouts: None,
+        run_id: None,
+        rollout: None,
     }
 }
 

@@ -28,6 +28,9 @@ pub fn task(id: &str, task_type: TaskType, description: &str, constraints: Value
         max_steps: 5,
         timeout: 60,
         priority: 1,
+        rollouts: None,
+        run_id: None,
+        rollout: None,
     }
 }
 
