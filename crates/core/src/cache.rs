@@ -3,8 +3,11 @@
 //! calls; the runtime still executes the plan for real.
 //!
 //! A plan answers only for the policy that made it: the key also holds the
-//! runtime's policy (model endpoint, model, sampling settings; see
-//! [`TemplateCache::with_policy`]) and the task's `constraints.sampling`. A
+//! runtime's policy (model endpoint, model, tool mode, sampling settings; see
+//! [`TemplateCache::with_llm`]) and the task's `constraints.sampling`. When
+//! the model is discovered from the endpoint (no `LLM_MODEL`), the cache is
+//! used only once the model is known, so a new model served behind the same
+//! endpoint never gets the old model's plans. A
 //! rollout of a task sampled several times never uses the cache (each
 //! rollout is an independent sample), nor stores into it.
 //!
@@ -18,7 +21,7 @@ use redis::AsyncCommands;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::llm::LlmConfig;
+use crate::llm::{LlmClient, LlmConfig};
 use crate::metrics::Metrics;
 use crate::names::TEMPLATE_CACHE_PREFIX;
 use crate::types::{TaskSpec, TaskType};
@@ -46,13 +49,13 @@ pub fn policy_cache_key(task_type: TaskType, description: &str, policy: &str) ->
     format!("{TEMPLATE_CACHE_PREFIX}{}", hex::encode(digest))
 }
 
-/// The part of the cache key naming a model policy: endpoint, model, tool
+/// The part of the cache key naming a model policy: endpoint, `model`, tool
 /// mode and sampling settings. Plans of another model or other settings never match.
-pub fn llm_policy(cfg: &LlmConfig) -> String {
+pub fn llm_policy(cfg: &LlmConfig, model: &str) -> String {
     format!(
         "openai|{}|{}|tools={:?}|sampling={}",
         cfg.api_root(),
-        cfg.model,
+        model,
         cfg.tool_mode,
         serde_json::to_string(&cfg.sampling).unwrap_or_default()
     )
@@ -64,6 +67,8 @@ pub struct TemplateCache {
     conn: Option<ConnectionManager>,
     /// The runtime's policy, part of every key ([`llm_policy`]; empty: offline).
     policy: String,
+    /// The model client whose policy makes the plans ([`Self::with_llm`]).
+    llm: Option<LlmClient>,
     ttl: Duration,
     metrics: Metrics,
     cache_type: &'static str,
@@ -82,17 +87,38 @@ impl TemplateCache {
         TemplateCache {
             conn,
             policy: String::new(),
+            llm: None,
             ttl,
             metrics,
             cache_type,
         }
     }
 
-    /// Plans are made (and looked up) for `policy` ([`llm_policy`] of the
-    /// model client; empty for the offline policy).
+    /// Plans are made (and looked up) for `policy` (empty for the offline
+    /// policy; a model policy: [`Self::with_llm`]).
     pub fn with_policy(mut self, policy: impl Into<String>) -> Self {
         self.policy = policy.into();
+        self.llm = None;
         self
+    }
+
+    /// Plans are made (and looked up) for the model policy of `llm` (none:
+    /// the offline policy): [`llm_policy`] of its settings and its model —
+    /// configured, or once discovered; until then the cache is not used.
+    pub fn with_llm(mut self, llm: Option<&LlmClient>) -> Self {
+        self.policy = String::new();
+        self.llm = llm.cloned();
+        self
+    }
+
+    /// The policy part of the key; `None` while the model is not known yet.
+    fn policy(&self) -> Option<String> {
+        match &self.llm {
+            None => Some(self.policy.clone()),
+            Some(llm) => llm
+                .known_model()
+                .map(|model| llm_policy(llm.config(), &model)),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -100,14 +126,15 @@ impl TemplateCache {
     }
 
     /// The key of `task`'s plan under this cache's policy, or `None` when
-    /// the task must not use the cache (a rollout of a sampled task).
+    /// the task must not use the cache (a rollout of a sampled task, or a
+    /// model policy whose model is not discovered yet).
     pub fn key_for(&self, task: &TaskSpec) -> Option<String> {
         if task.rollout.is_some() {
             return None;
         }
-        let mut policy = self.policy.clone();
+        let mut policy = self.policy()?;
         if let Some(sampling) = task.constraints.get("sampling") {
-            if !self.policy.is_empty() {
+            if !policy.is_empty() {
                 policy.push_str("|sampling=");
                 policy.push_str(&sampling.to_string());
             }

@@ -455,6 +455,11 @@ impl LlmClient {
         &self.config
     }
 
+    /// The model name if known: configured, or already discovered.
+    pub fn known_model(&self) -> Option<String> {
+        self.model.get().cloned()
+    }
+
     /// The model name: configured, or discovered once from `GET /v1/models`.
     pub async fn model(&self) -> Result<String, LlmError> {
         self.model

@@ -336,11 +336,13 @@ async fn plans_answer_only_for_their_model_settings_and_never_for_rollouts() {
     };
     let mut cfg = adp_core::llm::LlmConfig::new("http://127.0.0.1:9");
     cfg.model = "model-a".into();
-    let a = cache(&adp_core::cache::llm_policy(&cfg));
-    cfg.model = "model-b".into();
-    let b = cache(&adp_core::cache::llm_policy(&cfg));
+    let a = cache(&adp_core::cache::llm_policy(&cfg, "model-a"));
+    let b = cache(&adp_core::cache::llm_policy(&cfg, "model-b"));
     cfg.sampling.temperature = Some(0.9);
-    let b_hot = cache(&adp_core::cache::llm_policy(&cfg));
+    let b_hot = cache(&adp_core::cache::llm_policy(&cfg, "model-b"));
+    cfg.sampling.temperature = Some(0.2);
+    cfg.tool_mode = adp_core::llm::ToolMode::Text;
+    let a_text = cache(&adp_core::cache::llm_policy(&cfg, "model-a"));
     let offline = cache("");
 
     let t = described("same task");
@@ -353,6 +355,7 @@ async fn plans_answer_only_for_their_model_settings_and_never_for_rollouts() {
         "other sampling settings"
     );
     assert_eq!(offline.get::<String>(&t).await, None, "the offline policy");
+    assert_eq!(a_text.get::<String>(&t).await, None, "another tool mode");
 
     let mut sampled = t.clone();
     sampled
@@ -377,4 +380,50 @@ async fn plans_answer_only_for_their_model_settings_and_never_for_rollouts() {
         Some("plan of a"),
         "nor store"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovered_model_uses_the_cache_only_once_known_and_under_its_name() {
+    let redis = RedisServer::start();
+    let conn = adp_core::config::connect(&redis.url())
+        .await
+        .expect("connect");
+    let llm = test_support::fake_llm::FakeLlm::start(Vec::new()).await;
+    // No LLM_MODEL: the model is discovered from GET /v1/models.
+    let client =
+        adp_core::llm::LlmClient::new(adp_core::llm::LlmConfig::new(llm.url())).expect("client");
+    let cache = TemplateCache::new(
+        Some(conn.clone()),
+        Duration::from_secs(60),
+        Metrics::new(),
+        "code",
+    )
+    .with_llm(Some(&client));
+    let t = described("same task");
+    assert_eq!(cache.key_for(&t), None, "model not known yet: no key");
+    cache.put(&t, &"plan".to_owned()).await;
+    assert_eq!(cache.get::<String>(&t).await, None);
+
+    let model = client.model().await.expect("discovered");
+    let mut named = adp_core::llm::LlmConfig::new(llm.url());
+    named.model = model.clone();
+    let expected = TemplateCache::new(None, Duration::from_secs(60), Metrics::new(), "code")
+        .with_policy(adp_core::cache::llm_policy(&named, &model))
+        .key_for(&t);
+    assert!(expected.is_some());
+    assert_eq!(
+        cache.key_for(&t),
+        expected,
+        "the discovered model is in the key"
+    );
+    let mut other = named.clone();
+    other.model = "another-model".into();
+    assert_ne!(
+        expected,
+        TemplateCache::new(None, Duration::from_secs(60), Metrics::new(), "code")
+            .with_policy(adp_core::cache::llm_policy(&other, "another-model"))
+            .key_for(&t)
+    );
+    cache.put(&t, &"plan".to_owned()).await;
+    assert_eq!(cache.get::<String>(&t).await.as_deref(), Some("plan"));
 }

@@ -77,11 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics.clone(),
         "code",
     )
-    .with_policy(
-        llm.as_ref()
-            .map(|c| adp_core::cache::llm_policy(c.config()))
-            .unwrap_or_default(),
-    );
+    .with_llm(llm.as_ref());
     let policy = match &llm {
         Some(c) => format!("openai ({})", c.config().api_root()),
         None => "heuristic (offline; set LLM_BASE_URL for a model)".to_owned(),

@@ -160,11 +160,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics.clone(),
         "web",
     )
-    .with_policy(
-        llm.as_ref()
-            .map(|c| adp_core::cache::llm_policy(c.config()))
-            .unwrap_or_default(),
-    );
+    .with_llm(llm.as_ref());
     let handler = WebHandler::new(browser.clone(), config.agent_settings(), llm, cache);
     let mut worker_config = WorkerConfig::from_args(
         RUNTIME,
