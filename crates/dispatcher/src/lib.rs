@@ -225,6 +225,11 @@ struct Dispatcher {
     saved_checkpoint: Option<Checkpoint>,
     /// The checkpoint JSON Redis holds as far as we know (None: no key).
     saved_json: Option<String>,
+    /// The `seq` of the last checkpoint written: every write carries the
+    /// next one, so no two writes store the same JSON and a Redis that lost
+    /// any batch (even one sent while the spill kept the position still) no
+    /// longer holds the JSON saved last.
+    seq: u64,
     /// Redis no longer holds our checkpoint: read the file again from its.
     moved_back: bool,
     /// Lines of paused task types, in file order per type.
@@ -254,6 +259,7 @@ impl Dispatcher {
             keys,
             saved_checkpoint: None,
             saved_json: None,
+            seq: 0,
             moved_back: false,
             spill: HashMap::new(),
             spilled: 0,
@@ -268,6 +274,14 @@ impl Dispatcher {
             let mut conn = self.queue.conn();
             match conn.get::<_, Option<String>>(&self.keys.checkpoint).await {
                 Ok(raw) => {
+                    let stored_seq = raw
+                        .as_deref()
+                        .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+                        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
+                        .unwrap_or(0);
+                    // Never below what we wrote: a value Redis went back to
+                    // can never equal one we write later.
+                    self.seq = self.seq.max(stored_seq);
                     self.saved_json = raw.clone();
                     self.saved_checkpoint = None;
                     return raw.and_then(|r| serde_json::from_str(&r).ok());
@@ -453,6 +467,14 @@ impl Dispatcher {
         self.rejects.flush().context("writing rejected.jsonl")?;
         tracing::info!(summary = %self.summary, run_id = %self.cfg.run_id, "Dispatcher finished.");
         Ok(self.summary)
+    }
+
+    /// The JSON a checkpoint is saved as: its fields plus the next `seq`.
+    fn stamp(&mut self, checkpoint: Option<&Checkpoint>) -> Option<String> {
+        let mut v = serde_json::to_value(checkpoint?).ok()?;
+        self.seq += 1;
+        v.as_object_mut()?.insert("seq".into(), self.seq.into());
+        Some(v.to_string())
     }
 
     /// Compares the checkpoint in Redis with the one saved last; sets
@@ -649,12 +671,10 @@ impl Dispatcher {
                 ..c
             }),
         };
-        let checkpoint_json = checkpoint
-            .as_ref()
-            .map(|c| serde_json::to_string(c).unwrap_or_default());
         if send.is_empty() {
             // Nothing to send, but rejected/blank lines may have moved the checkpoint.
             if checkpoint.is_some() && checkpoint != self.saved_checkpoint {
+                let checkpoint_json = self.stamp(checkpoint.as_ref());
                 match self.send(checkpoint_json.as_deref(), &send).await {
                     Ok(_) => {
                         self.saved_checkpoint = checkpoint;
@@ -673,6 +693,7 @@ impl Dispatcher {
             }
             return Ok(true);
         }
+        let checkpoint_json = self.stamp(checkpoint.as_ref());
         let Some(flags) = self
             .send_retrying(checkpoint_json.as_deref(), &send, shutdown)
             .await
@@ -719,9 +740,7 @@ impl Dispatcher {
                 rejected_bytes: Some(self.rejects.file_len()),
                 ..c
             });
-            let json = checkpoint
-                .as_ref()
-                .map(|c| serde_json::to_string(c).unwrap_or_default());
+            let json = self.stamp(checkpoint.as_ref());
             if self
                 .send_retrying(json.as_deref(), &[], shutdown)
                 .await
