@@ -17,6 +17,11 @@
 //! `eta_seconds` = backlog ÷ throughput (`null` when nothing finished lately);
 //! the total ETA is the slowest stream's (each stream has its own runtime).
 //!
+//! Per stream also `active_consumers` (members of its group that read or
+//! heartbeat within a minute) and `unserved_seconds`: how long it has had
+//! unacknowledged entries and no active consumer (0 while served; such a
+//! stream is named under the table: is its runtime running?).
+//!
 //! Plus runtime health (`runtime_health` / `runtime_heartbeat` hashes) and
 //! the consumers of each stream (`XINFO CONSUMERS`) with the entries they hold.
 
@@ -107,6 +112,8 @@ pub struct StreamStatus {
     pub backlog: u64,
     pub acked: u64,
     pub consumers: u64,
+    pub active_consumers: u64,
+    pub unserved_seconds: f64,
     pub oldest_unacked_age_s: f64,
     #[serde(flatten)]
     pub finished: Finished,
@@ -481,6 +488,7 @@ pub async fn snapshot(
         } else {
             0.0
         };
+        let service = queue.service(stream).await?;
         let s = sums.get(&tt).cloned().unwrap_or_default();
         let per_min = s.per_min(now);
         streams.push(StreamStatus {
@@ -492,6 +500,8 @@ pub async fn snapshot(
             backlog,
             acked: dispatched.saturating_sub(backlog),
             consumers: n_consumers,
+            active_consumers: service.active,
+            unserved_seconds: (service.unserved_secs * 1000.0).round() / 1000.0,
             oldest_unacked_age_s: (oldest * 1000.0).round() / 1000.0,
             finished: Finished {
                 dead_lettered: dead_by_stream.get(stream).copied().unwrap_or(0),
@@ -596,6 +606,16 @@ pub fn render(s: &Snapshot) -> String {
         out.push_str(&format!(
             "\nFailed by error type: {}\n",
             failures.join("; ")
+        ));
+    }
+    for x in s.streams.iter().filter(|x| x.unserved_seconds > 0.0) {
+        out.push_str(&format!(
+            "\nUnserved: {} has {} unfinished entries and no consumer has read it for {} ({} in its group; is {} running?). Other streams are not held up.\n",
+            x.stream,
+            x.backlog,
+            fmt::duration(x.unserved_seconds),
+            x.consumers,
+            TaskType::parse(&x.task_type).map_or("its runtime", |t| t.runtime()),
         ));
     }
     out.push_str(&format!(
@@ -768,6 +788,8 @@ mod tests {
             backlog: 5,
             acked: 0,
             consumers: 1,
+            active_consumers: 0,
+            unserved_seconds: 61.5,
             oldest_unacked_age_s: 2.5,
             finished: Finished {
                 failed_by_error_type: BTreeMap::from([("timeout".to_owned(), 1)]),
@@ -777,7 +799,8 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&stream).expect("json"),
             "{\"stream\":\"tasks:code\",\"task_type\":\"code\",\"dispatched\":1,\"waiting\":2,\
-             \"pending\":3,\"backlog\":5,\"acked\":0,\"consumers\":1,\"oldest_unacked_age_s\":2.5,\
+             \"pending\":3,\"backlog\":5,\"acked\":0,\"consumers\":1,\"active_consumers\":0,\
+             \"unserved_seconds\":61.5,\"oldest_unacked_age_s\":2.5,\
              \"dead_lettered\":0,\"trajectories\":0,\"succeeded\":0,\"failed\":0,\
              \"failed_by_error_type\":{\"timeout\":1},\"finished_last_min\":0,\
              \"throughput_per_min\":0.0,\"eta_seconds\":null}"

@@ -249,7 +249,7 @@ fn json_schema_is_stable() {
             "trajectory_files",
         ])
     );
-    // A stream has every key of the totals, and four of its own.
+    // A stream has every key of the totals, and six of its own.
     let totals_keys = [
         "dispatched",
         "waiting",
@@ -265,7 +265,14 @@ fn json_schema_is_stable() {
         "throughput_per_min",
         "eta_seconds",
     ];
-    let stream_only = ["stream", "task_type", "consumers", "oldest_unacked_age_s"];
+    let stream_only = [
+        "stream",
+        "task_type",
+        "consumers",
+        "active_consumers",
+        "unserved_seconds",
+        "oldest_unacked_age_s",
+    ];
     let stream_keys = sorted(&[&stream_only[..], &totals_keys[..]].concat());
     let streams = s["streams"].as_array().expect("streams");
     assert_eq!(
@@ -328,4 +335,67 @@ fn empty_redis_and_missing_output_dir_are_fine() {
     assert_eq!(s["totals"]["dispatched"], 0);
     assert_eq!(s["totals"]["eta_seconds"], 0.0);
     assert_eq!(s["consumers"], serde_json::json!([]));
+}
+
+/// A stream with entries and no consumer that has read for a while is named,
+/// with how long (CONTRACT §8 / issue 14: a type with no consumer is
+/// reported); a served stream is not.
+#[test]
+fn a_stream_nobody_reads_is_reported_as_unserved() {
+    let f = Fixture::new();
+    let mut c = f.conn();
+    create_group(&mut c, "tasks:code");
+    create_group(&mut c, "tasks:web");
+    // Web entries added ten minutes ago (explicit entry ids), never read.
+    let ten_min_ago = ((unix_now() - 600.0) * 1000.0) as u64;
+    for i in 0..3u64 {
+        let t = task(&format!("web{i}"), TaskType::Web);
+        let _: String = redis::cmd("XADD")
+            .arg("tasks:web")
+            .arg(format!("{}-0", ten_min_ago + i))
+            .arg("task")
+            .arg(serde_json::to_string(&t).expect("json"))
+            .arg("submitted_at")
+            .arg("0")
+            .arg("priority")
+            .arg(1)
+            .query(&mut c)
+            .expect("XADD");
+    }
+    // Code: one entry, read just now by a live consumer.
+    xadd_task(&mut c, &task("code0", TaskType::Code));
+    read_group(&mut c, "tasks:code", "c1", 1);
+
+    let s = stdout_json(&f.adp_ok(&["status", "--json"]));
+    let web = stream(&s, "tasks:web");
+    assert_eq!(web["active_consumers"], 0);
+    let unserved = web["unserved_seconds"].as_f64().expect("seconds");
+    assert!((590.0..900.0).contains(&unserved), "{unserved}");
+    let code = stream(&s, "tasks:code");
+    assert_eq!(code["active_consumers"], 1);
+    assert_eq!(code["unserved_seconds"], 0.0, "served");
+    let reasoning = stream(&s, "tasks:reasoning");
+    assert_eq!(reasoning["unserved_seconds"], 0.0, "nothing waiting");
+
+    let text = stdout(&f.adp_ok(&["status"]));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Unserved: tasks:web"))
+        .unwrap_or_else(|| panic!("web named: {text}"));
+    assert!(
+        line.contains("3 unfinished entries") && line.contains("web-runtime"),
+        "{line}"
+    );
+    assert!(
+        line.contains("for 10m") || line.contains("for 11m"),
+        "{line}"
+    );
+    assert!(!text.contains("Unserved: tasks:code"), "{text}");
+
+    // A consumer joins and reads: served again.
+    read_group(&mut c, "tasks:web", "w1", 3);
+    let s = stdout_json(&f.adp_ok(&["status", "--json"]));
+    let web = stream(&s, "tasks:web");
+    assert_eq!(web["active_consumers"], 1);
+    assert_eq!(web["unserved_seconds"], 0.0);
 }

@@ -464,6 +464,96 @@ impl Queue {
         }
         Ok(oldest.map_or(0.0, |ms| (unix_now() - ms as f64 / 1000.0).max(0.0)))
     }
+
+    /// Whether anyone serves `stream`: its group's members, those active
+    /// within [`ACTIVE_WITHIN`], its unacknowledged entries, and how long it
+    /// has had such entries and no active member. All from Redis, so the
+    /// dispatcher's metrics and `adp status` agree and survive restarts.
+    pub async fn service(&self, stream: &str) -> Result<Service> {
+        let mut conn = self.conn.clone();
+        let reply: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(stream)
+            .arg(names::GROUP)
+            .query_async(&mut conn)
+            .await;
+        let idles: Vec<u64> = match reply {
+            Ok(rows) => rows
+                .iter()
+                .map(|c| {
+                    c.get("idle")
+                        .and_then(|v| u64::from_redis_value(v.clone()).ok())
+                        .unwrap_or(u64::MAX)
+                })
+                .collect(),
+            Err(e) if e.code() == Some("NOGROUP") || e.to_string().contains("no such key") => {
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let within = u64::try_from(ACTIVE_WITHIN.as_millis()).unwrap_or(u64::MAX);
+        let active = idles.iter().filter(|&&idle| idle < within).count() as u64;
+        let (backlog, oldest_age) = match self.group_state(stream).await? {
+            Some(g) if g.backlog() > 0 => (g.backlog(), self.oldest_unacked_age(stream).await?),
+            Some(_) => (0, 0.0),
+            // Entries but no group yet: nobody can read them.
+            None => {
+                let first: StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await?;
+                let len: u64 = conn.xlen(stream).await?;
+                let age = first
+                    .ids
+                    .first()
+                    .and_then(|e| id_millis(&e.id))
+                    .map_or(0.0, |ms| (unix_now() - ms as f64 / 1000.0).max(0.0));
+                (len, age)
+            }
+        };
+        let unserved_secs = if active == 0 && backlog > 0 {
+            // Since the oldest waiting entry came, or the last member last
+            // read, whichever is later.
+            let last_read = idles
+                .iter()
+                .min()
+                .map_or(f64::INFINITY, |&ms| ms as f64 / 1000.0);
+            oldest_age.min(last_read)
+        } else {
+            0.0
+        };
+        Ok(Service {
+            consumers: idles.len() as u64,
+            active,
+            backlog,
+            unserved_secs,
+        })
+    }
+}
+
+/// A consumer counts as active when it read from its stream, or heartbeat an
+/// entry it holds, within this long. A worker with free slots reads at least
+/// every `READ_BLOCK_MS`; a busy one heartbeats its entries every
+/// `CLAIM_IDLE_SECS / 3` (20 s by default: with `CLAIM_IDLE_SECS` above 180 a
+/// worker busy with long tasks can look inactive).
+pub const ACTIVE_WITHIN: Duration = Duration::from_secs(60);
+
+/// Who serves one stream ([`Queue::service`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Service {
+    /// Members of the group `workers`.
+    pub consumers: u64,
+    /// Members that were active within [`ACTIVE_WITHIN`].
+    pub active: u64,
+    /// Unacknowledged entries (waiting + pending).
+    pub backlog: u64,
+    /// Seconds the stream has had unacknowledged entries and no active
+    /// member (0 while served or empty).
+    pub unserved_secs: f64,
 }
 
 /// What `XINFO GROUPS` says about group `workers` on one stream.

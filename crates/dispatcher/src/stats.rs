@@ -6,22 +6,19 @@ use std::time::{Duration, Instant};
 
 use adp_core::metrics::Metrics;
 use adp_core::names;
-use adp_core::queue::Queue;
+use adp_core::queue::{Queue, ACTIVE_WITHIN};
 use adp_core::types::TaskType;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
-/// A consumer that read within this long is active.
-pub const ACTIVE_WITHIN: Duration = Duration::from_secs(60);
-
 /// Refreshes the queue gauges until `stop`.
 pub async fn stats_loop(queue: Queue, metrics: Metrics, every: Duration, stop: CancellationToken) {
-    let mut unserved: HashMap<&'static str, Instant> = HashMap::new();
+    let mut warned: HashSet<&'static str> = HashSet::new();
     loop {
         if let Err(e) = refresh(&queue, &metrics).await {
             tracing::debug!(error = %e, "Could not refresh queue statistics.");
         }
-        if let Err(e) = refresh_consumers(&queue, &metrics, &mut unserved).await {
+        if let Err(e) = refresh_consumers(&queue, &metrics, &mut warned).await {
             tracing::debug!(error = %e, "Could not refresh consumer statistics.");
         }
         tokio::select! {
@@ -69,63 +66,33 @@ pub async fn refresh(queue: &Queue, metrics: &Metrics) -> adp_core::Result<()> {
     Ok(())
 }
 
-/// Consumers of `stream`'s group that read within [`ACTIVE_WITHIN`].
-pub async fn active_consumers(queue: &Queue, stream: &str) -> redis::RedisResult<u64> {
-    let mut conn = queue.conn();
-    let reply: redis::RedisResult<Vec<HashMap<String, redis::Value>>> = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(stream)
-        .arg(names::GROUP)
-        .query_async(&mut conn)
-        .await;
-    let consumers = match reply {
-        Ok(c) => c,
-        Err(e) if e.to_string().contains("no such key") || e.to_string().contains("NOGROUP") => {
-            return Ok(0)
-        }
-        Err(e) => return Err(e),
-    };
-    let within = u64::try_from(ACTIVE_WITHIN.as_millis()).unwrap_or(u64::MAX);
-    Ok(consumers
-        .iter()
-        .filter(|c| {
-            c.get("idle")
-                .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
-                .is_some_and(|idle| idle < within)
-        })
-        .count() as u64)
-}
-
-/// `queue_active_consumers` and `queue_unserved_seconds`; logs a stream
-/// that has had waiting entries and no active consumer for a minute.
+/// `queue_active_consumers` and `queue_unserved_seconds` (from Redis:
+/// [`Queue::service`]); logs once when a stream has had unacknowledged
+/// entries and no active consumer for [`ACTIVE_WITHIN`], and again once it
+/// is served.
 async fn refresh_consumers(
     queue: &Queue,
     metrics: &Metrics,
-    unserved: &mut HashMap<&'static str, Instant>,
+    warned: &mut HashSet<&'static str>,
 ) -> adp_core::Result<()> {
     for t in TaskType::ALL {
         let stream = t.stream();
-        let active = active_consumers(queue, stream).await?;
+        let s = queue.service(stream).await?;
         metrics
             .queue_active_consumers
             .with_label_values(&[stream])
-            .set(i64::try_from(active).unwrap_or(i64::MAX));
-        let waiting = queue.backlog(stream).await? > 0;
-        let seconds = if active == 0 && waiting {
-            let since = *unserved.entry(stream).or_insert_with(Instant::now);
-            let s = since.elapsed();
-            if s >= ACTIVE_WITHIN && s < ACTIVE_WITHIN + Duration::from_secs(10) {
-                tracing::warn!(queue = stream, runtime = t.runtime(), "Entries have waited a minute with no active consumer: is the runtime of this task type running? Other task types are not held up.");
-            }
-            s.as_secs_f64()
-        } else {
-            unserved.remove(stream);
-            0.0
-        };
+            .set(i64::try_from(s.active).unwrap_or(i64::MAX));
         metrics
             .queue_unserved_seconds
             .with_label_values(&[stream])
-            .set(seconds);
+            .set(s.unserved_secs);
+        if s.unserved_secs >= ACTIVE_WITHIN.as_secs_f64() {
+            if warned.insert(stream) {
+                tracing::warn!(queue = stream, runtime = t.runtime(), backlog = s.backlog, consumers = s.consumers, unserved_secs = s.unserved_secs.round(), "Entries are waiting and no consumer has read this stream for a minute or more: is the runtime of this task type running? Other task types are not held up.");
+            }
+        } else if s.unserved_secs == 0.0 && warned.remove(stream) {
+            tracing::info!(queue = stream, "The stream is served again.");
+        }
     }
     Ok(())
 }

@@ -626,3 +626,84 @@ async fn an_aof_tail_lost_while_idle_is_dispatched_again() {
         vec!["k0", "k1", "k2", "l0", "l1"]
     );
 }
+
+/// The value of one sample on a /metrics page.
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_is_reported_unserved_and_holds_up_nothing() {
+    let env = Env::new();
+    let mut c = env.redis.client();
+    // A web entry added ten minutes ago that no consumer ever read.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(names::STREAM_WEB)
+        .arg(names::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(&mut c)
+        .expect("group");
+    let ten_min_ago = ((adp_core::types::unix_now() - 600.0) * 1000.0) as u64;
+    let _: String = redis::cmd("XADD")
+        .arg(names::STREAM_WEB)
+        .arg(format!("{ten_min_ago}-0"))
+        .arg("task")
+        .arg(task("w_old", "web", "old"))
+        .query(&mut c)
+        .expect("xadd");
+    write_file(&env.file(), &[task("c0", "code", "code")]);
+    let port = test_support::free_port();
+    let port_arg = port.to_string();
+    let (stop, handle) = env.follow(&["--metrics-port", &port_arg]);
+    eventually(Duration::from_secs(30), || async {
+        env.xlen(names::STREAM_CODE) == 1
+    })
+    .await
+    .expect("code is dispatched while web is unserved");
+    // A code consumer reads: code is served.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(names::GROUP)
+        .arg("code-consumer")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(names::STREAM_CODE)
+        .arg(">")
+        .query(&mut c)
+        .expect("xreadgroup");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let page = || async { reqwest::get(&url).await.ok()?.text().await.ok() };
+    let last = std::sync::Mutex::new(String::new());
+    let seen = eventually(Duration::from_secs(30), || async {
+        let Some(text) = page().await else {
+            return false;
+        };
+        let web = sample(&text, "queue_unserved_seconds{queue_name=\"tasks:web\"}");
+        let code_active = sample(&text, "queue_active_consumers{queue_name=\"tasks:code\"}");
+        let ok = web.is_some_and(|s| (590.0..900.0).contains(&s))
+            && code_active == Some(1.0)
+            && sample(&text, "queue_unserved_seconds{queue_name=\"tasks:code\"}") == Some(0.0)
+            && sample(&text, "queue_active_consumers{queue_name=\"tasks:web\"}") == Some(0.0);
+        *last.lock().expect("lock") = text;
+        ok
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "metrics: {}",
+        last.lock()
+            .expect("lock")
+            .lines()
+            .filter(|l| l.starts_with("queue_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    stop.cancel();
+    let s = handle.await.expect("join");
+    assert_eq!(s.dispatched, 1);
+}
