@@ -89,6 +89,18 @@ pub fn trajectory_path(
     Ok(trajectories_dir(output_dir, run_id).join(trajectory_file_name(task_id, rollout)))
 }
 
+/// The directory of a trajectory's side files (the web runtime's
+/// screenshots): next to its file, named like it without `.json` —
+/// `<run's trajectories>/<task_id>[@<rollout>]/`. Refuses unsafe ids.
+pub fn artifacts_dir(
+    output_dir: &Path,
+    run_id: &str,
+    task_id: &str,
+    rollout: Option<u32>,
+) -> Result<PathBuf> {
+    Ok(trajectory_path(output_dir, run_id, task_id, rollout)?.with_extension(""))
+}
+
 /// Splits a file stem `<task_id>@<rollout>` into its parts; a stem without
 /// the separator is a task id without rollout.
 pub fn split_rollout(stem: &str) -> (&str, Option<u32>) {

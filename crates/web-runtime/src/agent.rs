@@ -528,20 +528,34 @@ impl WebHandler {
         Ok(Err(why))
     }
 
+    /// The directory of a task's step files (accessibility trees,
+    /// screenshots) and its name: `<task_id>` in the default run's
+    /// `trajectories/`, `<task_id>[@<rollout>]` in its run's trajectory
+    /// directory ([`adp_core::runs::artifacts_dir`]). Paths recorded in the
+    /// trajectory are relative to that trajectory directory. `None` for an
+    /// unsafe id.
+    fn step_files_dir(&self, task: &TaskSpec) -> Option<(std::path::PathBuf, String)> {
+        let dir = adp_core::runs::artifacts_dir(
+            &self.settings.output_dir,
+            task.run(),
+            &task.task_id,
+            task.rollout,
+        )
+        .ok()?;
+        let name = dir.file_name()?.to_str()?.to_owned();
+        Some((dir, name))
+    }
+
     /// Writes the step's raw accessibility tree (compact JSON, capped) to
-    /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.axtree.json` and lists
-    /// it in `metadata.axtree_files` (path relative to `trajectories/`).
+    /// `<step files dir>/step_<n>.axtree.json` ([`Self::step_files_dir`]:
+    /// `$OUTPUT_DIR/trajectories/<task_id>/` in the default run) and lists
+    /// it in `metadata.axtree_files` (path relative to the trajectory's directory).
     async fn store_axtree(&self, task: &TaskSpec, traj: &mut Trajectory, step: u32, raw: &Value) {
-        if !adp_core::validate::is_safe_task_id(&task.task_id) {
+        let Some((dir, dir_name)) = self.step_files_dir(task) else {
             return;
-        }
+        };
         let (bytes, cut) = axtree::raw_record(raw, self.settings.max_raw_axtree_bytes);
         let name = format!("step_{step}.axtree.json");
-        let dir = self
-            .settings
-            .output_dir
-            .join("trajectories")
-            .join(&task.task_id);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             tracing::warn!(dir = %dir.display(), error = %e, "Cannot create the step files' directory.");
             return;
@@ -551,7 +565,7 @@ impl WebHandler {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write an accessibility tree.");
             return;
         }
-        let entry = json!({"step_id": step, "path": format!("{}/{name}", task.task_id),
+        let entry = json!({"step_id": step, "path": format!("{dir_name}/{name}"),
                            "bytes": bytes.len(), "cut": cut});
         match traj.metadata.get_mut("axtree_files") {
             Some(Value::Array(a)) => a.push(entry),
@@ -559,8 +573,10 @@ impl WebHandler {
         }
     }
 
-    /// `$OUTPUT_DIR/trajectories/<task_id>/step_<n>.png`: its path, its path
-    /// relative to `trajectories/`, and its bytes; `None` if it failed.
+    /// `<step files dir>/step_<n>.png` ([`Self::step_files_dir`]:
+    /// `$OUTPUT_DIR/trajectories/<task_id>/` in the default run): its path,
+    /// its path relative to the trajectory's directory, and its bytes; `None`
+    /// if it failed.
     async fn screenshot(
         &self,
         task: &TaskSpec,
@@ -568,14 +584,7 @@ impl WebHandler {
         step: u32,
     ) -> Option<(String, String, Vec<u8>)> {
         use chromiumoxide::page::ScreenshotParams;
-        if !adp_core::validate::is_safe_task_id(&task.task_id) {
-            return None;
-        }
-        let dir = self
-            .settings
-            .output_dir
-            .join("trajectories")
-            .join(&task.task_id);
+        let (dir, dir_name) = self.step_files_dir(task)?;
         let path = dir.join(format!("step_{step}.png"));
         let shot = tokio::time::timeout(
             OBSERVE_TIMEOUT,
@@ -598,7 +607,7 @@ impl WebHandler {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write a screenshot.");
             return None;
         }
-        let rel = format!("{}/step_{step}.png", task.task_id);
+        let rel = format!("{dir_name}/step_{step}.png");
         Some((path.display().to_string(), rel, bytes))
     }
 }

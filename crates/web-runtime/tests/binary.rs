@@ -113,6 +113,7 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
     let t = &done[0];
     assert!(t.success, "{t:#?}");
     assert!(t.steps[1].observation.contains("selected=\"Large\""));
+    let t0_steps = t.steps.len();
     // Screenshots were asked for: one PNG per step, next to the trajectory.
     for (i, s) in t.steps.iter().enumerate() {
         let shot = s.action_params["screenshot"]
@@ -142,6 +143,40 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
     })
     .await
     .expect("metrics show the finished task");
+
+    // The same task id in a named run, as its rollout 1: its trajectory and
+    // its screenshots go under that run's directory, named with the
+    // rollout; the default run's files are left alone.
+    dispatch(
+        &redis,
+        json!({"task_id": "bin_task", "run_id": "r1", "rollout": 1, "constraints": {"actions": [
+            {"type": "goto", "url": format!("{site}/order.html")},
+        ]}}),
+    );
+    let run_dir = out.path().join("runs").join("r1").join("trajectories");
+    let file = run_dir.join("bin_task@1.json");
+    eventually(Duration::from_secs(60), || async { file.exists() })
+        .await
+        .expect("the named run's rollout trajectory");
+    let t: adp_core::Trajectory =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("parse");
+    assert_eq!((t.run_id.as_str(), t.rollout()), ("r1", Some(1)));
+    let shot = t.steps[0].action_params["screenshot"]
+        .as_str()
+        .expect("screenshot path");
+    assert_eq!(
+        Path::new(shot),
+        run_dir.join("bin_task@1").join("step_0.png"),
+        "{shot}"
+    );
+    assert_eq!(&std::fs::read(shot).expect("png")[..4], b"\x89PNG");
+    let default_shots = std::fs::read_dir(out.path().join("trajectories").join("bin_task"))
+        .expect("default run's screenshots")
+        .count();
+    assert_eq!(
+        default_shots, t0_steps,
+        "the default run's screenshots are untouched"
+    );
 
     child.signal(15);
     let code = child.wait_exit(Duration::from_secs(30));
