@@ -170,8 +170,22 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
         "{shot}"
     );
     assert_eq!(&std::fs::read(shot).expect("png")[..4], b"\x89PNG");
+    // Its accessibility trees sit in the same directory, recorded relative
+    // to the run's trajectory directory.
+    assert_eq!(
+        t.metadata["axtree_files"][0]["path"],
+        "bin_task@1/step_0.axtree.json",
+        "{:?}",
+        t.metadata.get("axtree_files")
+    );
+    assert!(run_dir.join("bin_task@1/step_0.axtree.json").is_file());
+    // (The default run's directory also holds each step's accessibility tree.)
     let default_shots = std::fs::read_dir(out.path().join("trajectories").join("bin_task"))
         .expect("default run's screenshots")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".png"))
+        })
         .count();
     assert_eq!(
         default_shots, t0_steps,
