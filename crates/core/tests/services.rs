@@ -217,7 +217,7 @@ async fn runs_and_rollouts_get_their_own_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_writes_every_file_and_fails_only_the_bad_one() {
     let out = tempfile::tempdir().expect("tmp");
-    let w = TrajectoryWriter::new(out.path()).with_gather(Duration::from_millis(50));
+    let w = TrajectoryWriter::new(out.path()).with_gather(Duration::from_millis(200));
     std::fs::create_dir_all(w.dir().join("blocked.json")).expect("a directory in the way");
     let ids: Vec<String> = (0..40)
         .map(|i| format!("g_{i}"))
@@ -231,9 +231,11 @@ async fn group_commit_writes_every_file_and_fails_only_the_bad_one() {
         async move { (t.task_id.clone(), w.write(&t).await) }
     });
     let results = futures::future::join_all(writes).await;
-    // All gathered into few groups: far less than 41 windows of 50 ms.
+    // All gathered into few groups: far less than 41 windows of 200 ms
+    // (8.2 s). The bound leaves room for a loaded machine (41 fsynced files
+    // took 1.06 s at load 20 with a 50 ms window).
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
