@@ -14,6 +14,10 @@
 #                                        # interception and the runtime's page scripts
 #                                        # (its goto, action script, an observation per
 #                                        # step): all the browser-side work of the pipeline
+#   BENCH_OBSERVATION=text|axtree|both   # the runtime's WEB_OBSERVATION, and the
+#                                        # observation of the scripts row (default both)
+#   BENCH_OBSERVE_COST=50 ...            # reads per demo page and mode in the closing
+#                                        # observation-cost measurement (0: skip)
 #   CHROME_PATH=/usr/lib/chromium/chromium ...   # full chromium instead of the headless shell
 #   BENCH_KEEP=1 ...                     # keep the work dir (trajectories, logs)
 #
@@ -49,6 +53,8 @@ ROUNDS=${BENCH_ROUNDS:-3}
 TIMEOUT=${BENCH_TIMEOUT_SECS:-900}
 CHROME=${CHROME_PATH:-/usr/lib/chromium/chromium-headless-shell}
 EGRESS=${BENCH_EGRESS:-true}
+export BENCH_OBSERVATION=${BENCH_OBSERVATION:-both}
+OBSERVE_COST=${BENCH_OBSERVE_COST:-50}
 
 [[ -x "$CHROME" ]] || { log "no Chromium at $CHROME (run scripts/setup.sh web)"; exit 1; }
 bench_build web-runtime web-runtime bench_direct
@@ -154,6 +160,7 @@ pipeline_run() {
   mport=$(free_port)
   env REDIS_URL="$REDIS_URL" OUTPUT_DIR="$out" MAX_CONCURRENT="$P" METRICS_HOST=127.0.0.1 \
     METRICS_PORT="$mport" CHROME_PATH="$CHROME" WEB_EGRESS_PROXY="$egress" RUST_LOG=warn \
+    WEB_OBSERVATION="$BENCH_OBSERVATION" \
     "$BIN/web-runtime" 2>"$out/runtime.log" &
   RT_PID=$!
   bench_wait_health "$mport" 300 "$out/runtime.log"
@@ -178,7 +185,7 @@ pipeline_run() {
   echo "$start $end $code" >"$out/result"
 }
 
-log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS"
+log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS; observation: $BENCH_OBSERVATION"
 bench_loadavg before
 NOEGRESS=() INTERCEPTED=() SCRIPTED=()
 for r in $(seq "$ROUNDS"); do
@@ -201,6 +208,11 @@ log "final direct run"
 BASES+=("$(direct_run)")
 log "memory round: pipeline with the memory sampler (not timed)"
 pipeline_run "$WORK/memory" "$EGRESS" mem
+COST=""
+if [[ "$OBSERVE_COST" -gt 0 ]]; then
+  log "observation cost: $OBSERVE_COST reads per demo page and mode, one page"
+  COST=$(BENCH_OBSERVE_COST="$OBSERVE_COST" "$BIN/examples/bench_direct" "$SITE" 0 1 "$CHROME" 2>>"$WORK/direct.log")
+fi
 bench_loadavg after
 
 bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "$(printf '%s\n' "${NOEGRESS[@]}")" "${INTERCEPTED[*]:-}" "${SCRIPTED[*]:-}" \
@@ -248,4 +260,6 @@ print(f"peak memory       : RSS sum {rss:.0f} MiB, PSS sum {pss:.0f} MiB "
 print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")
 print(f"task duration     : p50 {q(totals, .5):.0f} ms, p90 {q(totals, .9):.0f} ms")
 print(f"runtime exit codes after SIGTERM: {codes}")
+print(f"observation       : WEB_OBSERVATION={os.environ.get('BENCH_OBSERVATION', 'both')}")
 EOF
+if [[ -n "$COST" ]]; then printf '%s\n' "$COST"; fi

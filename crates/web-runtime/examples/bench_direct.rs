@@ -18,7 +18,15 @@
 //! `BENCH_DIRECT_SCRIPTS=1` performs the steps with the runtime's own page
 //! scripts instead of bare DOM calls — the CDP `goto` (`Page.navigate`), the
 //! action script for fill-and-submit and click, and an observation after
-//! each step — to measure what the agent's in-page work costs.
+//! each step — to measure what the agent's in-page work costs. The
+//! observation is the runtime's for `BENCH_OBSERVATION` (`text`, `axtree`,
+//! `both`; default `both`, the runtime's default).
+//!
+//! `BENCH_OBSERVE_COST=<n>` measures instead what one observation costs per
+//! step in each mode: on each demo page (one page, nothing else running),
+//! `n` reads of the page as the runtime does them after a step (script and
+//! accessibility tree, rendered and capped, the raw tree serialised as
+//! stored), timed one after another. Prints one `observe_cost` line a mode.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +42,7 @@ use tokio::sync::Semaphore;
 use web_runtime::agent::AgentSettings;
 use web_runtime::browser::{BrowserSettings, DEFAULT_CHROME_PATH};
 use web_runtime::js;
-use web_runtime::observe::Observation;
+use web_runtime::observe::{Observation, ObservationMode};
 use web_runtime::page::{evaluate, EvalError};
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -56,14 +64,91 @@ async fn act_and_wait_load(page: &Page, js: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The runtime's observation of the page, with its default bounds (the
-/// result is not needed here).
-async fn observe(page: &Page) -> Result<(), String> {
+/// The observation mode of `BENCH_OBSERVATION` (default `both`).
+fn mode() -> ObservationMode {
+    match std::env::var("BENCH_OBSERVATION").as_deref() {
+        Ok("text") => ObservationMode::Text,
+        Ok("axtree") => ObservationMode::Axtree,
+        _ => ObservationMode::Both,
+    }
+}
+
+/// The runtime's observation of the page, with its default bounds, rendered
+/// and capped as a step records it; the raw tree serialised as stored.
+/// Returns (rendered bytes, raw tree bytes).
+async fn observe_as(page: &Page, mode: ObservationMode) -> Result<(usize, usize), String> {
     let bounds = AgentSettings::default();
-    Observation::read(page, bounds.max_text, bounds.max_elements)
+    let frame = page.target_id().inner().clone();
+    let (o, ax) = Observation::read_with(
+        page,
+        &frame,
+        mode,
+        bounds.max_text,
+        bounds.max_elements,
+        bounds.max_ax_nodes,
+    )
+    .await
+    .map_err(|e| format!("observation: {e}"))?;
+    let rendered = o.render_capped(bounds.max_bytes).len();
+    let raw = ax.map_or(0, |a| {
+        web_runtime::axtree::raw_record(&a.raw, bounds.max_raw_axtree_bytes)
+            .0
+            .len()
+    });
+    Ok((rendered, raw))
+}
+
+async fn observe(page: &Page) -> Result<(), String> {
+    observe_as(page, mode()).await.map(|_| ())
+}
+
+/// `BENCH_OBSERVE_COST=<n>`: `n` observations of each demo page per mode.
+async fn observe_cost(browser: &Browser, base: &str, n: usize) -> Result<(), String> {
+    let pages = [
+        "index.html",
+        "results.html?q=rust",
+        "item.html?id=1",
+        "list.html",
+        "order.html",
+    ];
+    let page = browser
+        .new_page("about:blank")
         .await
-        .map(|_| ())
-        .map_err(|e| format!("observation: {e}"))
+        .map_err(|e| e.to_string())?;
+    for mode in [
+        ObservationMode::Text,
+        ObservationMode::Axtree,
+        ObservationMode::Both,
+    ] {
+        let mut ms = Vec::new();
+        let (mut rendered, mut raw) = (0usize, 0usize);
+        for path in pages {
+            page.goto(format!("{base}/{path}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            observe_as(&page, mode).await?; // warm-up
+            for _ in 0..n {
+                let t = Instant::now();
+                let (r, w) = observe_as(&page, mode).await?;
+                ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                rendered += r;
+                raw += w;
+            }
+        }
+        ms.sort_by(f64::total_cmp);
+        let q = |f: f64| ms[((ms.len() - 1) as f64 * f) as usize];
+        let k = ms.len().max(1);
+        println!(
+            "observe_cost mode={} n={} median_ms={:.2} p90_ms={:.2} mean_rendered_bytes={} mean_raw_tree_bytes={}",
+            mode.as_str(),
+            ms.len(),
+            q(0.5),
+            q(0.9),
+            rendered / k,
+            raw / k
+        );
+    }
+    Ok(())
 }
 
 async fn one_task(browser: &Browser, base: &str, i: usize, scripts: bool) -> Result<(), String> {
@@ -162,6 +247,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (browser, mut handler) = Browser::launch(config).await?;
     let pump = tokio::spawn(async move { while handler.next().await.is_some() {} });
 
+    if let Some(n) = std::env::var("BENCH_OBSERVE_COST")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        let r = observe_cost(&browser, &base, n).await;
+        let mut browser = browser;
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+        pump.abort();
+        return r.map_err(Into::into);
+    }
     let browser = Arc::new(browser);
     if std::env::var("BENCH_DIRECT_INTERCEPT").is_ok_and(|v| v == "1") {
         use chromiumoxide::cdp::browser_protocol::fetch::{
@@ -190,7 +287,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let scripts = std::env::var("BENCH_DIRECT_SCRIPTS").is_ok_and(|v| v == "1");
     if scripts {
-        eprintln!("steps by the runtime's page scripts, with an observation after each");
+        eprintln!(
+            "steps by the runtime's page scripts, with an observation ({}) after each",
+            mode().as_str()
+        );
     }
     let slots = Arc::new(Semaphore::new(p));
     let started = Instant::now();

@@ -731,12 +731,52 @@ impl AxView {
     }
 }
 
-/// The raw trees as stored per step: compact JSON cut to `max_bytes` (the
-/// node lists are shortened frame by frame; `"cut": true` says so).
+/// Longest string kept in the stored raw tree, in characters (a page's
+/// 30 MB title would otherwise crowd out every node).
+pub const MAX_RAW_STRING: usize = 4096;
+
+fn has_long_string(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.len() > MAX_RAW_STRING,
+        Value::Array(a) => a.iter().any(has_long_string),
+        Value::Object(m) => m.values().any(has_long_string),
+        _ => false,
+    }
+}
+
+/// Cuts every string in `v` to [`MAX_RAW_STRING`] characters; returns
+/// whether one was cut.
+fn cut_strings(v: &mut Value) -> bool {
+    match v {
+        Value::String(s) if s.len() > MAX_RAW_STRING => {
+            let before = s.len();
+            cut(s, MAX_RAW_STRING);
+            s.len() < before
+        }
+        Value::Array(a) => a.iter_mut().fold(false, |c, x| cut_strings(x) | c),
+        Value::Object(m) => m.values_mut().fold(false, |c, x| cut_strings(x) | c),
+        _ => false,
+    }
+}
+
+/// The raw trees as stored per step: compact JSON cut to `max_bytes` (every
+/// string cut to [`MAX_RAW_STRING`] characters, then the node lists
+/// shortened frame by frame; `"cut": true` says either happened).
 pub fn raw_record(raw: &Value, max_bytes: usize) -> (Vec<u8>, bool) {
+    let mut owned;
+    let mut raw = raw;
+    let mut strings_cut = false;
+    if has_long_string(raw) {
+        owned = raw.clone();
+        strings_cut = cut_strings(&mut owned);
+        if strings_cut {
+            owned["cut"] = json!(true);
+        }
+        raw = &owned;
+    }
     let bytes = serde_json::to_vec(raw).unwrap_or_default();
     if bytes.len() <= max_bytes {
-        return (bytes, false);
+        return (bytes, strings_cut);
     }
     let mut v = raw.clone();
     let total = bytes.len();
@@ -872,6 +912,56 @@ mod tests {
         assert!(r.contains("[e5] button"), "{r}");
         assert!(!r.contains("[e4] link"), "{r}");
         assert!(r.contains("below the viewport not listed"), "{r}");
+    }
+
+    #[test]
+    fn the_whole_observation_stays_under_its_cap() {
+        let long = "名".repeat(5000);
+        let nodes: Vec<AxNode> = (0..20_000)
+            .map(|i| AxNode {
+                id: Some(i),
+                role: "link".into(),
+                name: clean(&long, MAX_NAME),
+                value: Some(clean(&long, MAX_VALUE)),
+                url: Some(clean(&long, MAX_NODE_URL)),
+                states: vec!["focused".into()],
+                rect: Some(Rect {
+                    x: 0.0,
+                    y: i as f64 * 10.0,
+                    w: 10.0,
+                    h: 10.0,
+                }),
+                place: if i < 60 { Place::In } else { Place::Below },
+                depth: (i % 50) as usize,
+            })
+            .collect();
+        let o = crate::observe::Observation {
+            title: "t".into(),
+            url: "http://x/".into(),
+            text: "text ".repeat(800),
+            axtree: Some(AxView {
+                nodes,
+                max_nodes: 400,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = o.render_capped(32_768);
+        assert!(r.len() <= 32_768, "{}", r.len());
+        assert!(r.contains("[e0] link"), "{r}");
+        assert!(r.contains("below the viewport not listed"), "{r}");
+    }
+
+    #[test]
+    fn a_huge_string_does_not_crowd_out_the_raw_tree() {
+        let mut nodes = vec![node("1", "RootWebArea", &"x".repeat(30_000_000), 1, &[])];
+        nodes.extend((2..200).map(|i| node(&i.to_string(), "link", "a link", i, &[])));
+        let raw = json!({"viewport": {}, "frames": [{"frame_id": "m", "owner": null, "nodes": nodes}], "boxes": {}});
+        let (b, cut) = raw_record(&raw, 1 << 20);
+        assert!(cut);
+        assert!(b.len() < 100_000, "{}", b.len());
+        let v: Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(v["frames"][0]["nodes"].as_array().map(Vec::len), Some(199));
     }
 
     #[test]
