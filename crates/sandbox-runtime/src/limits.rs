@@ -409,8 +409,18 @@ fn oom_kill_count(group: &Path) -> u64 {
 }
 
 impl Drop for SessionCgroup {
+    /// Removing a memory cgroup waits for the kernel (an RCU grace period,
+    /// milliseconds): off the runtime's one thread when there is a runtime,
+    /// so other tasks' steps do not stall behind it (a group left by a
+    /// killed runtime is removed at the next start).
     fn drop(&mut self) {
-        remove_group(&self.dir);
+        let dir = std::mem::take(&mut self.dir);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || remove_group(&dir));
+            }
+            Err(_) => remove_group(&dir),
+        }
     }
 }
 
