@@ -49,10 +49,14 @@ ops_stack_up "$FLAVOUR"
 RUN=$(date +%s)$$
 CODE_OK="it_code_ok_$RUN"; CODE_FAIL="it_code_fail_$RUN"; REASON="it_reason_$RUN"
 WEB="it_web_$RUN"; LATE="it_late_$RUN"
+code_ok_line=$(printf '{"task_id": "%s", "task_type": "code", "description": "sum of squares", "constraints": {"code": "print(sum(i*i for i in range(10)))", "expected_output": "285"}, "max_steps": 2, "timeout": 60}' "$CODE_OK")
 {
-  printf '{"task_id": "%s", "task_type": "code", "description": "sum of squares", "constraints": {"code": "print(sum(i*i for i in range(10)))", "expected_output": "285"}, "max_steps": 2, "timeout": 60}\n' "$CODE_OK"
+  printf '%s\n' "$code_ok_line"
   printf '{"task_id": "%s", "task_type": "code", "description": "divide by zero", "constraints": {"code": "print(1/0)"}, "max_steps": 1, "timeout": 60}\n' "$CODE_FAIL"
   printf '{"task_id": "%s", "task_type": "reasoning", "description": "2 to the 10th", "constraints": {"code": "print(2**10)", "expected_output": "1024"}, "max_steps": 2, "timeout": 60}\n' "$REASON"
+  # The same line again (a duplicate: counted, nothing written) and the same
+  # id with other content (a conflicting duplicate: a rejection record).
+  printf '%s\n' "$code_ok_line"
   printf '{"task_id": "%s", "task_type": "code", "description": "duplicate id", "constraints": {"code": "print(0)"}}\n' "$CODE_OK"
   printf '{"task_id": "broken json\n'
   printf '{"task_id": "it_bad_steps_%s", "task_type": "code", "description": "x", "max_steps": 1000}\n' "$RUN"
@@ -68,7 +72,7 @@ elif [[ "${OPS_HAS_WEB:-0}" == 1 ]]; then
   ops_log "no WEB_URL: the web task is skipped (web-runtime health is still checked)"
 fi
 
-ops_log "batch 1: $(wc -l <"$OPS_WORK/batch1.ids") tasks, 1 duplicate, 2 invalid lines"
+ops_log "batch 1: $(wc -l <"$OPS_WORK/batch1.ids") tasks, 1 duplicate, 1 conflicting duplicate, 2 invalid lines"
 ops_submit "$OPS_WORK/batch1.jsonl"
 ops_wait_trajectories "$OPS_WORK/batch1.ids" "$TIMEOUT" || ops_die "batch 1 did not finish"
 
@@ -91,17 +95,21 @@ ops_log "ok  failure classified as $(jq -r .error_type "$T/$CODE_FAIL.json")"
 jq -e '.steps[0].action_params.code | contains("sum(i*i")' "$T/$CODE_OK.json" >/dev/null \
   || ops_die "the duplicate task_id replaced $CODE_OK's trajectory"
 
-# Rejections: two lines in rejected.jsonl, the duplicate only in the metric.
+# Rejections: three lines in rejected.jsonl (the two invalid lines and the
+# conflicting duplicate); the identical duplicate only in the metric.
 deadline=$((SECONDS + 30))
-until [[ $(wc -l <"$OPS_WORK/output/rejected.jsonl" 2>/dev/null || echo 0) -ge 2 ]]; do
-  (( SECONDS < deadline )) || ops_die "rejected.jsonl does not hold the 2 invalid lines"
+until [[ $(wc -l <"$OPS_WORK/output/rejected.jsonl" 2>/dev/null || echo 0) -ge 3 ]]; do
+  (( SECONDS < deadline )) || ops_die "rejected.jsonl does not hold the 2 invalid lines and the conflicting duplicate"
   sleep 0.5
 done
 reasons=$(jq -r .reason "$OPS_WORK/output/rejected.jsonl" | sort | tr '\n' ' ')
+[[ "$reasons" == "conflicting_duplicate invalid_json out_of_range " ]] || ops_die "rejected lines: $reasons"
 ops_log "ok  rejected lines: $reasons"
-dups=$(ops_metric dispatcher tasks_rejected_total 'reason="duplicate"')
-(( ${dups%.*} >= 1 )) || ops_die "tasks_rejected_total{reason=\"duplicate\"} = $dups"
-ops_log "ok  duplicate counted (tasks_rejected_total{reason=\"duplicate\"} = $dups)"
+for reason in duplicate conflicting_duplicate; do
+  n=$(ops_metric dispatcher tasks_rejected_total "reason=\"$reason\"")
+  (( ${n%.*} >= 1 )) || ops_die "tasks_rejected_total{reason=\"$reason\"} = $n"
+  ops_log "ok  $reason counted (tasks_rejected_total{reason=\"$reason\"} = $n)"
+done
 
 # Follow mode: a line appended later is picked up.
 printf '{"task_id": "%s", "task_type": "code", "description": "late", "constraints": {"code": "print(\\"late\\")", "expected_output": "late"}, "max_steps": 1, "timeout": 60}\n' "$LATE" >>"$OPS_WORK/tasks.jsonl"
