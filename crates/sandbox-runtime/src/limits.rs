@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::ValueEnum;
 
@@ -353,47 +352,57 @@ fn probe(config: &SandboxConfig, setup: &JailSetup) -> Result<(), String> {
     })
 }
 
-/// A cgroup v1 memory group of one session, parent of nsjail's own group:
-/// its `oom_kill` count says whether the memory limit killed a process of
-/// the session. Removed when dropped.
+/// The cgroup v1 memory group nsjail made for one session's jail
+/// (`NSJAIL/NSJAIL.<pid of the jailed interpreter>`, removed by nsjail when
+/// the jail ends): its `oom_kill` count says whether the memory limit killed
+/// a process of the session. Found from the nsjail supervisor's child, so
+/// the runtime creates and removes no group of its own per session (that
+/// cost a mkdir and an rmdir, which waits for an RCU grace period, per task).
 #[derive(Debug)]
 pub struct SessionCgroup {
-    dir: PathBuf,
-    /// `--cgroup_mem_parent`, relative to the memory hierarchy's root.
-    pub parent_arg: String,
+    memory_root: PathBuf,
+    nsjail_pid: u32,
+    /// nsjail's group, once the jailed process is known.
+    dir: std::sync::OnceLock<PathBuf>,
 }
 
-static SESSION_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Prefix of the session groups (`NSJAIL/adp-<runtime pid>-<n>`).
+/// Prefix of the session groups earlier versions created
+/// (`NSJAIL/adp-<runtime pid>-<n>`); leftovers are removed at start.
 pub const SESSION_CGROUP_PREFIX: &str = "adp-";
 
 impl SessionCgroup {
-    /// Creates `NSJAIL/adp-<pid>-<n>` in the v1 memory hierarchy.
-    pub fn create(memory_root: &Path) -> std::io::Result<SessionCgroup> {
-        let n = SESSION_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{SESSION_CGROUP_PREFIX}{}-{n}", std::process::id());
-        let dir = memory_root.join(CGROUP_PARENT).join(&name);
-        std::fs::create_dir(&dir)?;
-        Ok(SessionCgroup {
-            dir,
-            parent_arg: format!("{CGROUP_PARENT}/{name}"),
-        })
+    /// The group of the jail supervised by nsjail process `nsjail_pid`.
+    pub fn of_jail(memory_root: &Path, nsjail_pid: u32) -> SessionCgroup {
+        SessionCgroup {
+            memory_root: memory_root.to_owned(),
+            nsjail_pid,
+            dir: std::sync::OnceLock::new(),
+        }
     }
 
-    /// Processes of the session the memory limit has killed so far, read
-    /// from nsjail's group inside this one (v1 counts OOM kills per group,
-    /// not up the hierarchy; the group is there while the interpreter lives).
-    pub fn oom_kills(&self) -> u64 {
-        let mut total = oom_kill_count(&self.dir);
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    total += oom_kill_count(&e.path());
-                }
-            }
+    fn dir(&self) -> Option<&PathBuf> {
+        if let Some(d) = self.dir.get() {
+            return Some(d);
         }
-        total
+        // nsjail clones the jailed process from its main thread.
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.nsjail_pid))
+                .ok()?;
+        let child: u32 = children.split_whitespace().next()?.parse().ok()?;
+        let dir = self
+            .memory_root
+            .join(CGROUP_PARENT)
+            .join(format!("NSJAIL.{child}"));
+        if !dir.is_dir() {
+            return None;
+        }
+        Some(self.dir.get_or_init(|| dir))
+    }
+
+    /// Processes of the session the memory limit has killed so far (0 while
+    /// the jail's group is not there yet: a new group has killed nothing).
+    pub fn oom_kills(&self) -> u64 {
+        self.dir().map_or(0, |d| oom_kill_count(d))
     }
 }
 
@@ -406,22 +415,6 @@ fn oom_kill_count(group: &Path) -> u64 {
                 .and_then(|n| n.trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-impl Drop for SessionCgroup {
-    /// Removing a memory cgroup waits for the kernel (an RCU grace period,
-    /// milliseconds): off the runtime's one thread when there is a runtime,
-    /// so other tasks' steps do not stall behind it (a group left by a
-    /// killed runtime is removed at the next start).
-    fn drop(&mut self) {
-        let dir = std::mem::take(&mut self.dir);
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || remove_group(&dir));
-            }
-            Err(_) => remove_group(&dir),
-        }
-    }
 }
 
 /// Removes a session group and what nsjail left inside it (its own group

@@ -73,7 +73,7 @@ pub struct Session {
     reader: JoinHandle<()>,
     driver_stderr: Option<JoinHandle<std::io::Result<Captured>>>,
     log_file: tempfile::NamedTempFile,
-    /// The session's own memory group (cgroup v1): counts OOM kills.
+    /// nsjail's memory group of the session's jail (cgroup v1): counts OOM kills.
     cgroup: Option<SessionCgroup>,
     cells: u64,
     alive: bool,
@@ -87,19 +87,14 @@ impl Sandbox {
     pub fn start_session(&self, lifetime: Duration, cells: u64) -> Result<Session, InfraError> {
         let lifetime_secs = lifetime.as_secs_f64().ceil().max(1.0) as u64 + 2;
         let expires = Instant::now() + Duration::from_secs(lifetime_secs);
-        let cgroup = match &self.setup().limits {
-            LimitMode::CgroupV1 { memory_root, .. } => match SessionCgroup::create(memory_root) {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot create the session's memory cgroup; OOM kills of its processes are reported only when they end the session.");
-                    None
-                }
-            },
+        let args: Vec<OsString> = self.session_args(lifetime_secs, cells, None);
+        let (mut child, log_file) = self.spawn(args)?;
+        let cgroup = match (&self.setup().limits, child.id()) {
+            (LimitMode::CgroupV1 { memory_root, .. }, Some(pid)) => {
+                Some(SessionCgroup::of_jail(memory_root, pid))
+            }
             _ => None,
         };
-        let parent = cgroup.as_ref().map(|g| g.parent_arg.as_str());
-        let args: Vec<OsString> = self.session_args(lifetime_secs, cells, parent);
-        let (mut child, log_file) = self.spawn(args)?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
