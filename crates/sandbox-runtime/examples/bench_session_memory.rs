@@ -15,23 +15,11 @@
 use std::time::Duration;
 
 use sandbox_runtime::executor::{Sandbox, SandboxConfig};
-use test_support::{descendants, process_uid, pss_kib, rss_kib};
+use test_support::{descendants, mem_available_kib, process_uid, pss_kib, rss_kib};
 
 /// The cell each session runs before it goes idle.
 const CELL: &str =
     "import json, math\ndata = [math.sqrt(i) for i in range(1000)]\nprint(len(data))\n";
-
-fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use adp_core::{ErrorType, TaskSpec, TaskType};
 use common::{assert_message_contains, observation, task, Harness};
 use serde_json::json;
-use test_support::{jailed_descendants, rss_kib};
+use test_support::{jailed_descendants, mem_available_kib, rss_kib};
 
 fn cells_task(id: &str, cells: &[&str]) -> TaskSpec {
     task(
@@ -18,18 +18,6 @@ fn cells_task(id: &str, cells: &[&str]) -> TaskSpec {
         &format!("cells {id}"),
         json!({ "code": cells }),
     )
-}
-
-fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// 8 processes × 400 MiB each, held at once: the jail's 512 MiB cgroup

@@ -216,15 +216,24 @@ pub fn rss_kib(pid: u32) -> u64 {
 /// KiB: its private memory plus its share of pages mapped by several
 /// processes (0 once it is gone).
 pub fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+    first_number(&format!("/proc/{pid}/smaps_rollup"), "Pss:").unwrap_or(0)
+}
+
+/// The host's `MemAvailable` (`/proc/meminfo`), KiB.
+pub fn mem_available_kib() -> u64 {
+    first_number("/proc/meminfo", "MemAvailable:").unwrap_or(0)
+}
+
+/// The first number after `field` on its line of the file at `path`.
+fn first_number(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
         .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The first number of field `name` in `/proc/<pid>/status`.
