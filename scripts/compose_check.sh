@@ -690,31 +690,14 @@ while True:
     pass"
   # The hardening of the jail itself (crates/sandbox-runtime/tests/attacks.rs):
   # refused system calls, only the interpreter visible, the tmpfs inode cap.
-  add syscalls "import ctypes, errno
-libc = ctypes.CDLL(None, use_errno=True)
-def call(name, nr, *args):
-    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
-    print(name, r, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
-call('io_uring_setup', 425, 8, 0)
-call('unshare_newuser', 272, 0x10000000)
-call('mount', 165, 0, 0, 0, 0, 0)
-call('add_key', 248, 0, 0, 0, 0, 0)
-call('ptrace', 101, 0, 0, 0, 0)
-call('bpf', 321, 0, 0, 0)"
+  # The syscall and inode programs are the files attacks.rs runs too.
+  add syscalls "$(cat crates/sandbox-runtime/tests/programs/syscalls.py)"
   add visible "import json, sqlite3, ssl, decimal, shutil
 print(sqlite3.connect(':memory:').execute('select 6 * 7').fetchone()[0], decimal.Decimal('0.1') + decimal.Decimal('0.2'), json.dumps([1]))
 for tool in ['gcc', 'cc', 'curl', 'strace', 'gdb', 'apt-get', 'sh', 'nsjail', 'sandbox-runtime']:
     if shutil.which(tool, path='/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin'):
         print('VISIBLE', tool)"
-  add inodes "n = 0
-err = None
-try:
-    while n < 100000:
-        open('f%d' % n, 'w').close()
-        n += 1
-except OSError as e:
-    err = e.errno
-print(n, err)"
+  add inodes "$(cat crates/sandbox-runtime/tests/programs/inode_flood.py)"
   submit "$SDIR/attacks.jsonl"
   wait_trajectories "$SDIR/ids" 400 || fail "sandbox: attack tasks did not finish"
   # The memory bomb runs on its own: next to the fork bomb and the endless

@@ -58,18 +58,7 @@ print(made, err)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hundred_thousand_tiny_files_hit_the_inode_limit() {
     let h = Harness::start(&[]).await;
-    let flood = "\
-import os
-n = 0
-err = None
-try:
-    while n < 100000:
-        open('f%d' % n, 'w').close()
-        n += 1
-except OSError as e:
-    err = e.errno
-print(n, err)
-";
+    let flood = include_str!("programs/inode_flood.py");
     let t = h.run(&cells_task("inodes", &[flood])).await;
     let obs = observation(&t, 0);
     let n: u32 = obs
@@ -85,19 +74,7 @@ print(n, err)
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_system_calls_fail_inside_the_jail() {
     let h = Harness::start(&[]).await;
-    let calls = "\
-import ctypes, errno
-libc = ctypes.CDLL(None, use_errno=True)
-def call(name, nr, *args):
-    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
-    print(name, r, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()))
-call('io_uring_setup', 425, 8, 0)
-call('unshare_newuser', 272, 0x10000000)
-call('mount', 165, 0, 0, 0, 0, 0)
-call('add_key', 248, 0, 0, 0, 0, 0)
-call('ptrace', 101, 0, 0, 0, 0)
-call('bpf', 321, 0, 0, 0)
-";
+    let calls = include_str!("programs/syscalls.py");
     let t = h.run(&cells_task("syscalls", &[calls])).await;
     assert!(t.success, "{t:?}");
     let obs = observation(&t, 0);
