@@ -587,3 +587,61 @@ fn export_of_an_empty_or_missing_directory() {
     );
     assert_code(&o, 64);
 }
+
+/// A web trajectory whose first request sent a screenshot, stored once as
+/// `<dir>/<id>/step_0.png` and recorded as an `adp-file:` reference.
+fn screenshot_traj(f: &Fixture, id: &str, png: Option<&[u8]>) {
+    let mut t = llm_web_traj(id);
+    t["metadata"]["llm_calls"][0]["messages_added"][1]["content"] = json!([
+        {"type": "text", "text": format!("Task {id}")},
+        {"type": "image_url", "image_url": {"url": format!("adp-file:{id}/step_0.png")}}
+    ]);
+    write_traj_value(&f.traj_dir(), &t);
+    if let Some(png) = png {
+        std::fs::create_dir_all(f.traj_dir().join(id)).expect("mkdir");
+        std::fs::write(f.traj_dir().join(id).join("step_0.png"), png).expect("png");
+    }
+}
+
+#[test]
+fn images_sent_to_the_model_are_inlined_or_kept_as_references() {
+    let f = Fixture::new();
+    let png = b"\x89PNG\r\n\x1a\nnot really an image, but bytes to carry";
+    screenshot_traj(&f, "shot", Some(png));
+    screenshot_traj(&f, "shot_gone", None);
+    let out = f.output_dir().join("i.jsonl");
+    let image = |row: &Value| row["messages"][1]["content"][1]["image_url"]["url"].clone();
+
+    // Default: the data URL the model was sent; a row whose file is gone is
+    // left out and counted.
+    let (lines, summary) = export(&f, &out, &["--format", "messages"]);
+    assert_eq!(ids(&lines), set(&["shot"]));
+    assert_eq!(
+        image(row(&lines, "shot")),
+        adp_core::llm_record::png_data_url(png)
+    );
+    assert_eq!(summary["unconvertible"]["missing_image"], 1, "{summary}");
+
+    // References kept: every row, the paths as recorded.
+    let (lines, summary) = export(&f, &out, &["--format", "messages", "--images", "reference"]);
+    assert_eq!(ids(&lines), set(&["shot", "shot_gone"]));
+    assert_eq!(image(row(&lines, "shot")), "adp-file:shot/step_0.png");
+    assert_eq!(
+        image(row(&lines, "shot_gone")),
+        "adp-file:shot_gone/step_0.png"
+    );
+    assert!(
+        summary["unconvertible"].get("missing_image").is_none(),
+        "{summary}"
+    );
+
+    // sharegpt keeps the text parts; the trajectory format the file as is.
+    let (lines, _) = export(&f, &out, &["--format", "sharegpt"]);
+    assert_eq!(ids(&lines), set(&["shot", "shot_gone"]));
+    assert_eq!(
+        row(&lines, "shot")["conversations"][1]["value"],
+        "Task shot"
+    );
+    let (lines, _) = export(&f, &out, &[]);
+    assert_eq!(ids(&lines), set(&["shot", "shot_gone"]));
+}

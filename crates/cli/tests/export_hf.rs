@@ -180,3 +180,49 @@ fn datasets_loads_messages_sharegpt_and_rl_exports() {
         json!([[11, 12, 13], [21, 22]])
     );
 }
+
+/// A web row whose model was sent a screenshot has list contents next to
+/// string contents: with `--content-as-parts` `datasets` loads it (with
+/// other rows), and the image comes back as the data URL sent.
+#[test]
+fn datasets_loads_rows_with_images_as_parts() {
+    let f = Fixture::new();
+    mixed_set(&f);
+    let mut t = llm_web_traj("web_shot");
+    let png = b"\x89PNG\r\n\x1a\nbytes";
+    t["metadata"]["llm_calls"][0]["messages_added"][1]["content"] = json!([
+        {"type": "text", "text": "Task web_shot"},
+        {"type": "image_url", "image_url": {"url": "adp-file:web_shot/step_0.png"}}
+    ]);
+    write_traj_value(&f.traj_dir(), &t);
+    std::fs::create_dir_all(f.traj_dir().join("web_shot")).expect("mkdir");
+    std::fs::write(f.traj_dir().join("web_shot/step_0.png"), png).expect("png");
+    let (messages, rows) = export(
+        &f,
+        "m.jsonl",
+        &[
+            "--format",
+            "messages",
+            "--tools-as-json-string",
+            "--content-as-parts",
+        ],
+    );
+    assert_eq!(rows.len(), 5);
+    let loaded = load_with_datasets(&[("messages", &messages)]);
+    let rows = loaded["messages"].as_array().expect("rows");
+    assert_eq!(rows.len(), 5);
+    let shot = by_id(rows, "web_shot");
+    let user = &shot["messages"][1]["content"];
+    assert_eq!(user[0]["type"], "text");
+    assert_eq!(user[0]["text"], "Task web_shot");
+    assert_eq!(user[1]["type"], "image_url");
+    assert_eq!(
+        user[1]["image_url"]["url"],
+        adp_core::llm_record::png_data_url(png)
+    );
+    let code = by_id(rows, "code_llm");
+    assert_eq!(code["messages"][0]["content"][0]["type"], "text");
+    assert!(code["messages"][0]["content"][0]["text"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+}

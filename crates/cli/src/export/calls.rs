@@ -65,6 +65,14 @@ impl Calls {
             .unwrap_or_default()
     }
 
+    /// Puts the files that `adp-file:` references stand for (screenshots
+    /// sent to the model) back into the calls as the data URLs that were
+    /// sent; `dir` holds the trajectory file the paths are relative to.
+    /// `Err` names a reference whose file cannot be read.
+    pub fn inline_files(&mut self, dir: &std::path::Path) -> Result<usize, String> {
+        llm_record::inline_files(&mut self.calls, dir)
+    }
+
     /// The model of the last answered call (as the server named it, else as
     /// requested).
     pub fn model(&self) -> Option<&str> {

@@ -58,6 +58,11 @@ pub struct Rendering {
     /// `tools` as one JSON string (Hugging Face `datasets` 3.x otherwise
     /// merges every tool schema into one struct and pads with nulls).
     pub tools_as_string: bool,
+    /// Every string `content` as a list of one text part
+    /// (`[{"type": "text", "text": ...}]`), so that rows where some messages
+    /// carry image parts keep one type per column (Hugging Face `datasets`
+    /// refuses a column that is a string in one row and a list in another).
+    pub content_as_parts: bool,
 }
 
 impl Default for Rendering {
@@ -65,6 +70,7 @@ impl Default for Rendering {
         Rendering {
             arguments: ArgumentsAs::Object,
             tools_as_string: false,
+            content_as_parts: false,
         }
     }
 }
@@ -89,9 +95,18 @@ fn arguments_string(arguments: &Value) -> Value {
     }
 }
 
-/// A message with its tool calls' arguments written as `args_as`.
-fn render_message(m: &Value, args_as: ArgumentsAs) -> Value {
+/// A message with its tool calls' arguments written as `r.arguments`, and
+/// its text content as one part if `r.content_as_parts`.
+fn render_message(m: &Value, r: Rendering) -> Value {
     let mut m = m.clone();
+    if r.content_as_parts {
+        if let Some(content) = m.get_mut("content") {
+            if let Value::String(text) = content {
+                *content = json!([{"type": "text", "text": std::mem::take(text)}]);
+            }
+        }
+    }
+    let args_as = r.arguments;
     if let Some(calls) = m.get_mut("tool_calls").and_then(Value::as_array_mut) {
         for call in calls {
             if let Some(args) = call
@@ -121,11 +136,7 @@ fn tools_value(tools: &[Value], as_string: bool) -> Value {
 
 /// The OpenAI chat format: `(messages, tools)`.
 pub fn to_messages(d: &Dialog, r: Rendering) -> (Value, Value) {
-    let messages = d
-        .messages
-        .iter()
-        .map(|m| render_message(m, r.arguments))
-        .collect();
+    let messages = d.messages.iter().map(|m| render_message(m, r)).collect();
     (
         Value::Array(messages),
         tools_value(&d.tools, r.tools_as_string),
@@ -228,11 +239,31 @@ mod tests {
         let r = Rendering {
             arguments: ArgumentsAs::String,
             tools_as_string: true,
+            content_as_parts: false,
         };
         let (m, tools) = to_messages(&dialog(), r);
         assert_eq!(m[2]["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
         assert_eq!(m, Value::Array(dialog().messages));
         assert!(tools.is_string());
+    }
+
+    #[test]
+    fn content_as_parts() {
+        let r = Rendering {
+            content_as_parts: true,
+            ..Rendering::default()
+        };
+        let (m, _) = to_messages(&dialog(), r);
+        assert_eq!(m[0]["content"], json!([{"type": "text", "text": "s"}]));
+        assert_eq!(m[4]["content"], json!([{"type": "text", "text": "two"}]));
+        assert!(m[2]["content"].is_null(), "no content stays null");
+        let parts = json!([{"type": "text", "text": "t"}, {"type": "image_url", "image_url": {"url": "u"}}]);
+        let with_image = Dialog {
+            messages: vec![json!({"role": "user", "content": parts})],
+            ..dialog()
+        };
+        let (m, _) = to_messages(&with_image, r);
+        assert_eq!(m[0]["content"], parts, "parts stay as they are");
     }
 
     #[test]

@@ -68,6 +68,24 @@ impl Format {
     }
 }
 
+/// What `adp export` does with the images a model was sent (web tasks
+/// with `WEB_SCREENSHOTS=model`), which the trajectory stores once as files
+/// and references as `adp-file:<path>` URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Images {
+    /// The `messages` rows carry each image as the data URL the model was
+    /// sent (`data:image/png;base64,...`): self-contained rows.
+    Inline,
+    /// The rows keep the `adp-file:` references (relative to the directory
+    /// of the trajectory file): small rows, the images stay on disk.
+    Reference,
+}
+
+/// Why a row with image references was not written: a referenced file is
+/// missing or unreadable (`--images inline`).
+pub const MISSING_IMAGE: &str = "missing_image";
+
 /// Export trajectories into one JSONL dataset.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -81,6 +99,12 @@ sharegpt    {\"conversations\": [{\"from\": system|human|function_call|observati
 \"value\": ...}], \"tools\": \"<JSON>\"}\n  \
 rl          per model call: prompt_ids, completion_ids, completion_mask, completion_logprobs; \
 and the reward\n\n\
+Images: a web task run with WEB_SCREENSHOTS=model sent the model its screenshots as image \
+parts; the trajectory stores each once as a file. With --images inline (the default) the \
+messages rows carry them as the data URLs the model was sent; with --images reference they \
+keep the adp-file:<path> references (relative to the trajectory's directory). sharegpt keeps \
+the text parts only. Rows with images mix string and list contents; add --content-as-parts \
+(and --tools-as-json-string) for Hugging Face datasets.\n\n\
 A trajectory with recorded model calls (metadata.llm_calls) is exported as the model saw it: \
 the messages of its last call plus the reply (\"source\": \"llm\"); one without is rendered \
 from its steps (\"source\": \"synthetic\"). Rows carry task_id, task_type, policy, model, \
@@ -95,6 +119,7 @@ adp export --out sft.jsonl --format messages --success-only --min-steps 2\n  \
 adp export --out web.jsonl --format sharegpt --task-type web\n  \
 adp export --out hf.jsonl --format messages --source llm --tools-as-json-string\n  \
 adp export --out grpo.jsonl --format rl\n  \
+adp export --out vlm.jsonl --format messages --task-type web --content-as-parts --tools-as-json-string\n  \
 adp export --out - --format messages | head -1 | jq ."
 )]
 pub struct ExportArgs {
@@ -133,6 +158,16 @@ pub struct ExportArgs {
     /// pads each with nulls.
     #[arg(long)]
     pub tools_as_json_string: bool,
+    /// Write every text `content` of the `messages` format as a list of one
+    /// text part, as messages with images have (Hugging Face `datasets`
+    /// needs one type per column; use it for web rows with screenshots).
+    #[arg(long)]
+    pub content_as_parts: bool,
+    /// Images sent to the model (`messages`): `inline` as the data URLs
+    /// sent, or `reference` (`adp-file:` paths relative to the trajectory's
+    /// directory).
+    #[arg(long, value_enum, default_value = "inline")]
+    pub images: Images,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -164,7 +199,8 @@ pub struct Summary {
     /// (`missing_task`: the file holds no task, so there is no user turn;
     /// `no_model_reply`: model calls were recorded but none was answered;
     /// `bad_llm_calls`: the record cannot be read; `no_token_ids`: no token
-    /// ids for `rl`; `token_logprob_mismatch`).
+    /// ids for `rl`; `token_logprob_mismatch`; `missing_image`: an image the
+    /// model was sent cannot be read for `--images inline`).
     pub unconvertible: BTreeMap<&'static str, u64>,
     pub skipped: Skips,
     pub seconds: f64,
@@ -329,6 +365,7 @@ pub fn export_to(env: &Env, args: &ExportArgs, out: impl Write) -> Result<Summar
             args.tool_arguments
         },
         tools_as_string: args.tools_as_json_string,
+        content_as_parts: args.content_as_parts,
     };
     let dir = env.trajectories_dir();
     let bar = if progress::stderr_is_terminal() {
@@ -367,13 +404,23 @@ pub fn export_to(env: &Env, args: &ExportArgs, out: impl Write) -> Result<Summar
             }
         };
         // The `trajectory` format reads the call record only to filter by source.
-        let record = if args.format != Format::Trajectory || filters.source.is_some() {
+        let mut record = if args.format != Format::Trajectory || filters.source.is_some() {
             Calls::of(&view.metadata)
         } else {
             Ok(None)
         };
         if filters.reject(&view, source(&record), &mut summary.filtered) {
             continue;
+        }
+        if let (Format::Messages, Images::Inline, Ok(Some(calls))) =
+            (args.format, args.images, &mut record)
+        {
+            let dir = file.path.parent().unwrap_or(&dir);
+            if let Err(why) = calls.inline_files(dir) {
+                tracing::warn!(file = %file.path.display(), error = %why, "An image the model was sent cannot be read; the row is left out (--images reference keeps the references).");
+                *summary.unconvertible.entry(MISSING_IMAGE).or_default() += 1;
+                continue;
+            }
         }
         match line(args.format, raw, &view, &record, rendering) {
             Ok(v) => {
