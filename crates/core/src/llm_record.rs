@@ -167,10 +167,83 @@ impl CallLog {
         self.calls.len()
     }
 
-    /// The records as the JSON array stored in `metadata.llm_calls`.
+    /// The records as the JSON array stored in `metadata.llm_calls`, with
+    /// each call's `prompt_token_ids` stored after the prefix it shares with
+    /// the previous call's ([`PROMPT_IDS_PREFIX_KEY`]; [`from_metadata`]
+    /// gives the full lists back).
     pub fn to_value(&self) -> Value {
-        serde_json::to_value(&self.calls).unwrap_or_else(|_| Value::Array(Vec::new()))
+        let mut v = serde_json::to_value(&self.calls).unwrap_or_else(|_| Value::Array(Vec::new()));
+        if let Value::Array(records) = &mut v {
+            let mut previous: Option<&[u64]> = None;
+            for (c, record) in self.calls.iter().zip(records.iter_mut()) {
+                let Some(ids) = c
+                    .response
+                    .as_ref()
+                    .and_then(|r| r.prompt_token_ids.as_deref())
+                else {
+                    continue;
+                };
+                let shared =
+                    previous.map_or(0, |p| p.iter().zip(ids).take_while(|(a, b)| a == b).count());
+                if shared > 0 {
+                    if let Some(Value::Object(r)) = record.get_mut("response") {
+                        r.insert(PROMPT_IDS_PREFIX_KEY.to_owned(), Value::from(shared));
+                        r.insert("prompt_token_ids".to_owned(), Value::from(&ids[shared..]));
+                    }
+                }
+                previous = Some(ids);
+            }
+        }
+        v
     }
+}
+
+/// In a stored response: the first N of its `prompt_token_ids` equal the
+/// first N of the full prompt token ids of the latest earlier call that has
+/// them, and `prompt_token_ids` holds the rest. A multi-turn prompt repeats
+/// the previous prompt, so this keeps a long conversation's token ids from
+/// being stored once per call (absent: the list is complete).
+pub const PROMPT_IDS_PREFIX_KEY: &str = "prompt_token_ids_prefix";
+
+/// Puts the shared prefixes of `prompt_token_ids` back (the stored form of
+/// [`CallLog::to_value`]; a list without [`PROMPT_IDS_PREFIX_KEY`] is taken
+/// as complete).
+fn expand_prompt_ids(records: &mut Value) -> Result<(), RecordError> {
+    let Value::Array(records) = records else {
+        return Ok(());
+    };
+    let mut previous: Vec<Value> = Vec::new();
+    for (i, record) in records.iter_mut().enumerate() {
+        let Some(Value::Object(r)) = record.get_mut("response") else {
+            continue;
+        };
+        let shared = match r.shift_remove(PROMPT_IDS_PREFIX_KEY) {
+            None => 0,
+            Some(n) => n
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|&n| n <= previous.len())
+                .ok_or_else(|| {
+                    RecordError::Shape(format!(
+                        "call {i}: {PROMPT_IDS_PREFIX_KEY} {n} is not a length of at most the {} prompt token ids before it",
+                        previous.len()
+                    ))
+                })?,
+        };
+        let Some(Value::Array(ids)) = r.get_mut("prompt_token_ids") else {
+            if shared > 0 {
+                return Err(RecordError::Shape(format!(
+                    "call {i}: {PROMPT_IDS_PREFIX_KEY} without prompt_token_ids"
+                )));
+            }
+            continue;
+        };
+        if shared > 0 {
+            ids.splice(0..0, previous[..shared].iter().cloned());
+        }
+        previous.clone_from(ids);
+    }
+    Ok(())
 }
 
 /// Why a list of records does not hold together.
@@ -194,8 +267,10 @@ pub fn from_metadata(metadata: &Map<String, Value>) -> Result<Vec<LlmCall>, Reco
     let Some(v) = metadata.get("llm_calls") else {
         return Ok(Vec::new());
     };
+    let mut v = v.clone();
+    expand_prompt_ids(&mut v)?;
     let calls: Vec<LlmCall> =
-        serde_json::from_value(v.clone()).map_err(|e| RecordError::Shape(e.to_string()))?;
+        serde_json::from_value(v).map_err(|e| RecordError::Shape(e.to_string()))?;
     check(&calls)?;
     Ok(calls)
 }
@@ -537,6 +612,55 @@ mod tests {
         // Token fields are left out when not returned.
         assert!(v[j]["response"].get("logprobs").is_none());
         assert!(v[j]["response"].get("reasoning_content").is_none());
+    }
+
+    #[test]
+    fn prompt_token_ids_are_stored_after_the_prefix_they_share() {
+        let bodies = conversation();
+        let prompts: [Option<Vec<u64>>; 4] = [
+            Some(vec![1, 2, 3, 4]),
+            None, // a failed call: the next one shares with call 0
+            Some(vec![1, 2, 3, 4, 5, 6]),
+            Some(vec![9, 2, 3]), // nothing shared
+        ];
+        let mut log = CallLog::new();
+        for (i, ids) in prompts.iter().enumerate() {
+            log.push(CallOutcome {
+                body: &bodies[i.min(2)],
+                started_at: 1.0,
+                latency: 0.1,
+                result: match ids {
+                    Some(ids) => Ok(LlmResponse {
+                        prompt_token_ids: Some(ids.clone()),
+                        ..Default::default()
+                    }),
+                    None => Err("HTTP 500".into()),
+                },
+            });
+        }
+        let v = log.to_value();
+        assert_eq!(v[0]["response"]["prompt_token_ids"], json!([1, 2, 3, 4]));
+        assert!(v[0]["response"].get(PROMPT_IDS_PREFIX_KEY).is_none());
+        assert_eq!(v[2]["response"][PROMPT_IDS_PREFIX_KEY], 4);
+        assert_eq!(v[2]["response"]["prompt_token_ids"], json!([5, 6]));
+        assert!(v[3]["response"].get(PROMPT_IDS_PREFIX_KEY).is_none());
+        assert_eq!(v[3]["response"]["prompt_token_ids"], json!([9, 2, 3]));
+
+        let mut meta = Map::new();
+        meta.insert("llm_calls".into(), v.clone());
+        let back = from_metadata(&meta).expect("valid");
+        assert_eq!(back, log.calls(), "the full lists come back");
+
+        // Files written before the prefix was shared hold full lists.
+        let full = serde_json::to_value(log.calls()).expect("json");
+        meta.insert("llm_calls".into(), full);
+        assert_eq!(from_metadata(&meta).expect("valid"), log.calls());
+
+        // A prefix longer than the list before it is a damaged record.
+        let mut bad = v;
+        bad[2]["response"][PROMPT_IDS_PREFIX_KEY] = json!(5);
+        meta.insert("llm_calls".into(), bad);
+        assert!(matches!(from_metadata(&meta), Err(RecordError::Shape(_))));
     }
 
     #[test]
