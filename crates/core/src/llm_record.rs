@@ -159,6 +159,12 @@ impl CallLog {
         &self.calls
     }
 
+    /// The model the first call asked for (its request's `model`; what
+    /// `metadata.model` records).
+    pub fn requested_model(&self) -> Option<&str> {
+        self.calls.first()?.request.get("model")?.as_str()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.calls.is_empty()
     }

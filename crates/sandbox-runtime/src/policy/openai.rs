@@ -152,7 +152,6 @@ pub struct OpenAiSession {
     turns: ToolTurns,
     code: Vec<String>,
     replies: Vec<String>,
-    model: Option<String>,
 }
 
 impl OpenAiSession {
@@ -183,7 +182,6 @@ impl OpenAiSession {
             turns: ToolTurns::new(),
             code: Vec::new(),
             replies: Vec::new(),
-            model: None,
         }
     }
 
@@ -207,15 +205,6 @@ impl OpenAiSession {
                 )
                 .await?;
             let call = self.log.len() - 1;
-            if self.model.is_none() {
-                self.model = self
-                    .log
-                    .calls()
-                    .last()
-                    .and_then(|c| c.request.get("model"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-            }
             let content = reply.content.clone().unwrap_or_default();
             let decision = match self.mode {
                 ToolMode::Text => {
@@ -294,7 +283,7 @@ impl OpenAiSession {
     }
 
     pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+        self.log.requested_model()
     }
 
     pub fn plan(&self) -> Plan {

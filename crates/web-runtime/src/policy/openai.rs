@@ -50,7 +50,6 @@ pub struct OpenAi {
     /// Index of the message holding the latest full observation.
     full_observation: Option<usize>,
     invalid_replies: u32,
-    model: Option<String>,
     log: CallLog,
     /// Tool calls owed a `tool` message, invalid replies in a row (native).
     turns: ToolTurns,
@@ -76,7 +75,6 @@ impl OpenAi {
             messages: Vec::new(),
             full_observation: None,
             invalid_replies: 0,
-            model: None,
             log: CallLog::new(),
             turns: ToolTurns::new(),
             steps_before: 0,
@@ -155,15 +153,6 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
                 )
                 .await?;
             let call = self.log.len() - 1;
-            if self.model.is_none() {
-                self.model = self
-                    .log
-                    .calls()
-                    .last()
-                    .and_then(|c| c.request.get("model"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-            }
             let decision = match self.mode {
                 ToolMode::Text => self.text_decision(&reply),
                 ToolMode::Native => self.native_decision(&reply),
@@ -315,8 +304,8 @@ Use only information shown on the pages. When the task is done, call \"finish\" 
         let mut messages = Value::Array(self.messages.clone());
         llm_record::reference_files(&mut messages, &self.sent_files);
         trajectory.meta("messages", messages);
-        if let Some(model) = &self.model {
-            trajectory.meta("model", model.clone());
+        if let Some(model) = self.log.requested_model() {
+            trajectory.meta("model", model.to_owned());
         }
         let mut log = self.log.clone();
         log.clear_step_ids_from(trajectory.steps.len() as u32);
