@@ -53,8 +53,10 @@ pub struct Config {
     /// one saved last (a Redis that lost its latest writes), in milliseconds.
     #[arg(long, env = "VERIFY_INTERVAL_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub verify_interval_ms: u64,
-    /// With FOLLOW=false: how long to wait before the final check that Redis
-    /// still holds the checkpoint (covers appendfsync everysec), in milliseconds; 0 = no check.
+    /// With FOLLOW=false: the longest wait, before the final check that Redis
+    /// still holds the checkpoint, for Redis to have the last batches on disk
+    /// (WAITAOF on Redis >= 7.2, else the appendfsync everysec second by the
+    /// server's clock), in milliseconds; 0 = no check.
     #[arg(long, env = "EXIT_VERIFY_MS", default_value_t = 1500)]
     pub exit_verify_ms: u64,
     /// Port of /metrics and /health.

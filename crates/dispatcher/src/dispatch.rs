@@ -37,11 +37,15 @@ pub const CHECKPOINT_MOVED: &str = "CHECKPOINT_MOVED";
 /// ARGV: checkpoint JSON (or ""), submitted_at, the checkpoint JSON this
 /// dispatcher saved last ("" = none), run id, "1" to consult the legacy set,
 /// then per task: stream index (1-3), id field, content hash, rollouts,
-/// task JSON, priority, task_id.
+/// task JSON, priority (and, with the legacy set, the task_id).
 /// Returns per task 1 (dispatched), 0 (duplicate) or 2 (same id, other
 /// content), or the error CHECKPOINT_MOVED (nothing written). With a
 /// conflict in the batch the checkpoint is not moved (the dispatcher moves
 /// it once the conflict's rejection record is on disk).
+///
+/// A new id costs two Redis calls (HSETNX, XADD); only an id already in the
+/// record is read back (HGET) to compare its content. With the legacy set
+/// the old order stays: the set is consulted before the record is written.
 static DISPATCH_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -49,43 +53,61 @@ if (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then
   return redis.error_reply('CHECKPOINT_MOVED the checkpoint in Redis is not the one this dispatcher saved')
 end
 local legacy = ARGV[5] == '1' and redis.call('EXISTS', KEYS[6]) == 1
+local stride = 6
+if ARGV[5] == '1' then stride = 7 end
 local out = {}
 local tasks, entries, conflicts = 0, 0, 0
-local n = (#ARGV - 5) / 7
+local now = ARGV[2]
+local n = (#ARGV - 5) / stride
 for j = 0, n - 1 do
-  local a = 6 + j * 7
+  local a = 6 + j * stride
   local bucket = KEYS[8 + j]
-  local prev = redis.call('HGET', bucket, ARGV[a + 1])
-  if prev then
-    if prev == ARGV[a + 2] then out[j + 1] = 0 else out[j + 1] = 2; conflicts = conflicts + 1 end
-  elseif legacy and redis.call('SISMEMBER', KEYS[6], ARGV[a + 6]) == 1 then
-    out[j + 1] = 0
+  local new
+  if legacy then
+    local prev = redis.call('HGET', bucket, ARGV[a + 1])
+    if prev then
+      new = false
+    elseif redis.call('SISMEMBER', KEYS[6], ARGV[a + 6]) == 1 then
+      new = nil
+    else
+      redis.call('HSET', bucket, ARGV[a + 1], ARGV[a + 2])
+      new = true
+    end
   else
-    redis.call('HSET', bucket, ARGV[a + 1], ARGV[a + 2])
+    new = redis.call('HSETNX', bucket, ARGV[a + 1], ARGV[a + 2]) == 1
+  end
+  if new then
     local stream = KEYS[1 + tonumber(ARGV[a])]
     local k = tonumber(ARGV[a + 3])
     local json = ARGV[a + 4]
     if k == 1 then
-      redis.call('XADD', stream, '*', 'task', json, 'submitted_at', ARGV[2], 'priority', ARGV[a + 5])
+      redis.call('XADD', stream, '*', 'task', json, 'submitted_at', now, 'priority', ARGV[a + 5])
     else
       local head = string.sub(json, 1, -2)
       for r = 0, k - 1 do
-        redis.call('XADD', stream, '*', 'task', head .. ',"rollout":' .. r .. '}', 'submitted_at', ARGV[2], 'priority', ARGV[a + 5])
+        redis.call('XADD', stream, '*', 'task', head .. ',"rollout":' .. r .. '}', 'submitted_at', now, 'priority', ARGV[a + 5])
       end
     end
     tasks = tasks + 1
     entries = entries + k
     out[j + 1] = 1
+  elseif new == nil then
+    out[j + 1] = 0
+  elseif redis.call('HGET', bucket, ARGV[a + 1]) == ARGV[a + 2] then
+    out[j + 1] = 0
+  else
+    out[j + 1] = 2
+    conflicts = conflicts + 1
   end
 end
 if n > 0 then
   if redis.call('SADD', KEYS[7], ARGV[4]) == 1 then
-    redis.call('HSETNX', KEYS[5], 'created_at', ARGV[2])
+    redis.call('HSETNX', KEYS[5], 'created_at', now)
   end
   if tasks > 0 then
     redis.call('HINCRBY', KEYS[5], 'tasks', tasks)
     redis.call('HINCRBY', KEYS[5], 'entries', entries)
-    redis.call('HSET', KEYS[5], 'updated_at', ARGV[2])
+    redis.call('HSET', KEYS[5], 'updated_at', now)
   end
   if conflicts > 0 then redis.call('HINCRBY', KEYS[5], 'conflicts', conflicts) end
 end
@@ -172,6 +194,7 @@ impl Prepared {
 }
 
 /// The run's keys and settings the batch step needs.
+#[derive(Debug, Clone)]
 pub struct RunKeys {
     pub run_id: String,
     pub checkpoint: String,
@@ -221,8 +244,10 @@ pub async fn send_batch(
             .arg(t.content)
             .arg(t.rollouts)
             .arg(&t.json)
-            .arg(t.priority)
-            .arg(&t.task_id);
+            .arg(t.priority);
+        if keys.legacy {
+            inv.arg(&t.task_id);
+        }
     }
     let flags: Vec<i64> = inv.invoke_async(conn).await?;
     Ok(flags

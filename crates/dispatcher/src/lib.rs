@@ -207,6 +207,28 @@ pub async fn run_with_metrics(
     result.map(|s| (s, bound))
 }
 
+/// After the server's clock passes a whole second, how long until a write
+/// of the second before is surely fsynced by `appendfsync everysec`.
+const EVERYSEC_MARGIN: Duration = Duration::from_millis(250);
+
+/// One field of a section of `INFO` (None: not there, or no answer).
+async fn info_field(
+    conn: &mut redis::aio::ConnectionManager,
+    section: &str,
+    field: &str,
+) -> Option<String> {
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .ok()?;
+    info.lines().find_map(|l| {
+        l.strip_prefix(field)
+            .and_then(|v| v.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
 async fn sleep_or_cancel(d: Duration, token: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
@@ -240,6 +262,25 @@ struct Dispatcher {
     spill_from: Option<Checkpoint>,
     /// Redis answered OOM to the last write (shown by /health).
     oom: Arc<AtomicBool>,
+    /// The batch on its way to Redis while the next one is read (at most one).
+    in_flight: Option<InFlight>,
+}
+
+/// A batch sent to Redis and not yet settled: its lines, the checkpoint its
+/// Lua step saves, and the task that sends it (with retries).
+struct InFlight {
+    checkpoint: Option<Checkpoint>,
+    checkpoint_json: Option<String>,
+    handle: tokio::task::JoinHandle<(Vec<Prepared>, Sent)>,
+}
+
+/// How sending a batch ended.
+enum Sent {
+    Done(Vec<Outcome>),
+    /// CHECKPOINT_MOVED: nothing was written; the lines are read again.
+    Moved,
+    /// Shutdown while waiting to retry: nothing of it is saved.
+    Cancelled,
 }
 
 impl Dispatcher {
@@ -265,6 +306,7 @@ impl Dispatcher {
             spilled: 0,
             spill_from: None,
             oom,
+            in_flight: None,
         }
     }
 
@@ -303,6 +345,9 @@ impl Dispatcher {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
         let resume = self.load_checkpoint(shutdown).await;
+        // Records queued for lines past the checkpoint are made again when
+        // those lines are read again.
+        self.rejects.clear_pending();
         *file = TaskFile::new(&self.cfg.task_file, self.cfg.follow);
         self.spill.clear();
         self.spilled = 0;
@@ -410,8 +455,13 @@ impl Dispatcher {
                     Poll::Idle => true,
                 }
             };
-            // A full batch, or nothing more to read right now: send what we have.
+            // A full batch, or nothing more to read right now: send what we
+            // have (the next batch is read while it is in Redis); at the end,
+            // wait for it.
             if !self.flush(&mut batch, &mut file, shutdown).await? {
+                break;
+            }
+            if at_end && !self.settle(shutdown).await? {
                 break;
             }
             if at_end && !self.moved_back && last_verify.elapsed() >= verify_every {
@@ -445,12 +495,16 @@ impl Dispatcher {
             if !self.cfg.follow && self.spilled == 0 && !spill_full {
                 // Done: make sure Redis kept what we wrote before leaving.
                 if self.cfg.exit_verify_ms > 0 {
-                    if sleep_or_cancel(Duration::from_millis(self.cfg.exit_verify_ms), shutdown)
-                        .await
-                    {
+                    let waited = Instant::now();
+                    if self.wait_durable(shutdown).await {
                         break;
                     }
                     self.verify_checkpoint().await;
+                    tracing::info!(
+                        waited_ms = waited.elapsed().as_millis() as u64,
+                        kept = !self.moved_back,
+                        "Checked that Redis kept the checkpoint (on disk) before exiting."
+                    );
                     if self.moved_back {
                         continue;
                     }
@@ -464,6 +518,7 @@ impl Dispatcher {
         if !shutdown.is_cancelled() {
             self.flush(&mut batch, &mut file, shutdown).await?;
         }
+        self.settle(shutdown).await?;
         self.rejects.flush().context("writing rejected.jsonl")?;
         tracing::info!(summary = %self.summary, run_id = %self.cfg.run_id, "Dispatcher finished.");
         Ok(self.summary)
@@ -475,6 +530,68 @@ impl Dispatcher {
         self.seq += 1;
         v.as_object_mut()?.insert("seq".into(), self.seq.into());
         Some(v.to_string())
+    }
+
+    /// Waits (at most EXIT_VERIFY_MS) until Redis has written what this
+    /// dispatcher sent to disk, so that a check of the checkpoint after it
+    /// tells whether Redis kept it. Redis >= 7.2: `WAITAOF 1 0` on the
+    /// connection the batches went through, one round trip that returns at
+    /// the fsync. Older Redis: by its `appendfsync everysec` rule, a write
+    /// is fsynced once the server's clock has passed the next whole second
+    /// (checked every 100 ms): wait for that (from `TIME`) plus a margin,
+    /// then until no background fsync is running. Without AOF there is
+    /// nothing to wait for. Returns true on shutdown.
+    async fn wait_durable(&self, shutdown: &CancellationToken) -> bool {
+        let cap = Duration::from_millis(self.cfg.exit_verify_ms);
+        let started = Instant::now();
+        let mut conn = self.queue.conn();
+        let mut waitaof = redis::cmd("WAITAOF");
+        waitaof.arg(1).arg(0).arg(self.cfg.exit_verify_ms);
+        let waited: redis::RedisResult<(i64, i64)> = tokio::select! {
+            r = waitaof.query_async(&mut conn) => r,
+            _ = shutdown.cancelled() => return true,
+        };
+        match waited {
+            Ok((local, _)) => {
+                if local < 1 {
+                    tracing::warn!(waited_ms = self.cfg.exit_verify_ms, "Redis has not written the last batches to disk within EXIT_VERIFY_MS; checking the checkpoint anyway.");
+                }
+                return false;
+            }
+            Err(e) if e.to_string().contains("appendonly is disabled") => return false,
+            Err(e) => {
+                tracing::debug!(error = %e, "No WAITAOF (Redis < 7.2); waiting by the server's clock.")
+            }
+        }
+        let aof: Option<String> = info_field(&mut conn, "persistence", "aof_enabled").await;
+        if aof.as_deref() == Some("0") {
+            return false;
+        }
+        let wait = match redis::cmd("TIME")
+            .query_async::<(u64, u64)>(&mut conn)
+            .await
+        {
+            // The rest of the server's current second, plus its cron tick
+            // (100 ms) and the fsync itself.
+            Ok((_, micros)) => {
+                Duration::from_micros(1_000_000u64.saturating_sub(micros)) + EVERYSEC_MARGIN
+            }
+            Err(_) => cap,
+        };
+        if sleep_or_cancel(wait.min(cap), shutdown).await {
+            return true;
+        }
+        // An fsync still running (a slow disk) is waited for, within the cap.
+        while started.elapsed() < cap {
+            let pending = info_field(&mut conn, "persistence", "aof_pending_bio_fsync").await;
+            if pending.as_deref() != Some("1") {
+                break;
+            }
+            if sleep_or_cancel(Duration::from_millis(20), shutdown).await {
+                return true;
+            }
+        }
+        false
     }
 
     /// Compares the checkpoint in Redis with the one saved last; sets
@@ -552,78 +669,61 @@ impl Dispatcher {
         }
     }
 
-    /// One attempt to add the batch and move the checkpoint from the saved
-    /// one to `checkpoint` (atomically, unless a task conflicts).
-    async fn send(
-        &self,
-        checkpoint: Option<&str>,
-        batch: &[Prepared],
-    ) -> redis::RedisResult<Vec<Outcome>> {
+    /// One attempt to move the checkpoint (no tasks) from the saved one.
+    async fn send_checkpoint(&self, checkpoint: Option<&str>) -> redis::RedisResult<Vec<Outcome>> {
         let mut conn = self.queue.conn();
         dispatch::send_batch(
             &mut conn,
             &self.keys,
             checkpoint,
             self.saved_json.as_deref(),
-            batch,
+            &[],
         )
         .await
     }
 
-    /// Sends `batch` until it is in Redis (waiting out Redis outages and
-    /// OOM with backoff). None: shutdown or CHECKPOINT_MOVED interrupted it.
-    async fn send_retrying(
+    /// Sends `batch` until it is in Redis (see [`send_retrying`]), in this task.
+    async fn send_now(
         &mut self,
         checkpoint_json: Option<&str>,
-        batch: &[Prepared],
+        batch: Vec<Prepared>,
         shutdown: &CancellationToken,
-    ) -> Option<Vec<Outcome>> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.send(checkpoint_json, batch).await {
-                Ok(flags) => {
-                    if self.oom.swap(false, Ordering::Relaxed) {
-                        tracing::info!("Redis accepts writes again; dispatching resumed.");
-                    }
-                    return Some(flags);
-                }
-                Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
-                    // Nothing was written; these lines are read again.
-                    self.moved_back = true;
-                    return None;
-                }
-                Err(e) if is_oom(&e) => {
-                    if !self.oom.swap(true, Ordering::Relaxed) {
-                        tracing::error!(error = %e, run_id = %self.cfg.run_id, "Redis is out of memory (maxmemory) and refuses new tasks: dispatching waits (nothing is lost; /health reports 503). Free memory: let the runtimes drain the streams, `adp runs prune` finished runs, or raise maxmemory.");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, batch = batch.len(), retry_in_ms = delay.as_millis() as u64, "Sending a batch to Redis failed; retrying (nothing is lost).");
-                }
-            }
-            if sleep_or_cancel(delay, shutdown).await {
-                return None;
-            }
-            let cap = if self.oom.load(Ordering::Relaxed) {
-                10
-            } else {
-                5
-            };
-            delay = (delay * 2).min(Duration::from_secs(cap));
-        }
+    ) -> Sent {
+        send_retrying(
+            self.queue.conn(),
+            self.keys.clone(),
+            checkpoint_json.map(str::to_owned),
+            self.saved_json.clone(),
+            batch,
+            self.oom.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .1
     }
 
     /// Sends what can go now: held lines of types with room first, then the
     /// batch's lines of those types; lines of paused types are held in
-    /// order. Saves the checkpoint (the reading position, or the one before
-    /// the earliest held line). Returns false when shutdown interrupted it
-    /// (nothing of it is saved: a restart reads those lines again).
+    /// order. The batch goes to Redis in a task of its own, so the next one
+    /// is read meanwhile; [`Self::settle`] (called first here, so at most
+    /// one batch is in flight and batches reach Redis in order) takes its
+    /// result. Saves the checkpoint (the reading position, or the one before
+    /// the earliest held line) with the batch. Returns false when shutdown
+    /// interrupted it (nothing of it is saved: a restart reads those lines
+    /// again).
     async fn flush(
         &mut self,
         batch: &mut Vec<Prepared>,
         file: &mut TaskFile,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
+        if !self.settle(shutdown).await? {
+            return Ok(false);
+        }
+        if self.moved_back {
+            // The lines are read again from the checkpoint Redis holds.
+            return Ok(true);
+        }
         self.rejects.flush().context("writing rejected.jsonl")?;
         let mut send: Vec<Prepared> = Vec::with_capacity(batch.len());
         let mut room: HashMap<TaskType, u64> = HashMap::new();
@@ -675,7 +775,7 @@ impl Dispatcher {
             // Nothing to send, but rejected/blank lines may have moved the checkpoint.
             if checkpoint.is_some() && checkpoint != self.saved_checkpoint {
                 let checkpoint_json = self.stamp(checkpoint.as_ref());
-                match self.send(checkpoint_json.as_deref(), &send).await {
+                match self.send_checkpoint(checkpoint_json.as_deref()).await {
                     Ok(_) => {
                         self.saved_checkpoint = checkpoint;
                         self.saved_json = checkpoint_json;
@@ -694,12 +794,48 @@ impl Dispatcher {
             return Ok(true);
         }
         let checkpoint_json = self.stamp(checkpoint.as_ref());
-        let Some(flags) = self
-            .send_retrying(checkpoint_json.as_deref(), &send, shutdown)
-            .await
+        let handle = tokio::spawn(send_retrying(
+            self.queue.conn(),
+            self.keys.clone(),
+            checkpoint_json.clone(),
+            self.saved_json.clone(),
+            send,
+            self.oom.clone(),
+            shutdown.clone(),
+        ));
+        self.in_flight = Some(InFlight {
+            checkpoint,
+            checkpoint_json,
+            handle,
+        });
+        Ok(true)
+    }
+
+    /// Waits for the batch in flight (if any) and takes its result: counts,
+    /// records conflicts (and then moves the checkpoint past them), notes
+    /// the checkpoint saved. Returns false when shutdown interrupted it.
+    async fn settle(&mut self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let Some(InFlight {
+            checkpoint,
+            checkpoint_json,
+            handle,
+        }) = self.in_flight.take()
         else {
-            return Ok(!shutdown.is_cancelled());
+            return Ok(true);
         };
+        let (send, sent) = handle.await.context("the batch sender failed")?;
+        let flags = match sent {
+            Sent::Done(flags) => flags,
+            Sent::Moved => {
+                // Nothing was written; these lines are read again.
+                self.moved_back = true;
+                return Ok(true);
+            }
+            Sent::Cancelled => return Ok(!shutdown.is_cancelled()),
+        };
+        // Records queued meanwhile are of lines after this batch: a
+        // conflict's record goes before them.
+        let later = self.rejects.take_pending();
         let mut conflicts = false;
         for (task, outcome) in send.iter().zip(flags) {
             match outcome {
@@ -732,32 +868,85 @@ impl Dispatcher {
                 }
             }
         }
-        if conflicts {
-            // The batch step left the checkpoint where it was: it moves only
-            // now that the conflicts' records are on disk.
-            self.rejects.flush().context("writing rejected.jsonl")?;
-            let checkpoint = checkpoint.map(|c| Checkpoint {
-                rejected_bytes: Some(self.rejects.file_len()),
-                ..c
-            });
-            let json = self.stamp(checkpoint.as_ref());
-            if self
-                .send_retrying(json.as_deref(), &[], shutdown)
-                .await
-                .is_none()
-            {
-                return Ok(!shutdown.is_cancelled());
-            }
+        if !conflicts {
+            self.rejects.restore_pending(later);
             self.saved_checkpoint = checkpoint;
-            if json.is_some() {
-                self.saved_json = json;
+            if checkpoint_json.is_some() {
+                self.saved_json = checkpoint_json;
             }
             return Ok(true);
         }
+        // The batch step left the checkpoint where it was: it moves only
+        // now that the conflicts' records are on disk.
+        let written = self.rejects.flush().context("writing rejected.jsonl");
+        self.rejects.restore_pending(later);
+        written?;
+        let checkpoint = checkpoint.map(|c| Checkpoint {
+            rejected_bytes: Some(self.rejects.file_len()),
+            ..c
+        });
+        let json = self.stamp(checkpoint.as_ref());
+        match self.send_now(json.as_deref(), Vec::new(), shutdown).await {
+            Sent::Done(_) => {}
+            Sent::Moved => {
+                self.moved_back = true;
+                return Ok(true);
+            }
+            Sent::Cancelled => return Ok(!shutdown.is_cancelled()),
+        }
         self.saved_checkpoint = checkpoint;
-        if checkpoint_json.is_some() {
-            self.saved_json = checkpoint_json;
+        if json.is_some() {
+            self.saved_json = json;
         }
         Ok(true)
+    }
+}
+
+/// Sends `batch` (moving the checkpoint from `expected` to `checkpoint`)
+/// until it is in Redis, waiting out Redis outages and OOM with backoff;
+/// hands the batch back with how it ended.
+async fn send_retrying(
+    mut conn: redis::aio::ConnectionManager,
+    keys: RunKeys,
+    checkpoint: Option<String>,
+    expected: Option<String>,
+    batch: Vec<Prepared>,
+    oom: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> (Vec<Prepared>, Sent) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match dispatch::send_batch(
+            &mut conn,
+            &keys,
+            checkpoint.as_deref(),
+            expected.as_deref(),
+            &batch,
+        )
+        .await
+        {
+            Ok(flags) => {
+                if oom.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Redis accepts writes again; dispatching resumed.");
+                }
+                return (batch, Sent::Done(flags));
+            }
+            Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
+                return (batch, Sent::Moved);
+            }
+            Err(e) if is_oom(&e) => {
+                if !oom.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, run_id = %keys.run_id, "Redis is out of memory (maxmemory) and refuses new tasks: dispatching waits (nothing is lost; /health reports 503). Free memory: let the runtimes drain the streams, `adp runs prune` finished runs, or raise maxmemory.");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, batch = batch.len(), retry_in_ms = delay.as_millis() as u64, "Sending a batch to Redis failed; retrying (nothing is lost).");
+            }
+        }
+        if sleep_or_cancel(delay, &shutdown).await {
+            return (batch, Sent::Cancelled);
+        }
+        let cap = if oom.load(Ordering::Relaxed) { 10 } else { 5 };
+        delay = (delay * 2).min(Duration::from_secs(cap));
     }
 }

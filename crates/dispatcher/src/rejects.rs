@@ -112,6 +112,21 @@ impl RejectLog {
         self.pending.len()
     }
 
+    /// Takes the queued records out (to queue others before them).
+    pub fn take_pending(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Queues `records` (from [`Self::take_pending`]) after those queued now.
+    pub fn restore_pending(&mut self, records: Vec<u8>) {
+        self.pending.extend_from_slice(&records);
+    }
+
+    /// Drops the queued records (their lines are about to be read again).
+    pub fn clear_pending(&mut self) {
+        self.pending.clear();
+    }
+
     /// Appends every queued record (one write) and syncs the file.
     pub fn flush(&mut self) -> std::io::Result<()> {
         if self.pending.is_empty() {
