@@ -336,6 +336,9 @@ pub struct Sandbox {
     config: Arc<SandboxConfig>,
     setup: Arc<JailSetup>,
     group: Arc<JailGroup>,
+    /// The session driver's arguments after `-c` ([`crate::session::driver_program`]),
+    /// computed once.
+    driver: Arc<std::sync::OnceLock<Vec<String>>>,
 }
 
 impl Sandbox {
@@ -343,7 +346,10 @@ impl Sandbox {
     /// files the interpreter needs ([`JailSetup::detect`]).
     pub fn new(config: SandboxConfig) -> Self {
         let setup = JailSetup::detect(&config);
-        Sandbox::with_setup(config, setup)
+        let sandbox = Sandbox::with_setup(config, setup);
+        // At start, not at the first session (it runs the interpreter once).
+        sandbox.driver_program();
+        sandbox
     }
 
     /// A sandbox with a setup decided elsewhere.
@@ -352,7 +358,14 @@ impl Sandbox {
             config: Arc::new(config),
             setup: Arc::new(setup),
             group: Arc::new(JailGroup::default()),
+            driver: Arc::new(std::sync::OnceLock::new()),
         }
+    }
+
+    /// The session driver's arguments after `python3 ... -c`.
+    fn driver_program(&self) -> &[String] {
+        self.driver
+            .get_or_init(|| crate::session::driver_program(&self.config.python_path))
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -395,7 +408,10 @@ impl Sandbox {
         let c = &self.config;
         let cpu_hard = c.cpu_secs.max(1).saturating_mul(cells.max(1));
         let mut args = self.common_args(lifetime_secs, cpu_hard, mem_parent);
-        for a in ["-I", "-S", "-B", "-u", "-c", crate::session::DRIVER] {
+        for a in ["-I", "-S", "-B", "-u", "-c"] {
+            args.push(OsString::from(a));
+        }
+        for a in self.driver_program() {
             args.push(OsString::from(a));
         }
         args.push(OsString::from(c.output_cap.to_string()));
