@@ -4,7 +4,9 @@
 //!
 //! A plan answers only for the policy that made it: the key also holds the
 //! runtime's policy (model endpoint, model, tool mode, sampling settings; see
-//! [`TemplateCache::with_llm`]) and the task's `constraints.sampling`. When
+//! [`TemplateCache::with_llm`]), the task's `constraints.sampling` and the
+//! runtime's execution variant ([`TemplateCache::with_variant`]: a stateful
+//! sandbox session, whose plans may rely on state an earlier step left). When
 //! the model is discovered from the endpoint (no `LLM_MODEL`), the cache is
 //! used only once the model is known, so a new model served behind the same
 //! endpoint never gets the old model's plans. A
@@ -69,6 +71,9 @@ pub struct TemplateCache {
     policy: String,
     /// The model client whose policy makes the plans ([`Self::with_llm`]).
     llm: Option<LlmClient>,
+    /// How the runtime executes plans, when that changes what a plan may
+    /// rely on ([`Self::with_variant`]; empty: nothing to add).
+    variant: String,
     ttl: Duration,
     metrics: Metrics,
     cache_type: &'static str,
@@ -88,6 +93,7 @@ impl TemplateCache {
             conn,
             policy: String::new(),
             llm: None,
+            variant: String::new(),
             ttl,
             metrics,
             cache_type,
@@ -108,6 +114,15 @@ impl TemplateCache {
     pub fn with_llm(mut self, llm: Option<&LlmClient>) -> Self {
         self.policy = String::new();
         self.llm = llm.cloned();
+        self
+    }
+
+    /// Plans are made (and looked up) for runs executed as `variant` (say
+    /// `session=stateful`: the steps share one interpreter, so a plan may use
+    /// a variable an earlier step defined, which a run with a fresh
+    /// interpreter per step must never replay). Empty: the plain key.
+    pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
+        self.variant = variant.into();
         self
     }
 
@@ -138,6 +153,12 @@ impl TemplateCache {
                 policy.push_str("|sampling=");
                 policy.push_str(&sampling.to_string());
             }
+        }
+        if !self.variant.is_empty() {
+            if !policy.is_empty() {
+                policy.push('|');
+            }
+            policy.push_str(&self.variant);
         }
         Some(policy_cache_key(task.task_type, &task.description, &policy))
     }
@@ -190,5 +211,44 @@ impl TemplateCache {
         if let Err(e) = conn.set_ex::<_, _, ()>(&key, raw, ttl).await {
             tracing::warn!(key = %key, error = %e, "Cache store failed; continuing without it.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(description: &str) -> TaskSpec {
+        serde_json::from_value(serde_json::json!({
+            "task_id": "t1",
+            "task_type": "code",
+            "description": description,
+        }))
+        .expect("task")
+    }
+
+    fn cache() -> TemplateCache {
+        TemplateCache::new(None, Duration::from_secs(60), Metrics::new(), "code")
+    }
+
+    #[test]
+    fn the_variant_is_part_of_the_key() {
+        let t = task("Sum the numbers");
+        let plain = cache().key_for(&t).expect("key");
+        assert_eq!(plain, cache_key(TaskType::Code, "Sum the numbers"));
+        let stateful = cache().with_variant("session=stateful").key_for(&t);
+        assert!(stateful.is_some());
+        assert_ne!(stateful.as_deref(), Some(plain.as_str()));
+        assert_eq!(
+            stateful,
+            cache().with_variant("session=stateful").key_for(&t),
+            "stable"
+        );
+        let llm = cache().with_policy("openai|m");
+        assert_ne!(
+            llm.clone().with_variant("session=stateful").key_for(&t),
+            llm.key_for(&t),
+            "a model policy's key holds the variant too"
+        );
     }
 }

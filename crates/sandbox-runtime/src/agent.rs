@@ -46,6 +46,8 @@ pub struct CodeAgent {
     /// task writing its trajectory or waiting for the model frees its jail.
     jail_slots: Arc<Semaphore>,
     mode: SessionMode,
+    /// What the model is told it can import beyond the standard library.
+    packages: Option<Vec<String>>,
 }
 
 /// The jails of one task: its current session (stateful mode) and what
@@ -156,12 +158,18 @@ impl CodeAgent {
         jails: usize,
         mode: SessionMode,
     ) -> Self {
+        let packages = sandbox
+            .config()
+            .packages_dir
+            .as_deref()
+            .map(crate::limits::importable_packages);
         CodeAgent {
             sandbox,
             llm,
             cache,
             jail_slots: Arc::new(Semaphore::new(jails.max(1))),
             mode,
+            packages,
         }
     }
 
@@ -170,6 +178,7 @@ impl CodeAgent {
             step_timeout_secs: self.sandbox.config().step_timeout.as_secs(),
             memory_mb: self.sandbox.config().memory_mb,
             stateful: self.mode == SessionMode::Stateful,
+            packages: self.packages.clone(),
         }
     }
 
@@ -181,7 +190,7 @@ impl CodeAgent {
         }
         if let Some(plan) = self.cache.get::<Plan>(task).await {
             if !plan.code.is_empty() {
-                let system = openai::system_prompt(self.limits());
+                let system = openai::system_prompt(&self.limits());
                 let user = openai::task_prompt(task);
                 return (Policy::Replay(Replay::new(plan, &system, &user)), true);
             }

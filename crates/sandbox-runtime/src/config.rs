@@ -38,6 +38,16 @@ impl SessionMode {
             SessionMode::Oneshot => "oneshot",
         }
     }
+
+    /// The plan cache's variant (`TemplateCache::with_variant`): a stateful
+    /// plan may use what an earlier step left in the session, so a oneshot
+    /// run must never replay it. Oneshot plans keep the plain key.
+    pub fn cache_variant(self) -> &'static str {
+        match self {
+            SessionMode::Stateful => "session=stateful",
+            SessionMode::Oneshot => "",
+        }
+    }
 }
 
 /// Code agent runtime: consumes `tasks:code` and `tasks:reasoning`, runs each
@@ -192,6 +202,30 @@ impl SandboxArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stateful_plans_have_their_own_cache_key() {
+        let task: adp_core::TaskSpec = serde_json::from_value(serde_json::json!({
+            "task_id": "t", "task_type": "code", "description": "Sum a list",
+        }))
+        .expect("task");
+        let key = |mode: SessionMode| {
+            adp_core::cache::TemplateCache::new(
+                None,
+                std::time::Duration::from_secs(60),
+                adp_core::metrics::Metrics::new(),
+                "code",
+            )
+            .with_variant(mode.cache_variant())
+            .key_for(&task)
+        };
+        assert_ne!(key(SessionMode::Stateful), key(SessionMode::Oneshot));
+        assert_eq!(
+            key(SessionMode::Oneshot).as_deref(),
+            Some(adp_core::cache::cache_key(adp_core::TaskType::Code, "Sum a list").as_str()),
+            "oneshot plans keep the plain key"
+        );
+    }
 
     #[test]
     fn defaults_parse() {

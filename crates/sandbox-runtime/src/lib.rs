@@ -77,7 +77,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics.clone(),
         "code",
     )
-    .with_llm(llm.as_ref());
+    .with_llm(llm.as_ref())
+    .with_variant(config.sandbox_session.cache_variant());
     let policy = match &llm {
         Some(c) => format!("openai ({})", c.config().api_root()),
         None => "heuristic (offline; set LLM_BASE_URL for a model)".to_owned(),

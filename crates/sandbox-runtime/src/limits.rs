@@ -33,6 +33,34 @@ DEFAULT ALLOW";
 /// Where the packages directory is seen inside the jail (on `sys.path`).
 pub const JAIL_PACKAGES_DIR: &str = "/usr/lib/python3/dist-packages";
 
+/// The top-level names a packages directory (`SANDBOX_PACKAGES_DIR`) lets
+/// code import, sorted: its package directories (with an `__init__.py`) and
+/// `.py` modules, without private names (`_...`) and metadata
+/// (`*.dist-info`, `bin`, `__pycache__`). Empty when it cannot be read.
+pub fn importable_packages(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names = BTreeSet::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let module = if path.is_dir() {
+            path.join("__init__.py").is_file().then_some(name)
+        } else {
+            name.strip_suffix(".py")
+        };
+        if let Some(m) = module {
+            if !m.starts_with('_') && !m.contains('.') && !m.contains('-') {
+                names.insert(m.to_owned());
+            }
+        }
+    }
+    names.into_iter().collect()
+}
+
 /// `SANDBOX_CGROUPS`: which cgroup version to use for the jail's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CgroupChoice {
@@ -458,6 +486,24 @@ pub fn remove_abandoned_groups(memory_root: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn importable_packages_are_the_packages_and_modules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for pkg in ["pandas", "numpy", "_private", "numpy.libs"] {
+            std::fs::create_dir(d.join(pkg)).expect("dir");
+            std::fs::write(d.join(pkg).join("__init__.py"), "").expect("init");
+        }
+        for dir in ["bin", "__pycache__", "pandas-2.2.3.dist-info"] {
+            std::fs::create_dir(d.join(dir)).expect("dir");
+        }
+        for file in ["six.py", "notes.txt", "_cffi.py"] {
+            std::fs::write(d.join(file), "").expect("file");
+        }
+        assert_eq!(importable_packages(d), ["numpy", "pandas", "six"]);
+        assert!(importable_packages(&d.join("missing")).is_empty());
+    }
 
     #[test]
     fn the_minimal_files_hold_the_interpreter_and_its_libraries_only() {

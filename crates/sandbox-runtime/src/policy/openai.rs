@@ -39,17 +39,21 @@ pub use adp_core::tools::ANSWER_TOOL;
 pub use adp_core::tools::PYTHON_TOOL;
 
 /// Limits the system prompt tells the model about.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PromptLimits {
     pub step_timeout_secs: u64,
     pub memory_mb: u64,
     /// Steps share one interpreter (SANDBOX_SESSION=stateful).
     pub stateful: bool,
+    /// Extra packages on the jail's `sys.path` (`SANDBOX_PACKAGES_DIR`):
+    /// `None` without a directory, else the names that can be imported
+    /// ([`crate::limits::importable_packages`]; empty when none were found).
+    pub packages: Option<Vec<String>>,
 }
 
 /// The system prompt of `text` mode: the tool, the sandbox's rules and the
 /// reply format.
-pub fn system_prompt(limits: PromptLimits) -> String {
+pub fn system_prompt(limits: &PromptLimits) -> String {
     format!(
         "You are a careful coding agent. You solve the user's task by running Python code.\n\
          \n\
@@ -57,8 +61,7 @@ pub fn system_prompt(limits: PromptLimits) -> String {
          ```python\n\
          print(2 + 2)\n\
          ```\n\
-         Only the first code block of a reply runs. It runs in Python 3.11 \
-         (standard library only, no third-party packages), with no network, a private \
+         Only the first code block of a reply runs. It runs in {python}, with no network, a private \
          /tmp as working directory, at most {step} s of wall time and {mem} MiB of memory. \
          {state} \
          You then see the block's stdout and stderr (long output is cut).\n\
@@ -68,7 +71,23 @@ pub fn system_prompt(limits: PromptLimits) -> String {
         step = limits.step_timeout_secs,
         mem = limits.memory_mb,
         state = state_rule(limits.stateful, "code block"),
+        python = python_rule(limits.packages.as_deref()),
     )
+}
+
+/// What the system prompt says the interpreter can import.
+fn python_rule(packages: Option<&[String]>) -> String {
+    match packages {
+        None => "Python 3.11 (standard library only, no third-party packages)".to_owned(),
+        Some([]) => "Python 3.11 (its standard library plus the extra packages installed in the \
+                     sandbox; nothing else can be installed)"
+            .to_owned(),
+        Some(names) => format!(
+            "Python 3.11 (its standard library plus these packages, importable as they are: {}; \
+             nothing else can be installed)",
+            names.join(", ")
+        ),
+    }
 }
 
 /// What the system prompt says about state between steps.
@@ -89,12 +108,12 @@ fn state_rule(stateful: bool, unit: &str) -> String {
 }
 
 /// The system prompt of `native` mode (the tools carry their own schemas).
-pub fn native_system_prompt(limits: PromptLimits) -> String {
+pub fn native_system_prompt(limits: &PromptLimits) -> String {
     format!(
         "You are a careful coding agent. You solve the user's task by running Python code \
          with the `{PYTHON_TOOL}` tool, one call at a time.\n\
          \n\
-         Code runs in Python 3.11 (standard library only, no third-party packages), with no \
+         Code runs in {python}, with no \
          network, a private /tmp as working directory, at most {step} s of wall time per call \
          and {mem} MiB of memory. {state} The tool result is the code's stdout and stderr \
          (long output is cut).\n\
@@ -104,6 +123,7 @@ pub fn native_system_prompt(limits: PromptLimits) -> String {
         step = limits.step_timeout_secs,
         mem = limits.memory_mb,
         state = state_rule(limits.stateful, "call"),
+        python = python_rule(limits.packages.as_deref()),
     )
 }
 
@@ -166,8 +186,8 @@ impl OpenAiSession {
         });
         let sampling = client.config().sampling.overridden_by(over);
         let system = match mode {
-            ToolMode::Native => native_system_prompt(limits),
-            ToolMode::Text => system_prompt(limits),
+            ToolMode::Native => native_system_prompt(&limits),
+            ToolMode::Text => system_prompt(&limits),
         };
         OpenAiSession {
             client,
@@ -373,8 +393,9 @@ mod tests {
                 step_timeout_secs: 30,
                 memory_mb: 512,
                 stateful,
+                packages: None,
             };
-            for prompt in [native_system_prompt(limits), system_prompt(limits)] {
+            for prompt in [native_system_prompt(&limits), system_prompt(&limits)] {
                 assert_eq!(prompt.contains("persist"), stateful, "{prompt}");
                 assert_eq!(
                     prompt.contains("nothing carries over"),
@@ -383,6 +404,35 @@ mod tests {
                 );
                 assert!(prompt.contains("files in /tmp") == stateful, "{prompt}");
             }
+        }
+    }
+
+    #[test]
+    fn system_prompts_name_the_extra_packages() {
+        let mut limits = PromptLimits {
+            step_timeout_secs: 30,
+            memory_mb: 512,
+            stateful: true,
+            packages: None,
+        };
+        for prompt in [native_system_prompt(&limits), system_prompt(&limits)] {
+            assert!(prompt.contains("standard library only"), "{prompt}");
+        }
+        limits.packages = Some(vec!["numpy".into(), "pandas".into()]);
+        for prompt in [native_system_prompt(&limits), system_prompt(&limits)] {
+            assert!(!prompt.contains("standard library only"), "{prompt}");
+            assert!(
+                prompt.contains("importable as they are: numpy, pandas;"),
+                "{prompt}"
+            );
+        }
+        limits.packages = Some(Vec::new());
+        for prompt in [native_system_prompt(&limits), system_prompt(&limits)] {
+            assert!(!prompt.contains("standard library only"), "{prompt}");
+            assert!(
+                prompt.contains("extra packages installed in the sandbox"),
+                "{prompt}"
+            );
         }
     }
 
