@@ -59,6 +59,9 @@ pub struct AgentSettings {
     /// Also attach each step's screenshot to the model's next request
     /// (`WEB_SCREENSHOTS=model`; implies `screenshots`).
     pub screenshots_to_model: bool,
+    /// Draw set-of-marks frames and ids on the model's screenshot
+    /// (`WEB_SCREENSHOT_MARKS`; only with `screenshots_to_model`).
+    pub screenshot_marks: bool,
     pub output_dir: PathBuf,
 }
 
@@ -74,6 +77,7 @@ impl Default for AgentSettings {
             max_raw_axtree_bytes: 1 << 20,
             screenshots: false,
             screenshots_to_model: false,
+            screenshot_marks: false,
             output_dir: PathBuf::from("output"),
         }
     }
@@ -438,8 +442,20 @@ impl WebHandler {
             }
         }
         if self.settings.screenshots || self.settings.screenshots_to_model {
-            if let Some((path, rel, png)) = self.screenshot(task, session, step_id).await {
+            let marks = match &obs.axtree {
+                Some(view) if self.settings.screenshot_marks => {
+                    let marks = crate::marks::of_view(view, self.settings.max_ax_nodes);
+                    Some((view.clone(), marks))
+                }
+                _ => None,
+            };
+            if let Some((path, rel, png, marked)) =
+                self.screenshot(task, session, step_id, marks).await
+            {
                 params.insert("screenshot".into(), json!(path));
+                if let Some(n) = marked {
+                    params.insert("screenshot_marks".into(), json!(n));
+                }
                 if self.settings.screenshots_to_model {
                     obs.screenshot = Some(Screenshot {
                         path: rel,
@@ -575,14 +591,17 @@ impl WebHandler {
 
     /// `<step files dir>/step_<n>.png` ([`Self::step_files_dir`]:
     /// `$OUTPUT_DIR/trajectories/<task_id>/` in the default run): its path,
-    /// its path relative to the trajectory's directory, and its bytes; `None`
-    /// if it failed.
+    /// its path relative to the trajectory's directory, its bytes, and how
+    /// many set-of-marks were drawn on it (`marks`: the view and its marks;
+    /// `None` when none were asked for or drawing failed); `None` if it
+    /// failed.
     async fn screenshot(
         &self,
         task: &TaskSpec,
         session: &Session,
         step: u32,
-    ) -> Option<(String, String, Vec<u8>)> {
+        marks: Option<(crate::axtree::AxView, Vec<crate::marks::Mark>)>,
+    ) -> Option<(String, String, Vec<u8>, Option<usize>)> {
         use chromiumoxide::page::ScreenshotParams;
         let (dir, dir_name) = self.step_files_dir(task)?;
         let path = dir.join(format!("step_{step}.png"));
@@ -599,6 +618,27 @@ impl WebHandler {
             }
             Err(_) => return None,
         };
+        let (bytes, marked) = match marks {
+            // Decoding, drawing and encoding a PNG takes milliseconds of
+            // CPU: off the runtime's thread.
+            Some((view, marks)) => {
+                let shot = std::sync::Arc::new(bytes);
+                let plain = shot.clone();
+                let n = marks.len();
+                let drawn =
+                    tokio::task::spawn_blocking(move || crate::marks::draw(&plain, &view, &marks))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                match drawn {
+                    Ok(marked) => (marked, Some(n)),
+                    Err(e) => {
+                        tracing::warn!(task_id = %task.task_id, error = %e, "Cannot draw the marks on a screenshot; the model gets it unmarked.");
+                        (std::sync::Arc::unwrap_or_clone(shot), None)
+                    }
+                }
+            }
+            None => (bytes, None),
+        };
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             tracing::warn!(dir = %dir.display(), error = %e, "Cannot create the screenshot directory.");
             return None;
@@ -608,6 +648,6 @@ impl WebHandler {
             return None;
         }
         let rel = format!("{dir_name}/step_{step}.png");
-        Some((path.display().to_string(), rel, bytes))
+        Some((path.display().to_string(), rel, bytes, marked))
     }
 }

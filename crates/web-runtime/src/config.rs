@@ -144,6 +144,12 @@ pub struct Config {
     /// mean `off`/`on`.
     #[arg(long, env = "WEB_SCREENSHOTS", value_enum, default_value = "off")]
     pub web_screenshots: ScreenshotMode,
+    /// Set-of-marks (with `WEB_SCREENSHOTS=model` and an `axtree`/`both`
+    /// observation): the screenshot the model is sent gets a coloured frame
+    /// and an `e<id>` label on each element of the tree view that is in the
+    /// viewport. The stored PNG is the marked one (what the model saw).
+    #[arg(long, env = "WEB_SCREENSHOT_MARKS", default_value_t = false, action = ArgAction::Set)]
+    pub web_screenshot_marks: bool,
     /// Budget of one action (navigation and settling included), in milliseconds.
     #[arg(long, env = "WEB_ACTION_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub web_action_timeout_ms: u64,
@@ -238,6 +244,8 @@ impl Config {
             max_raw_axtree_bytes: self.web_max_axtree_bytes as usize,
             screenshots: self.web_screenshots != ScreenshotMode::Off,
             screenshots_to_model: self.web_screenshots == ScreenshotMode::Model,
+            screenshot_marks: self.web_screenshot_marks
+                && self.web_screenshots == ScreenshotMode::Model,
             output_dir: self.common.output_dir.clone(),
         }
     }

@@ -32,6 +32,7 @@ pub mod exec;
 pub mod guard;
 pub mod intercept;
 pub mod js;
+pub mod marks;
 pub mod metrics;
 pub mod observe;
 pub mod page;
