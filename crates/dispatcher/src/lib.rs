@@ -262,9 +262,16 @@ struct Dispatcher {
     spill_from: Option<Checkpoint>,
     /// Redis answered OOM to the last write (shown by /health).
     oom: Arc<AtomicBool>,
-    /// The batch on its way to Redis while the next one is read (at most one).
-    in_flight: Option<InFlight>,
+    /// Batches on their way to Redis, oldest first (at most
+    /// [`MAX_IN_FLIGHT`]), while the next one is read.
+    in_flight: VecDeque<InFlight>,
 }
+
+/// Batches sent to Redis and not yet settled. Each is a compare-and-set
+/// from the checkpoint of the one before, so Redis applies them only in
+/// order: a batch whose predecessor did not apply fails as CHECKPOINT_MOVED
+/// and its lines are read again.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// A batch sent to Redis and not yet settled: its lines, the checkpoint its
 /// Lua step saves, and the task that sends it (with retries).
@@ -306,7 +313,7 @@ impl Dispatcher {
             spilled: 0,
             spill_from: None,
             oom,
-            in_flight: None,
+            in_flight: VecDeque::new(),
         }
     }
 
@@ -461,7 +468,7 @@ impl Dispatcher {
             if !self.flush(&mut batch, &mut file, shutdown).await? {
                 break;
             }
-            if at_end && !self.settle(shutdown).await? {
+            if at_end && !self.settle_all(shutdown).await? {
                 break;
             }
             if at_end && !self.moved_back && last_verify.elapsed() >= verify_every {
@@ -518,7 +525,7 @@ impl Dispatcher {
         if !shutdown.is_cancelled() {
             self.flush(&mut batch, &mut file, shutdown).await?;
         }
-        self.settle(shutdown).await?;
+        self.settle_all(shutdown).await?;
         self.rejects.flush().context("writing rejected.jsonl")?;
         tracing::info!(summary = %self.summary, run_id = %self.cfg.run_id, "Dispatcher finished.");
         Ok(self.summary)
@@ -705,23 +712,41 @@ impl Dispatcher {
     /// Sends what can go now: held lines of types with room first, then the
     /// batch's lines of those types; lines of paused types are held in
     /// order. The batch goes to Redis in a task of its own, so the next one
-    /// is read meanwhile; [`Self::settle`] (called first here, so at most
-    /// one batch is in flight and batches reach Redis in order) takes its
-    /// result. Saves the checkpoint (the reading position, or the one before
-    /// the earliest held line) with the batch. Returns false when shutdown
-    /// interrupted it (nothing of it is saved: a restart reads those lines
-    /// again).
+    /// is read meanwhile (up to [`MAX_IN_FLIGHT`] batches in flight;
+    /// [`Self::settle_one`] takes their results in order). Everything in
+    /// flight is settled first when rejection records are queued (their
+    /// order in rejected.jsonl and the checkpoint's `rejected_bytes` stay
+    /// exact) or a stream's backlog is measured again. Saves the checkpoint
+    /// (the reading position, or the one before the earliest held line)
+    /// with the batch. Returns false when shutdown interrupted it (nothing
+    /// of it is saved: a restart reads those lines again).
     async fn flush(
         &mut self,
         batch: &mut Vec<Prepared>,
         file: &mut TaskFile,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<bool> {
-        if !self.settle(shutdown).await? {
+        let measure = TaskType::ALL.into_iter().any(|t| {
+            (self.spill.get(&t).is_some_and(|q| !q.is_empty())
+                || batch.iter().any(|p| p.task_type == t))
+                && !self.backpressure.is_fresh(t)
+        });
+        let settled = if measure || self.rejects.pending_bytes() > 0 {
+            self.settle_all(shutdown).await?
+        } else {
+            let mut ok = true;
+            while ok && self.in_flight.len() >= MAX_IN_FLIGHT {
+                ok = self.settle_one(shutdown).await?;
+            }
+            ok
+        };
+        if !settled {
             return Ok(false);
         }
         if self.moved_back {
-            // The lines are read again from the checkpoint Redis holds.
+            // The lines are read again from the checkpoint Redis holds,
+            // once nothing is in flight.
+            self.settle_all(shutdown).await?;
             return Ok(true);
         }
         self.rejects.flush().context("writing rejected.jsonl")?;
@@ -772,7 +797,14 @@ impl Dispatcher {
             }),
         };
         if send.is_empty() {
-            // Nothing to send, but rejected/blank lines may have moved the checkpoint.
+            // Nothing to send, but rejected/blank lines may have moved the
+            // checkpoint (saved compare-and-set on the last one saved).
+            if !self.settle_all(shutdown).await? {
+                return Ok(false);
+            }
+            if self.moved_back {
+                return Ok(true);
+            }
             if checkpoint.is_some() && checkpoint != self.saved_checkpoint {
                 let checkpoint_json = self.stamp(checkpoint.as_ref());
                 match self.send_checkpoint(checkpoint_json.as_deref()).await {
@@ -794,16 +826,21 @@ impl Dispatcher {
             return Ok(true);
         }
         let checkpoint_json = self.stamp(checkpoint.as_ref());
+        // Counted against the backlog now (as if all new): a stream never
+        // gets more than its room, whatever is still in flight.
+        for p in &send {
+            self.backpressure.added(p.task_type, u64::from(p.rollouts));
+        }
         let handle = tokio::spawn(send_retrying(
             self.queue.conn(),
             self.keys.clone(),
             checkpoint_json.clone(),
-            self.saved_json.clone(),
+            self.expected_json(),
             send,
             self.oom.clone(),
             shutdown.clone(),
         ));
-        self.in_flight = Some(InFlight {
+        self.in_flight.push_back(InFlight {
             checkpoint,
             checkpoint_json,
             handle,
@@ -811,15 +848,43 @@ impl Dispatcher {
         Ok(true)
     }
 
-    /// Waits for the batch in flight (if any) and takes its result: counts,
-    /// records conflicts (and then moves the checkpoint past them), notes
-    /// the checkpoint saved. Returns false when shutdown interrupted it.
-    async fn settle(&mut self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+    /// The checkpoint JSON Redis holds once every batch in flight applied:
+    /// what the next batch expects.
+    fn expected_json(&self) -> Option<String> {
+        self.in_flight
+            .iter()
+            .rev()
+            .find_map(|f| f.checkpoint_json.clone())
+            .or_else(|| self.saved_json.clone())
+    }
+
+    /// Settles every batch in flight, in order. After a batch that did not
+    /// apply, the later ones are awaited and dropped (they cannot apply
+    /// after it, or Redis already holds their checkpoint: the lines are
+    /// read again from what Redis holds). Returns false on shutdown.
+    async fn settle_all(&mut self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        let mut ok = true;
+        while !self.in_flight.is_empty() {
+            if self.moved_back || !ok {
+                if let Some(f) = self.in_flight.pop_front() {
+                    let _ = f.handle.await;
+                }
+                continue;
+            }
+            ok = self.settle_one(shutdown).await?;
+        }
+        Ok(ok)
+    }
+
+    /// Waits for the oldest batch in flight (if any) and takes its result:
+    /// counts, records conflicts (and then moves the checkpoint past them),
+    /// notes the checkpoint saved. Returns false when shutdown interrupted it.
+    async fn settle_one(&mut self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
         let Some(InFlight {
             checkpoint,
             checkpoint_json,
             handle,
-        }) = self.in_flight.take()
+        }) = self.in_flight.pop_front()
         else {
             return Ok(true);
         };
@@ -842,8 +907,6 @@ impl Dispatcher {
                 Outcome::Dispatched => {
                     self.summary.dispatched += 1;
                     self.summary.entries += u64::from(task.rollouts);
-                    self.backpressure
-                        .added(task.task_type, u64::from(task.rollouts));
                     self.metrics
                         .tasks_submitted_total
                         .with_label_values(&[task.task_type.as_str(), task.task_type.runtime()])

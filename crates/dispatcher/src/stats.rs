@@ -122,15 +122,19 @@ impl Backpressure {
         }
     }
 
+    /// Whether [`Self::room`] would answer from the last measurement
+    /// (younger than 500 ms and not full) without asking Redis.
+    pub fn is_fresh(&self, t: TaskType) -> bool {
+        self.known
+            .get(&t)
+            .is_some_and(|(n, at)| *n < self.max && at.elapsed() < Duration::from_millis(500))
+    }
+
     /// Entries the type's stream may still take (0: paused). Measured again
     /// when the last measurement is older than 500 ms or says full; a
     /// Redis error reads as full.
     pub async fn room(&mut self, queue: &Queue, t: TaskType) -> u64 {
-        let fresh = self
-            .known
-            .get(&t)
-            .is_some_and(|(n, at)| *n < self.max && at.elapsed() < Duration::from_millis(500));
-        if !fresh {
+        if !self.is_fresh(t) {
             match queue.backlog(t.stream()).await {
                 Ok(n) => {
                     self.known.insert(t, (n, Instant::now()));

@@ -721,3 +721,55 @@ async fn a_stream_nobody_reads_is_reported_unserved_and_holds_up_nothing() {
     let s = handle.await.expect("join");
     assert_eq!(s.dispatched, 1);
 }
+
+/// Many small batches, up to two in flight: every task once, in file order
+/// per stream; a conflict mid-file (its batch does not move the checkpoint,
+/// so the batch sent after it is refused and read again) and bad lines are
+/// each recorded once, in line order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_keep_order_and_exactly_once() {
+    let env = Env::new();
+    let mut lines = Vec::new();
+    for i in 0..3000 {
+        let ty = if i % 3 == 0 { "reasoning" } else { "code" };
+        lines.push(task(&format!("p{i}"), ty, "pipelined"));
+        if i == 1500 {
+            lines.push(task("p700", "code", "other content"));
+        }
+        if i == 2200 {
+            lines.push("{broken".to_owned());
+        }
+    }
+    write_file(&env.file(), &lines);
+    let s = env
+        .run_once(&env.file(), &["--batch-size", "7", "--run-id", "pipe"])
+        .await;
+    assert_eq!(s.dispatched, 3000);
+    assert_eq!(s.rejected.get("conflicting_duplicate"), Some(&1));
+    assert_eq!(s.rejected.get("invalid_json"), Some(&1));
+    let code = env.ids(names::STREAM_CODE);
+    let reasoning = env.ids(names::STREAM_REASONING);
+    assert_eq!(code.len() + reasoning.len(), 3000, "each task once");
+    let expect = |keep: fn(usize) -> bool| -> Vec<String> {
+        (0..3000)
+            .filter(|i| keep(*i))
+            .map(|i| format!("p{i}"))
+            .collect()
+    };
+    assert_eq!(code, expect(|i| i % 3 != 0), "file order");
+    assert_eq!(reasoning, expect(|i| i % 3 == 0), "file order");
+    let recs = records(&env.out().join("runs/pipe/rejected.jsonl"));
+    let got: Vec<(u64, &str)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["line"].as_u64().expect("line"),
+                r["reason"].as_str().expect("reason"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![(1502, "conflicting_duplicate"), (2203, "invalid_json")]
+    );
+}
