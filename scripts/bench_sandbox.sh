@@ -10,6 +10,9 @@
 #   BENCH_SESSION=oneshot ...            # SANDBOX_SESSION of the runtime (default stateful)
 #   BENCH_STEPS=5 ...                    # code cells per task (default 1): the pipeline runs
 #                                        # them as one task's steps, raw runs each cell one-shot
+#   BENCH_MAX_STEPS=2 ...                # the tasks' max_steps (default BENCH_STEPS). A stateful
+#                                        # task with max_steps 1 and no tests runs its step in a
+#                                        # one-shot jail; 2 makes one-step tasks use a session
 #
 # Each round, on a private redis-server (127.0.0.1, free port):
 #   raw       the same nsjail + python commands the runtime runs (same
@@ -52,16 +55,17 @@ trap bench_cleanup EXIT
 bench_start_redis "$WORK" "$WORK/redis.log"
 
 TASKS="$WORK/tasks.jsonl"
-python3 - "$N" "$STEPS" >"$TASKS" <<'EOF'
+python3 - "$N" "$STEPS" "${BENCH_MAX_STEPS:-$STEPS}" >"$TASKS" <<'EOF'
 import json, sys
 steps = int(sys.argv[2])
+max_steps = int(sys.argv[3])
 for i in range(int(sys.argv[1])):
     cells = [f"print(sum(range({i + k})))" for k in range(steps)]
     print(json.dumps({"task_id": f"bench_{i}", "task_type": "code",
                       "description": f"bench task {i}",
                       "constraints": {"code": cells[0] if steps == 1 else cells,
                                       "expected_output": str(sum(range(i + steps - 1)))},
-                      "max_steps": steps, "timeout": 120}))
+                      "max_steps": max_steps, "timeout": 120}))
 EOF
 
 # Prints the raw rate (tasks/s).
@@ -127,7 +131,7 @@ raw, pipe = statistics.median(raws), statistics.median(rates)
 # pipeline round with the raw rounds just before and after it.
 paired = pair(rates, raws)
 fmt = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
-print(f"tasks={n} steps/task={os.environ.get('BENCH_STEPS', '1')} session={os.environ.get('BENCH_SESSION', 'stateful')} parallelism={p} cpus={os.cpu_count()} rounds={len(rates)}")
+print(f"tasks={n} steps/task={os.environ.get('BENCH_STEPS', '1')} max_steps={os.environ.get('BENCH_MAX_STEPS') or os.environ.get('BENCH_STEPS', '1')} session={os.environ.get('BENCH_SESSION', 'stateful')} parallelism={p} cpus={os.cpu_count()} rounds={len(rates)}")
 print(f"raw nsjail+python : {raw:7.1f} tasks/s  (median of {fmt(raws)})")
 print(f"pipeline          : {pipe:7.1f} tasks/s  (median of {fmt(rates)}; {ok}/{n * len(rates)} tasks succeeded)")
 # Targets: one-step tasks >= 90 % of raw (issue 13: the stateful default >= 93 %);

@@ -54,6 +54,10 @@ pub struct CodeAgent {
 /// `metadata.session` reports.
 struct Jails {
     mode: SessionMode,
+    /// A stateful task that can run one step only and has no `tests` cell:
+    /// no later cell could use its state, so its step runs in a one-shot
+    /// jail, which costs less than a session (docs/sandbox.md).
+    one_step: bool,
     session: Option<Session>,
     /// Jails started for the task (sessions, or one per step in oneshot mode).
     started: u32,
@@ -62,9 +66,12 @@ struct Jails {
 }
 
 impl Jails {
-    fn new(mode: SessionMode) -> Self {
+    fn new(mode: SessionMode, task: &TaskSpec) -> Self {
         Jails {
             mode,
+            one_step: mode == SessionMode::Stateful
+                && task.max_steps <= 1
+                && task.constraints.get("tests").is_none(),
             session: None,
             started: 0,
             lost_at: None,
@@ -83,7 +90,7 @@ impl Jails {
         remaining: Duration,
         max_steps: u32,
     ) -> Result<Execution, InfraError> {
-        if self.mode == SessionMode::Oneshot {
+        if self.mode == SessionMode::Oneshot || (self.one_step && index == 0) {
             self.started += 1;
             return sandbox.run(code, wall).await;
         }
@@ -133,7 +140,11 @@ impl Jails {
 
     /// `metadata.session`.
     fn metadata(&self) -> Value {
-        json!({ "mode": self.mode.as_str(), "sessions": self.started })
+        let mut m = json!({ "mode": self.mode.as_str(), "sessions": self.started });
+        if self.one_step && self.started > 0 {
+            m["one_step_oneshot"] = json!(true);
+        }
+        m
     }
 }
 
@@ -227,7 +238,7 @@ impl CodeAgent {
         };
 
         let mut last: Option<Execution> = None;
-        let mut jails = Jails::new(self.mode);
+        let mut jails = Jails::new(self.mode, task);
         let ending = loop {
             if trajectory.steps.len() >= task.max_steps as usize {
                 break Ending::OutOfSteps;

@@ -45,6 +45,38 @@ async fn state_carries_across_steps() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_one_step_task_without_tests_runs_in_a_one_shot_jail() {
+    let h = Harness::start(&[]).await;
+    let mut one = cells_task("one", &["x = 6 * 7\nprint(x)\n"]);
+    one.max_steps = 1;
+    // The same with a `tests` cell, which runs in the agent's session.
+    let mut tested = task(
+        "tested",
+        TaskType::Code,
+        "cells tested",
+        json!({"code": ["x = 6 * 7\nprint(x)\n"], "tests": "assert x == 42\n"}),
+    );
+    tested.max_steps = 1;
+    h.enqueue(&one);
+    h.enqueue(&tested);
+    let t = h.trajectory("one").await;
+    assert!(t.success, "{t:?}");
+    assert_eq!(observation(&t, 0), "42\n");
+    assert_eq!(
+        t.metadata["session"],
+        json!({"mode": "stateful", "sessions": 1, "one_step_oneshot": true})
+    );
+    let t = h.trajectory("tested").await;
+    assert!(t.success, "{t:?}");
+    assert_eq!(
+        t.metadata["session"],
+        json!({"mode": "stateful", "sessions": 1}),
+        "the tests need the step's state: a session"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn oneshot_mode_keeps_no_state() {
     let h = Harness::start(&["--sandbox-session", "oneshot"]).await;
     let t = h
