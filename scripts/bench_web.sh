@@ -10,10 +10,13 @@
 #   BENCH_COMPARE_INTERCEPT=1 ...        # each round also runs direct CDP with a
 #                                        # pass-through Fetch interception (the part
 #                                        # of the gap the request check costs Chromium)
-#   BENCH_COMPARE_SCRIPTS=1 ...          # each round also runs direct CDP with that
-#                                        # interception and the runtime's page scripts
-#                                        # (its goto, action script, an observation per
-#                                        # step): all the browser-side work of the pipeline
+#   BENCH_COMPARE_SCRIPTS=1 ...          # each round also runs direct CDP with all the
+#                                        # browser-side work of the pipeline: Chromium
+#                                        # launched and sessions opened by the runtime's
+#                                        # own browser manager (its user and sandbox,
+#                                        # memory cgroup, Fetch interception) and the
+#                                        # runtime's page scripts (its goto, action
+#                                        # script, an observation per step)
 #   BENCH_OBSERVATION=text|axtree|both   # the runtime's WEB_OBSERVATION, and the
 #                                        # observation of the scripts row (default both)
 #   BENCH_OBSERVE_COST=50 ...            # reads per demo page and mode in the closing
@@ -28,7 +31,8 @@
 # Each round:
 #   direct    crates/web-runtime/examples/bench_direct.rs: one Chromium, the
 #             same actions over CDP (chromiumoxide), P tasks at once, a fresh
-#             context per task; no Redis, no observations, no interception;
+#             context per task; no Redis, no observations, no interception,
+#             Chromium as root without its sandbox (the bare-CDP baseline);
 #   pipeline  dispatcher (FOLLOW=false) -> Redis stream tasks:web ->
 #             web-runtime (MAX_CONCURRENT=P) -> trajectory files, timed from
 #             the dispatcher's start to the newest trajectory file (a fresh
@@ -38,6 +42,9 @@
 # median over pipeline rounds of (pipeline / mean of the direct rounds
 # before and after it), as in bench_sandbox.sh: it follows this VM's
 # drifting speed (±10 % within minutes) better than a ratio of medians.
+# Each run's CPU time (client and its Chromium, from `times` around it) is
+# printed per task, and the runtime's own CPU per pipeline round (all
+# threads, and its main thread, which runs the async executor).
 # Memory is measured in one more, untimed pipeline round: peak RSS and PSS of
 # the runtime plus all its Chromium processes, sampled every 200 ms (reading
 # smaps_rollup of a dozen Chromium processes costs ~5 % of a core, which
@@ -178,6 +185,9 @@ pipeline_run() {
     SAMPLER_PID=""
   fi
   wait "$DISPATCH_PID" || log "dispatcher exited non-zero"
+  # The runtime's CPU time (all threads; its main thread, which runs the
+  # async runtime), in clock ticks: how busy the runtime's thread was.
+  echo "$(awk '{print $14 + $15}' "/proc/$RT_PID/stat") $(awk '{print $14 + $15}' "/proc/$RT_PID/task/$RT_PID/stat") $(getconf CLK_TCK)" >"$out/cpu"
   kill -TERM "$RT_PID"
   code=0
   wait "$RT_PID" || code=$?
@@ -185,18 +195,46 @@ pipeline_run() {
   echo "$start $end $code" >"$out/result"
 }
 
+# CPU seconds (user + system) of this shell's finished children so far: the
+# difference around a run is what that run cost, Chromium included (every
+# run's Chromium is reaped by its client, the runtime or bench_direct).
+# Sets CPU_NOW (`times` in a pipeline or $(...) would report a subshell's).
+children_cpu() {
+  times >"$WORK/times"
+  CPU_NOW=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$WORK/times")
+}
+# cpu_of VAR CMD...: runs CMD, appends its children's CPU seconds to array VAR.
+cpu_of() {
+  local -n cpu_list=$1
+  local before after
+  shift
+  children_cpu
+  before=$CPU_NOW
+  "$@"
+  children_cpu
+  after=$CPU_NOW
+  cpu_list+=("$(awk -v a="$after" -v b="$before" 'BEGIN { print a - b }')")
+}
+DIRECT_CPU=() PIPE_CPU=() SCRIPT_CPU=()
+direct_round() { BASES+=("$(direct_run)"); }
+pipeline_round() { pipeline_run "$WORK/round$1"; PIPES+=("$(cat "$WORK/round$1/result")"); }
+scripts_round() { SCRIPTED+=("$(direct_scripts_run)"); }
+
 log "Chromium: $CHROME ($("$CHROME" --version 2>/dev/null || echo '?')); egress proxy: $EGRESS; observation: $BENCH_OBSERVATION"
 bench_loadavg before
 NOEGRESS=() INTERCEPTED=() SCRIPTED=()
 for r in $(seq "$ROUNDS"); do
-  bench_round "$r" "direct CDP" direct_run web-runtime
+  log "round $r/$ROUNDS: direct CDP, $N tasks, $P at a time"
+  cpu_of DIRECT_CPU direct_round
+  log "round $r/$ROUNDS: pipeline (dispatcher -> Redis -> web-runtime -> files)"
+  cpu_of PIPE_CPU pipeline_round "$r"
   if [[ -n "${BENCH_COMPARE_INTERCEPT:-}" ]]; then
     log "round $r/$ROUNDS: direct CDP with a pass-through Fetch interception"
     INTERCEPTED+=("$(direct_intercept_run)")
   fi
   if [[ -n "${BENCH_COMPARE_SCRIPTS:-}" ]]; then
-    log "round $r/$ROUNDS: direct CDP with the interception and the runtime's page scripts"
-    SCRIPTED+=("$(direct_scripts_run)")
+    log "round $r/$ROUNDS: direct CDP with the runtime's browser manager and page scripts"
+    cpu_of SCRIPT_CPU scripts_round
   fi
   if [[ -n "${BENCH_COMPARE_EGRESS:-}" ]]; then
     log "round $r/$ROUNDS: pipeline without the egress proxy"
@@ -205,7 +243,7 @@ for r in $(seq "$ROUNDS"); do
   fi
 done
 log "final direct run"
-BASES+=("$(direct_run)")
+cpu_of DIRECT_CPU direct_round
 log "memory round: pipeline with the memory sampler (not timed)"
 pipeline_run "$WORK/memory" "$EGRESS" mem
 COST=""
@@ -216,10 +254,11 @@ fi
 bench_loadavg after
 
 bench_python - "$WORK" "$N" "$P" "${BASES[*]}" "$(printf '%s\n' "${NOEGRESS[@]}")" "${INTERCEPTED[*]:-}" "${SCRIPTED[*]:-}" \
-  "$(cat "$WORK/memory/mem")" "$(cat "$WORK/memory/result")" "${PIPES[@]}" <<'EOF'
+  "$(cat "$WORK/memory/mem")" "$(cat "$WORK/memory/result")" \
+  "${DIRECT_CPU[*]}" "${PIPE_CPU[*]}" "${SCRIPT_CPU[*]:-}" "${PIPES[@]}" <<'EOF'
 import os, statistics, sys
 from bench_stats import paired as pair, q, rate, trajectories
-work, n, p, directs, noegress, intercepted, scripted, mem, memrun, *pipes = sys.argv[1:]
+work, n, p, directs, noegress, intercepted, scripted, mem, memrun, dcpu, pcpu, scpu, *pipes = sys.argv[1:]
 n, p = int(n), int(p)
 directs = [float(x) for x in directs.split() if x]
 rates = [rate(n, line) for line in pipes]
@@ -252,13 +291,26 @@ if scripted.strip():
     # A round runs direct, pipeline, then this: pipeline round i sits between
     # scripted rounds i - 1 and i (the first one only after scripted round 0).
     after = pair(rates, [sc[0], *sc])
-    print(f"direct CDP + interception + the runtime's page scripts: {statistics.median(sc):6.2f} tasks/s  "
+    print(f"direct CDP + the runtime's browser manager and page scripts: {statistics.median(sc):6.2f} tasks/s  "
           f"(median of {fmt(sc)}; {100 * statistics.median(psc):.1f} % of direct, paired: {pct(psc)}); "
           f"pipeline / this: {100 * statistics.median(after):.1f} %, paired: {pct(after)}")
 print(f"peak memory       : RSS sum {rss:.0f} MiB, PSS sum {pss:.0f} MiB "
       f"(runtime + Chromium, {procs} processes at most; untimed round); runtime alone RSS {rt:.0f} MiB")
 print(f"step duration     : p50 {q(steps, .5):.0f} ms, p90 {q(steps, .9):.0f} ms")
 print(f"task duration     : p50 {q(totals, .5):.0f} ms, p90 {q(totals, .9):.0f} ms")
+cpu = []
+for r, line in enumerate(pipes, 1):
+    try:
+        total, main, tck = (int(x) for x in open(os.path.join(work, f"round{r}", "cpu")).read().split())
+    except (OSError, ValueError):
+        continue
+    secs = float(line.split()[1]) - float(line.split()[0])
+    cpu.append(f"{total / tck:.1f} s ({100 * total / tck / secs:.0f} % of the round; main thread {100 * main / tck / secs:.0f} %)")
+if cpu:
+    print(f"runtime CPU       : per pipeline round {'; '.join(cpu)}")
+per_task = lambda xs: ", ".join(f"{1000 * float(x) / n:.0f}" for x in xs.split())
+print(f"CPU per task (ms, client + its Chromium, per round): direct {per_task(dcpu)}; pipeline {per_task(pcpu)}"
+      + (f"; direct + scripts {per_task(scpu)}" if scpu.strip() else ""))
 print(f"runtime exit codes after SIGTERM: {codes}")
 print(f"observation       : WEB_OBSERVATION={os.environ.get('BENCH_OBSERVATION', 'both')}")
 EOF

@@ -15,12 +15,20 @@
 //! browser target (every request paused and continued, nothing checked), to
 //! measure what the interception alone costs.
 //!
-//! `BENCH_DIRECT_SCRIPTS=1` performs the steps with the runtime's own page
-//! scripts instead of bare DOM calls — the CDP `goto` (`Page.navigate`), the
-//! action script for fill-and-submit and click, and an observation after
-//! each step — to measure what the agent's in-page work costs. The
-//! observation is the runtime's for `BENCH_OBSERVATION` (`text`, `axtree`,
-//! `both`; default `both`, the runtime's default).
+//! `BENCH_DIRECT_SCRIPTS=1` does all the browser-side work of the pipeline:
+//! Chromium launched and sessions opened by the runtime's own
+//! [`BrowserManager`] (its flags, its user `nobody` with Chromium's sandbox
+//! when run as root, its memory cgroup, its `Fetch` interception checking
+//! every request, a fresh context per task with its page-event streams),
+//! and the steps performed with the runtime's page scripts — the CDP `goto`
+//! (`Page.navigate`), the action script for fill-and-submit and click, and
+//! an observation after each step. Only the egress proxy is left out (as on
+//! the other rows). The observation is the runtime's for
+//! `BENCH_OBSERVATION` (`text`, `axtree`, `both`; default `both`, the
+//! runtime's default).
+//!
+//! The last line also gives the CPU seconds of this process
+//! (`client_cpu_secs=`, Chromium not included).
 //!
 //! `BENCH_OBSERVE_COST=<n>` measures instead what one observation costs per
 //! step in each mode: on each demo page (one page, nothing else running),
@@ -40,7 +48,7 @@ use chromiumoxide::Page;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use web_runtime::agent::AgentSettings;
-use web_runtime::browser::{BrowserSettings, DEFAULT_CHROME_PATH};
+use web_runtime::browser::{BrowserManager, BrowserSettings, DEFAULT_CHROME_PATH};
 use web_runtime::js;
 use web_runtime::observe::{Observation, ObservationMode};
 use web_runtime::page::{evaluate, EvalError};
@@ -151,6 +159,54 @@ async fn observe_cost(browser: &Browser, base: &str, n: usize) -> Result<(), Str
     Ok(())
 }
 
+/// One task in a session of the runtime's [`BrowserManager`], steps by the
+/// runtime's page scripts (`BENCH_DIRECT_SCRIPTS=1`).
+async fn one_session_task(manager: &BrowserManager, base: &str, i: usize) -> Result<(), String> {
+    let session = manager.open_session().await.map_err(|e| e.to_string())?;
+    let page = &session.page;
+    let result = async {
+        let start = format!("{base}/index.html");
+        let term = ["rust", "garden", "kettle", "pan"][i % 4];
+        // The runtime's goto: a CDP navigation, awaited on the load event.
+        let mut loads = page
+            .event_listener::<EventLoadEventFired>()
+            .await
+            .map_err(|e| e.to_string())?;
+        web_runtime::exec::navigate(page, &session.frame_id, &start)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::timeout(STEP_TIMEOUT, loads.next())
+            .await
+            .map_err(|_| "no load event after goto".to_owned())?;
+        observe(page).await?;
+        let fill = serde_json::json!({"type": "fill_and_submit", "selector": "input[name=q]", "text": term});
+        act_and_wait_load(page, &js::call(js::ACT, fill)).await?;
+        observe(page).await?;
+        let click = serde_json::json!({"type": "click", "selector": "#results a"});
+        act_and_wait_load(page, &js::call(js::ACT, click)).await?;
+        observe(page).await?;
+        final_title_ok(page).await
+    }
+    .await;
+    session.close().await;
+    result
+}
+
+/// The task ended on an item page.
+async fn final_title_ok(page: &Page) -> Result<(), String> {
+    let title: String = page
+        .evaluate_expression("document.title")
+        .await
+        .map_err(|e| e.to_string())?
+        .into_value()
+        .map_err(|e| e.to_string())?;
+    if title.ends_with("- Demo Catalogue") && !title.starts_with("Search results") {
+        Ok(())
+    } else {
+        Err(format!("unexpected final page {title:?}"))
+    }
+}
+
 async fn one_task(browser: &Browser, base: &str, i: usize, scripts: bool) -> Result<(), String> {
     let ctx = browser
         .create_browser_context(CreateBrowserContextParams::default())
@@ -201,17 +257,7 @@ async fn one_task(browser: &Browser, base: &str, i: usize, scripts: bool) -> Res
             .await?;
             act_and_wait_load(&page, "document.querySelector('#results a').click()").await?;
         }
-        let title: String = page
-            .evaluate_expression("document.title")
-            .await
-            .map_err(|e| e.to_string())?
-            .into_value()
-            .map_err(|e| e.to_string())?;
-        if title.ends_with("- Demo Catalogue") && !title.starts_with("Search results") {
-            Ok(())
-        } else {
-            Err(format!("unexpected final page {title:?}"))
-        }
+        final_title_ok(&page).await
     }
     .await;
     let _ = browser.execute(DisposeBrowserContextParams::new(ctx)).await;
@@ -235,6 +281,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The runtime's own Chromium flags (without its egress proxy).
     let mut settings = BrowserSettings::new(&chrome);
     settings.proxy = None;
+    let scripts = std::env::var("BENCH_DIRECT_SCRIPTS").is_ok_and(|v| v == "1");
+    if scripts && std::env::var("BENCH_OBSERVE_COST").map_or(true, |v| v.is_empty() || v == "0") {
+        settings.max_pages = p;
+        return run_with_manager(settings, &base, n, p).await;
+    }
     let profile = tempfile::tempdir()?;
     let config = BrowserConfig::builder()
         .chrome_executable(&chrome)
@@ -285,13 +336,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         eprintln!("pass-through Fetch interception on");
     }
-    let scripts = std::env::var("BENCH_DIRECT_SCRIPTS").is_ok_and(|v| v == "1");
-    if scripts {
-        eprintln!(
-            "steps by the runtime's page scripts, with an observation ({}) after each",
-            mode().as_str()
-        );
-    }
     let slots = Arc::new(Semaphore::new(p));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -318,15 +362,84 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "direct_tasks_per_sec={:.3} ok={ok} failed={failed} seconds={secs:.3}",
-        n as f64 / secs
-    );
+    report(n, ok, failed, started);
     if let Ok(mut browser) = Arc::try_unwrap(browser) {
         let _ = browser.close().await;
         let _ = browser.wait().await;
     }
     pump.abort();
     Ok(())
+}
+
+/// `BENCH_DIRECT_SCRIPTS=1`: the tasks in sessions of the runtime's own
+/// browser manager.
+async fn run_with_manager(
+    settings: BrowserSettings,
+    base: &str,
+    n: usize,
+    p: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let metrics = adp_core::metrics::Metrics::new();
+    let manager = BrowserManager::launch(
+        settings,
+        web_runtime::guard::Policy::default(),
+        web_runtime::metrics::WebMetrics::register(&metrics),
+    )
+    .await?;
+    eprintln!(
+        "runtime's browser manager; steps by the runtime's page scripts, with an observation ({}) after each",
+        mode().as_str()
+    );
+    let started = Instant::now();
+    let slots = Arc::new(Semaphore::new(p));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = slots.clone().acquire_owned().await?;
+        let (m, base) = (manager.clone(), base.to_owned());
+        tasks.spawn(async move {
+            let r = one_session_task(&m, &base, i).await;
+            drop(permit);
+            r
+        });
+    }
+    let (mut ok, mut failed) = (0usize, 0usize);
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => ok += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                eprintln!("task failed: {e}");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("task panicked: {e}");
+            }
+        }
+    }
+    report(n, ok, failed, started);
+    manager.shutdown().await;
+    Ok(())
+}
+
+/// The result line, with this process's CPU time (Chromium not included).
+fn report(n: usize, ok: usize, failed: usize, started: Instant) {
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<u64> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum::<u64>() as f64 / 100.0)
+        })
+        .unwrap_or(0.0);
+    println!(
+        "direct_tasks_per_sec={:.3} ok={ok} failed={failed} seconds={secs:.3} client_cpu_secs={cpu:.2}",
+        n as f64 / secs
+    );
 }

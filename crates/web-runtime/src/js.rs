@@ -109,7 +109,8 @@ pub const ACT: &str = r#"async (a, node) => {
   r = await (async () => {
   const flush = () => new Promise(r => setTimeout(r, 0));
   const describe = (el) => {
-    const t = (el.innerText || el.value || el.getAttribute('aria-label') || el.name || el.placeholder || '')
+    const t = (el.innerText || el.value || el.getAttribute('aria-label') || el.name || el.placeholder
+      || el.textContent || '')
       .replace(/\s+/g, ' ').trim().slice(0, 80);
     return el.tagName.toLowerCase() + (t ? ' "' + t + '"' : '');
   };
@@ -155,7 +156,10 @@ pub const ACT: &str = r#"async (a, node) => {
       const link = el.closest('a');
       if (link && link.target && link.target !== '_self') link.target = '_self';
       const note = 'clicked ' + describe(el);
-      el.click();
+      // SVG (and MathML) elements have no click(): dispatch the event it
+      // would (an SVG <a> follows its link on it).
+      if (typeof el.click === 'function') el.click();
+      else el.dispatchEvent(new MouseEvent('click', { bubbles: true, cancelable: true, composed: true, view: window }));
       await flush();
       return { ok: true, note };
     }

@@ -245,6 +245,60 @@ async fn elements_in_an_iframe_and_a_shadow_root_are_clicked_by_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svg_elements_are_clicked_by_id() {
+    // SVG elements have no click() method: the action dispatches the click
+    // event itself (an SVG link then navigates as a click on it would).
+    let (h, site) = start().await;
+    let llm = model(|k, page| match k {
+        0 => Some((
+            "click",
+            json!({"element": id_of(page, "button \"Paint\"")?}),
+        )),
+        1 => Some((
+            "click",
+            json!({"element": id_of(page, "link \"Drawn link\"")?}),
+        )),
+        _ => Some(("finish", json!({"answer": "done"}))),
+    })
+    .await;
+    let handler = h.handler(h.settings(), Some(client(&llm)));
+    let t = run(
+        &handler,
+        json!({
+            "task_id": "ax_svg",
+            "description": "Paint, then follow the drawn link",
+            "max_steps": 4,
+            "constraints": {"start_url": format!("{site}/svg")}
+        }),
+    )
+    .await;
+    let actions: Vec<(String, bool)> = summary(&t).into_iter().map(|s| (s.0, s.1)).collect();
+    assert_eq!(
+        actions,
+        [
+            ("goto".into(), true),
+            ("click".into(), true),
+            ("click".into(), true),
+            ("finish".into(), true)
+        ],
+        "{:#?}",
+        t.steps
+    );
+    assert!(
+        t.steps[1].observation.contains("painted")
+            && !t.steps[1].observation.contains("not painted"),
+        "{}",
+        t.steps[1].observation
+    );
+    assert!(
+        t.steps[2].observation.contains("Hardware item number 7"),
+        "{}",
+        t.steps[2].observation
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrolling_reveals_elements_the_first_observation_did_not_list() {
     let (h, site) = start().await;
     let mut settings = h.settings();

@@ -7,9 +7,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
+use common::netns::{assert_private_netns, run_in_private_netns};
 use common::{run, summary, Harness, Site};
 use serde_json::json;
 use web_runtime::guard::Policy;
@@ -18,7 +18,6 @@ const INNER: &str = "inside_private_netns_with_a_silent_resolver";
 
 #[test]
 fn dns_flood_tests_run_in_a_private_network_namespace() {
-    let exe = std::env::current_exe().expect("test binary path");
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 localhost\n198.51.100.7 shop.test\n").expect("hosts");
@@ -28,44 +27,10 @@ fn dns_flood_tests_run_in_a_private_network_namespace() {
         "nameserver 127.0.0.1\noptions timeout:8 attempts:1\n",
     )
     .expect("resolv.conf");
-    let script = r#"set -e
-ip link set lo up
-ip addr add 198.51.100.7/32 dev lo
-mount --bind "$ADP_NETNS_HOSTS" /etc/hosts
-mount --bind "$ADP_NETNS_RESOLV" /etc/resolv.conf
-exec "$@""#;
-    let status = Command::new("unshare")
-        .args(["--net", "--mount", "sh", "-c", script, "sh"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            INNER,
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("ADP_NETNS_HOSTS", &hosts)
-        .env("ADP_NETNS_RESOLV", &resolv)
-        .status()
-        .expect("unshare (util-linux) runs; tests need root");
-    assert!(
-        status.success(),
-        "the DNS tests inside the namespace failed: {status}"
-    );
-}
-
-fn assert_private_netns() {
-    let dev = std::fs::read_to_string("/proc/self/net/dev").expect("/proc/self/net/dev");
-    let ifaces: Vec<&str> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(str::trim)
-        .collect();
-    assert_eq!(
-        ifaces,
-        vec!["lo"],
-        "run the outer test: this one needs a private namespace"
+    run_in_private_netns(
+        INNER,
+        &["ip addr add 198.51.100.7/32 dev lo"],
+        &[(&hosts, "/etc/hosts"), (&resolv, "/etc/resolv.conf")],
     );
 }
 

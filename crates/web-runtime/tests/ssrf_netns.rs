@@ -8,9 +8,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
+use common::netns::{assert_private_netns, run_in_private_netns};
 use common::{failed_goto, run, Harness, Recorder, Site};
 use serde_json::json;
 use web_runtime::guard::Policy;
@@ -19,7 +19,6 @@ const INNER: &str = "inside_private_netns";
 
 #[test]
 fn ssrf_tests_run_in_a_private_network_namespace() {
-    let exe = std::env::current_exe().expect("test binary path");
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts = dir.path().join("hosts");
     std::fs::write(
@@ -27,48 +26,15 @@ fn ssrf_tests_run_in_a_private_network_namespace() {
         "127.0.0.1 localhost\n169.254.169.254 metadata.test\n198.51.100.7 shop.test\n",
     )
     .expect("hosts file");
-    // Inside: loopback up, the addresses on lo, our hosts file; then the
-    // inner test, alone.
-    let script = r#"set -e
-ip link set lo up
-ip addr add 169.254.169.254/32 dev lo
-ip addr add 198.51.100.7/32 dev lo
-ip -6 addr add fd00:ec2::254/128 dev lo 2>/dev/null || echo "no IPv6 in the namespace" >&2
-mount --bind "$ADP_NETNS_HOSTS" /etc/hosts
-exec "$@""#;
-    let status = Command::new("unshare")
-        .args(["--net", "--mount", "sh", "-c", script, "sh"])
-        .arg(&exe)
-        .args([
-            "--exact",
-            INNER,
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("ADP_NETNS_HOSTS", &hosts)
-        .status()
-        .expect("unshare (util-linux) runs; tests need root");
-    assert!(
-        status.success(),
-        "the SSRF tests inside the namespace failed: {status}"
-    );
-}
-
-/// Panics unless this process is in a network namespace whose only
-/// interface is `lo` (so nothing below can reach a real network).
-fn assert_private_netns() {
-    let dev = std::fs::read_to_string("/proc/self/net/dev").expect("/proc/self/net/dev");
-    let ifaces: Vec<&str> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next())
-        .map(str::trim)
-        .collect();
-    assert_eq!(
-        ifaces,
-        vec!["lo"],
-        "refusing to run SSRF tests outside a private network namespace (run the outer test)"
+    // Inside: the addresses on lo, our hosts file; then the inner test, alone.
+    run_in_private_netns(
+        INNER,
+        &[
+            "ip addr add 169.254.169.254/32 dev lo",
+            "ip addr add 198.51.100.7/32 dev lo",
+            "ip -6 addr add fd00:ec2::254/128 dev lo 2>/dev/null || echo \"no IPv6 in the namespace\" >&2",
+        ],
+        &[(&hosts, "/etc/hosts")],
     );
 }
 

@@ -29,6 +29,8 @@ use web_runtime::browser::{BrowserManager, BrowserSettings};
 use web_runtime::guard::Policy;
 use web_runtime::metrics::WebMetrics;
 
+pub mod netns;
+
 pub fn demo_dir() -> PathBuf {
     test_support::workspace_root().join("demo-site")
 }
@@ -166,6 +168,17 @@ pub fn site_router() -> Router {
             Html(
                 "<!doctype html><title>Inner</title><p id=iout>inner idle</p>\
                  <button onclick=\"document.getElementById('iout').textContent = 'inner clicked'\">Inner button</button>",
+            )
+        }))
+        .route("/svg", get(|| async {
+            Html(
+                "<!doctype html><title>Drawing</title><h1>SVG controls</h1>\
+                 <p id=out>not painted</p>\
+                 <svg width=300 height=120>\
+                 <rect role=button aria-label=\"Paint\" tabindex=0 x=10 y=10 width=80 height=40 fill=grey \
+                   onclick=\"document.getElementById('out').textContent = 'painted'\"></rect>\
+                 <a href=\"/unseen-item?n=7\"><text x=120 y=40>Drawn link</text></a>\
+                 </svg>",
             )
         }))
         .route("/long", get(|| async {
