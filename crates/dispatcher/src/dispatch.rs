@@ -31,15 +31,24 @@ use redis::Script;
 /// Error code of a batch refused because the checkpoint in Redis is not the
 /// one this dispatcher saved last.
 pub const CHECKPOINT_MOVED: &str = "CHECKPOINT_MOVED";
+/// Error code of a batch that reached Redis before the batch sent just
+/// before it (Redis still holds that one's starting checkpoint): nothing
+/// written; send it again once that one is in.
+pub const CHECKPOINT_BEHIND: &str = "CHECKPOINT_BEHIND";
+/// `previous` when there is no batch before this one in flight.
+const NO_PREVIOUS: &str = "-";
 
 /// KEYS: checkpoint, tasks:code, tasks:web, tasks:reasoning, run hash,
 /// legacy id set, runs set, then one id-record bucket per task.
 /// ARGV: checkpoint JSON (or ""), submitted_at, the checkpoint JSON this
-/// dispatcher saved last ("" = none), run id, "1" to consult the legacy set,
-/// then per task: stream index (1-3), id field, content hash, rollouts,
+/// batch starts from (the one saved last, or the one the batch sent before
+/// it saves; "" = none), run id, "1" to consult the legacy set, the
+/// checkpoint the batch sent before this one starts from ("-": none in
+/// flight), then per task: stream index (1-3), id field, content hash, rollouts,
 /// task JSON, priority (and, with the legacy set, the task_id).
 /// Returns per task 1 (dispatched), 0 (duplicate) or 2 (same id, other
-/// content), or the error CHECKPOINT_MOVED (nothing written). With a
+/// content), or the error CHECKPOINT_MOVED or CHECKPOINT_BEHIND (nothing
+/// written). With a
 /// conflict in the batch the checkpoint is not moved (the dispatcher moves
 /// it once the conflict's rejection record is on disk).
 ///
@@ -49,7 +58,11 @@ pub const CHECKPOINT_MOVED: &str = "CHECKPOINT_MOVED";
 static DISPATCH_BATCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[3] then
+local saved = redis.call('GET', KEYS[1]) or ''
+if saved ~= ARGV[3] then
+  if ARGV[6] ~= '-' and saved == ARGV[6] then
+    return redis.error_reply('CHECKPOINT_BEHIND the batch sent before this one is not in yet')
+  end
   return redis.error_reply('CHECKPOINT_MOVED the checkpoint in Redis is not the one this dispatcher saved')
 end
 local legacy = ARGV[5] == '1' and redis.call('EXISTS', KEYS[6]) == 1
@@ -58,9 +71,9 @@ if ARGV[5] == '1' then stride = 7 end
 local out = {}
 local tasks, entries, conflicts = 0, 0, 0
 local now = ARGV[2]
-local n = (#ARGV - 5) / stride
+local n = (#ARGV - 6) / stride
 for j = 0, n - 1 do
-  local a = 6 + j * stride
+  local a = 7 + j * stride
   local bucket = KEYS[8 + j]
   local new
   if legacy then
@@ -216,12 +229,16 @@ impl RunKeys {
 
 /// Sends one batch atomically (an empty one just moves the checkpoint);
 /// returns, per task, what happened to it. `expected` is the checkpoint
-/// JSON saved last (None: none yet); see [`CHECKPOINT_MOVED`].
+/// JSON the batch starts from (None: none yet); `previous`, when a batch
+/// sent before this one is still in flight, is the one that batch starts
+/// from (Some(None): it starts from no checkpoint); see
+/// [`CHECKPOINT_MOVED`], [`CHECKPOINT_BEHIND`].
 pub async fn send_batch(
     conn: &mut ConnectionManager,
     keys: &RunKeys,
     checkpoint: Option<&str>,
     expected: Option<&str>,
+    previous: Option<Option<&str>>,
     batch: &[Prepared],
 ) -> redis::RedisResult<Vec<Outcome>> {
     let mut inv = DISPATCH_BATCH.prepare_invoke();
@@ -236,7 +253,8 @@ pub async fn send_batch(
         .arg(format!("{:.6}", unix_now()))
         .arg(expected.unwrap_or(""))
         .arg(&keys.run_id)
-        .arg(if keys.legacy { "1" } else { "0" });
+        .arg(if keys.legacy { "1" } else { "0" })
+        .arg(previous.map_or(NO_PREVIOUS, |p| p.unwrap_or("")));
     for t in batch {
         inv.key(names::run_ids_key(&keys.run_id, t.bucket));
         inv.arg(stream_index(t.task_type))
@@ -258,4 +276,14 @@ pub async fn send_batch(
             _ => Outcome::Duplicate,
         })
         .collect())
+}
+
+/// Loads the batch step into Redis' script cache (so the first batches do
+/// not meet NOSCRIPT and reach Redis out of order).
+pub async fn load_script(conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+    DISPATCH_BATCH
+        .prepare_invoke()
+        .load_async(conn)
+        .await
+        .map(|_| ())
 }

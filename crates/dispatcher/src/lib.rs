@@ -191,6 +191,10 @@ pub async fn run_with_metrics(
         }
     }
 
+    if let Err(e) = dispatch::load_script(&mut queue.conn()).await {
+        tracing::debug!(error = %e, "Cannot load the batch script yet (it is sent with the first batch).");
+    }
+
     let stats_stop = CancellationToken::new();
     let stats_task = tokio::spawn(stats::stats_loop(
         queue.clone(),
@@ -278,6 +282,8 @@ const MAX_IN_FLIGHT: usize = 2;
 struct InFlight {
     checkpoint: Option<Checkpoint>,
     checkpoint_json: Option<String>,
+    /// The checkpoint JSON it starts from.
+    expected: Option<String>,
     handle: tokio::task::JoinHandle<(Vec<Prepared>, Sent)>,
 }
 
@@ -684,6 +690,7 @@ impl Dispatcher {
             &self.keys,
             checkpoint,
             self.saved_json.as_deref(),
+            None,
             &[],
         )
         .await
@@ -700,7 +707,7 @@ impl Dispatcher {
             self.queue.conn(),
             self.keys.clone(),
             checkpoint_json.map(str::to_owned),
-            self.saved_json.clone(),
+            (self.saved_json.clone(), None),
             batch,
             self.oom.clone(),
             shutdown.clone(),
@@ -831,31 +838,35 @@ impl Dispatcher {
         for p in &send {
             self.backpressure.added(p.task_type, u64::from(p.rollouts));
         }
+        let starts = self.starting_point();
         let handle = tokio::spawn(send_retrying(
             self.queue.conn(),
             self.keys.clone(),
             checkpoint_json.clone(),
-            self.expected_json(),
+            starts.clone(),
             send,
             self.oom.clone(),
             shutdown.clone(),
         ));
         self.in_flight.push_back(InFlight {
             checkpoint,
-            checkpoint_json,
+            // A batch without a checkpoint leaves the one it starts from.
+            checkpoint_json: checkpoint_json.or_else(|| starts.0.clone()),
+            expected: starts.0,
             handle,
         });
         Ok(true)
     }
 
-    /// The checkpoint JSON Redis holds once every batch in flight applied:
-    /// what the next batch expects.
-    fn expected_json(&self) -> Option<String> {
-        self.in_flight
-            .iter()
-            .rev()
-            .find_map(|f| f.checkpoint_json.clone())
-            .or_else(|| self.saved_json.clone())
+    /// What the next batch starts from: the checkpoint JSON Redis holds
+    /// once every batch in flight is in, and, with a batch in flight, the
+    /// one the latest of them starts from (a batch that arrives first is
+    /// told CHECKPOINT_BEHIND and sent again).
+    fn starting_point(&self) -> (Option<String>, Option<Option<String>>) {
+        match self.in_flight.back() {
+            Some(f) => (f.checkpoint_json.clone(), Some(f.expected.clone())),
+            None => (self.saved_json.clone(), None),
+        }
     }
 
     /// Settles every batch in flight, in order. After a batch that did not
@@ -884,6 +895,7 @@ impl Dispatcher {
             checkpoint,
             checkpoint_json,
             handle,
+            ..
         }) = self.in_flight.pop_front()
         else {
             return Ok(true);
@@ -965,25 +977,28 @@ impl Dispatcher {
     }
 }
 
-/// Sends `batch` (moving the checkpoint from `expected` to `checkpoint`)
-/// until it is in Redis, waiting out Redis outages and OOM with backoff;
-/// hands the batch back with how it ended.
+/// Sends `batch` (moving the checkpoint from `starts.0` to `checkpoint`;
+/// `starts.1`: where the batch in flight before it starts from) until it
+/// is in Redis, waiting out Redis outages and OOM with backoff, and the
+/// batch before it; hands the batch back with how it ended.
 async fn send_retrying(
     mut conn: redis::aio::ConnectionManager,
     keys: RunKeys,
     checkpoint: Option<String>,
-    expected: Option<String>,
+    starts: (Option<String>, Option<Option<String>>),
     batch: Vec<Prepared>,
     oom: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) -> (Vec<Prepared>, Sent) {
     let mut delay = Duration::from_millis(100);
+    let (expected, previous) = starts;
     loop {
         match dispatch::send_batch(
             &mut conn,
             &keys,
             checkpoint.as_deref(),
             expected.as_deref(),
+            previous.as_ref().map(Option::as_deref),
             &batch,
         )
         .await
@@ -996,6 +1011,13 @@ async fn send_retrying(
             }
             Err(e) if e.code() == Some(dispatch::CHECKPOINT_MOVED) => {
                 return (batch, Sent::Moved);
+            }
+            Err(e) if e.code() == Some(dispatch::CHECKPOINT_BEHIND) => {
+                // It overtook the batch sent before it: again once that one is in.
+                if sleep_or_cancel(Duration::from_millis(1), &shutdown).await {
+                    return (batch, Sent::Cancelled);
+                }
+                continue;
             }
             Err(e) if is_oom(&e) => {
                 if !oom.swap(true, Ordering::Relaxed) {

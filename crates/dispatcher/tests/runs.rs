@@ -773,3 +773,52 @@ async fn batches_in_flight_keep_order_and_exactly_once() {
         vec![(1502, "conflicting_duplicate"), (2203, "invalid_json")]
     );
 }
+
+/// The batch step's order rule, against Redis: a batch that arrives before
+/// the batch sent just before it is refused as CHECKPOINT_BEHIND and writes
+/// nothing; sent again after that one, it applies; a batch whose starting
+/// checkpoint Redis does not hold (nor the one before) is CHECKPOINT_MOVED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_overtakes_the_one_before_it_waits_for_it() {
+    use dispatcher::dispatch::{self, Prepared, RunKeys};
+    let env = Env::new();
+    let mut conn = redis::Client::open(env.redis.url())
+        .expect("client")
+        .get_connection_manager()
+        .await
+        .expect("connect");
+    let keys = RunKeys::new("order", "test:checkpoint".to_owned());
+    let prepared = |id: &str| {
+        let line = task(id, "code", "ordered");
+        let spec = adp_core::validate::parse_task_line(line.as_bytes()).expect("task");
+        Prepared::new(&spec, "order", 1, 1, line.into_bytes(), (0, 0))
+    };
+    let (a, b) = ([prepared("a")], [prepared("b")]);
+    // B starts from A's checkpoint; A starts from none.
+    let behind = dispatch::send_batch(&mut conn, &keys, Some("cp-b"), Some("cp-a"), Some(None), &b)
+        .await
+        .expect_err("B before A");
+    assert_eq!(behind.code(), Some(dispatch::CHECKPOINT_BEHIND));
+    assert_eq!(env.xlen(names::STREAM_CODE), 0, "nothing written");
+    dispatch::send_batch(&mut conn, &keys, Some("cp-a"), None, None, &a)
+        .await
+        .expect("A");
+    dispatch::send_batch(&mut conn, &keys, Some("cp-b"), Some("cp-a"), Some(None), &b)
+        .await
+        .expect("B after A");
+    assert_eq!(env.ids(names::STREAM_CODE), vec!["a", "b"]);
+    let moved = dispatch::send_batch(
+        &mut conn,
+        &keys,
+        Some("cp-c"),
+        Some("cp-x"),
+        Some(Some("cp-a")),
+        &[],
+    )
+    .await
+    .expect_err("neither");
+    assert_eq!(moved.code(), Some(dispatch::CHECKPOINT_MOVED));
+    let mut c = env.redis.client();
+    let held: String = c.get("test:checkpoint").expect("get");
+    assert_eq!(held, "cp-b");
+}
