@@ -13,6 +13,14 @@
 //! file per rollout: `<task_id>@<rollout>.json`, rollout 0..K-1. `@` is not a
 //! task id character (`[A-Za-z0-9._-]`), so a rollout's file name can never
 //! be the file of another task. A task with one rollout keeps `<task_id>.json`.
+//!
+//! A trajectory's side files (the web runtime's screenshots and
+//! accessibility trees) go to a directory next to it named like the file
+//! with `.files` for `.json`: `<task_id>[@<rollout>].files/`. Trajectory
+//! files end in `.json`, these directories in `.files`, so no directory can
+//! be named like any task's trajectory file (with the bare `<task_id>/` of
+//! before, task `x.json` had the directory `x.json/`, the name of task `x`'s
+//! file).
 
 use std::path::{Path, PathBuf};
 
@@ -89,16 +97,20 @@ pub fn trajectory_path(
     Ok(trajectories_dir(output_dir, run_id).join(trajectory_file_name(task_id, rollout)))
 }
 
+/// Extension of a trajectory's side-file directory (for `.json`).
+pub const SIDE_FILES_EXTENSION: &str = "files";
+
 /// The directory of a trajectory's side files (the web runtime's
-/// screenshots): next to its file, named like it without `.json` —
-/// `<run's trajectories>/<task_id>[@<rollout>]/`. Refuses unsafe ids.
+/// screenshots and accessibility trees): next to its file, named like it
+/// with `.files` for `.json` — `<run's trajectories>/<task_id>[@<rollout>].files/`.
+/// Refuses unsafe ids.
 pub fn artifacts_dir(
     output_dir: &Path,
     run_id: &str,
     task_id: &str,
     rollout: Option<u32>,
 ) -> Result<PathBuf> {
-    Ok(trajectory_path(output_dir, run_id, task_id, rollout)?.with_extension(""))
+    Ok(trajectory_path(output_dir, run_id, task_id, rollout)?.with_extension(SIDE_FILES_EXTENSION))
 }
 
 /// Splits a file stem `<task_id>@<rollout>` into its parts; a stem without
@@ -182,6 +194,44 @@ mod tests {
         assert_eq!(split_rollout(stem), ("a", Some(1)));
         assert_eq!(split_rollout("a.1"), ("a.1", None));
         assert_eq!(split_rollout("a@"), ("a@", None));
+    }
+
+    #[test]
+    fn side_file_directories_never_take_a_trajectory_file_name() {
+        let out = Path::new("/o");
+        // Task "a.json"'s directory against task "a"'s file.
+        let dir = artifacts_dir(out, DEFAULT_RUN, "a.json", None).expect("dir");
+        let file = trajectory_path(out, DEFAULT_RUN, "a", None).expect("file");
+        assert_eq!(dir, Path::new("/o/trajectories/a.json.files"));
+        assert_ne!(dir, file);
+        for (id, rollout) in [
+            ("a", None),
+            ("a.json", None),
+            ("b.files", None),
+            ("a", Some(2)),
+        ] {
+            let dir = artifacts_dir(out, "r", id, rollout).expect("dir");
+            let name = dir.file_name().and_then(|n| n.to_str()).expect("name");
+            assert!(
+                name.ends_with(".files") && !name.ends_with(".json"),
+                "{name}"
+            );
+            assert_eq!(
+                dir.parent(),
+                trajectory_path(out, "r", id, rollout)
+                    .expect("file")
+                    .parent()
+            );
+        }
+        assert_eq!(
+            artifacts_dir(out, "r", "a", Some(2)).expect("dir"),
+            Path::new("/o/runs/r/trajectories/a@2.files")
+        );
+        // Task "b"'s directory is not task "b.files"'s file either.
+        assert_ne!(
+            artifacts_dir(out, DEFAULT_RUN, "b", None).expect("dir"),
+            trajectory_path(out, DEFAULT_RUN, "b.files", None).expect("file")
+        );
     }
 
     #[test]

@@ -545,8 +545,8 @@ impl WebHandler {
     }
 
     /// The directory of a task's step files (accessibility trees,
-    /// screenshots) and its name: `<task_id>` in the default run's
-    /// `trajectories/`, `<task_id>[@<rollout>]` in its run's trajectory
+    /// screenshots) and its name: `<task_id>.files` in the default run's
+    /// `trajectories/`, `<task_id>[@<rollout>].files` in its run's trajectory
     /// directory ([`adp_core::runs::artifacts_dir`]). Paths recorded in the
     /// trajectory are relative to that trajectory directory. `None` for an
     /// unsafe id.
@@ -564,7 +564,7 @@ impl WebHandler {
 
     /// Writes the step's raw accessibility tree (compact JSON, capped) to
     /// `<step files dir>/step_<n>.axtree.json` ([`Self::step_files_dir`]:
-    /// `$OUTPUT_DIR/trajectories/<task_id>/` in the default run) and lists
+    /// `$OUTPUT_DIR/trajectories/<task_id>.files/` in the default run) and lists
     /// it in `metadata.axtree_files` (path relative to the trajectory's directory).
     async fn store_axtree(&self, task: &TaskSpec, traj: &mut Trajectory, step: u32, raw: &Value) {
         let Some((dir, dir_name)) = self.step_files_dir(task) else {
@@ -590,7 +590,7 @@ impl WebHandler {
     }
 
     /// `<step files dir>/step_<n>.png` ([`Self::step_files_dir`]:
-    /// `$OUTPUT_DIR/trajectories/<task_id>/` in the default run): its path,
+    /// `$OUTPUT_DIR/trajectories/<task_id>.files/` in the default run): its path,
     /// its path relative to the trajectory's directory, its bytes, and how
     /// many set-of-marks were drawn on it (`marks`: the view and its marks;
     /// `None` when none were asked for or drawing failed); `None` if it

@@ -405,7 +405,7 @@ async fn model_screenshots_reach_the_model_as_image_parts_and_are_stored_once() 
         let stored = std::fs::read(
             h.out
                 .path()
-                .join(format!("trajectories/ax_shot/step_{k}.png")),
+                .join(format!("trajectories/ax_shot.files/step_{k}.png")),
         )
         .expect("stored screenshot");
         assert_eq!(png, stored, "request {k}: the step's stored screenshot");
@@ -413,7 +413,7 @@ async fn model_screenshots_reach_the_model_as_image_parts_and_are_stored_once() 
     // The trajectory references the files; it holds no base64 copy.
     let text = serde_json::to_string(&t).expect("json");
     assert!(!text.contains("base64,"), "screenshot stored twice");
-    assert!(text.contains("adp-file:ax_shot/step_0.png"), "{text}");
+    assert!(text.contains("adp-file:ax_shot.files/step_0.png"), "{text}");
     // ... and the records rebuild the requests byte for byte once inlined.
     let mut calls = llm_record::from_metadata(&t.metadata).expect("valid llm_calls");
     let inlined = llm_record::inline_files(&mut calls, &h.out.path().join("trajectories"))

@@ -120,7 +120,7 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
             .as_str()
             .expect("screenshot path");
         assert!(
-            shot.ends_with(&format!("trajectories/bin_task/step_{i}.png")),
+            shot.ends_with(&format!("trajectories/bin_task.files/step_{i}.png")),
             "{shot}"
         );
         let png = std::fs::read(shot).expect("png");
@@ -166,7 +166,7 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
         .expect("screenshot path");
     assert_eq!(
         Path::new(shot),
-        run_dir.join("bin_task@1").join("step_0.png"),
+        run_dir.join("bin_task@1.files").join("step_0.png"),
         "{shot}"
     );
     assert_eq!(&std::fs::read(shot).expect("png")[..4], b"\x89PNG");
@@ -174,13 +174,15 @@ async fn binary_serves_with_full_chromium_and_stops_on_sigterm() {
     // to the run's trajectory directory.
     assert_eq!(
         t.metadata["axtree_files"][0]["path"],
-        "bin_task@1/step_0.axtree.json",
+        "bin_task@1.files/step_0.axtree.json",
         "{:?}",
         t.metadata.get("axtree_files")
     );
-    assert!(run_dir.join("bin_task@1/step_0.axtree.json").is_file());
+    assert!(run_dir
+        .join("bin_task@1.files/step_0.axtree.json")
+        .is_file());
     // (The default run's directory also holds each step's accessibility tree.)
-    let default_shots = std::fs::read_dir(out.path().join("trajectories").join("bin_task"))
+    let default_shots = std::fs::read_dir(out.path().join("trajectories").join("bin_task.files"))
         .expect("default run's screenshots")
         .filter(|e| {
             e.as_ref()

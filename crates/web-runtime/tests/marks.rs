@@ -93,8 +93,8 @@ async fn marks_frame_the_elements_the_model_can_name() {
                 .expect("PNG data URL"),
         )
         .expect("base64");
-    let stored =
-        std::fs::read(h.out.path().join("trajectories/marks/step_0.png")).expect("stored PNG");
+    let stored = std::fs::read(h.out.path().join("trajectories/marks.files/step_0.png"))
+        .expect("stored PNG");
     assert_eq!(png, stored, "the stored screenshot is the one sent");
 
     let (x, y, w, hgt) = box_of(&page, "button \"Send order\"")
