@@ -589,17 +589,21 @@ fn export_of_an_empty_or_missing_directory() {
 }
 
 /// A web trajectory whose first request sent a screenshot, stored once as
-/// `<dir>/<id>/step_0.png` and recorded as an `adp-file:` reference.
+/// `<dir>/<id>.files/step_0.png` and recorded as an `adp-file:` reference.
 fn screenshot_traj(f: &Fixture, id: &str, png: Option<&[u8]>) {
     let mut t = llm_web_traj(id);
     t["metadata"]["llm_calls"][0]["messages_added"][1]["content"] = json!([
         {"type": "text", "text": format!("Task {id}")},
-        {"type": "image_url", "image_url": {"url": format!("adp-file:{id}/step_0.png")}}
+        {"type": "image_url", "image_url": {"url": format!("adp-file:{id}.files/step_0.png")}}
     ]);
     write_traj_value(&f.traj_dir(), &t);
     if let Some(png) = png {
-        std::fs::create_dir_all(f.traj_dir().join(id)).expect("mkdir");
-        std::fs::write(f.traj_dir().join(id).join("step_0.png"), png).expect("png");
+        std::fs::create_dir_all(f.traj_dir().join(format!("{id}.files"))).expect("mkdir");
+        std::fs::write(
+            f.traj_dir().join(format!("{id}.files")).join("step_0.png"),
+            png,
+        )
+        .expect("png");
     }
 }
 
@@ -625,10 +629,10 @@ fn images_sent_to_the_model_are_inlined_or_kept_as_references() {
     // References kept: every row, the paths as recorded.
     let (lines, summary) = export(&f, &out, &["--format", "messages", "--images", "reference"]);
     assert_eq!(ids(&lines), set(&["shot", "shot_gone"]));
-    assert_eq!(image(row(&lines, "shot")), "adp-file:shot/step_0.png");
+    assert_eq!(image(row(&lines, "shot")), "adp-file:shot.files/step_0.png");
     assert_eq!(
         image(row(&lines, "shot_gone")),
-        "adp-file:shot_gone/step_0.png"
+        "adp-file:shot_gone.files/step_0.png"
     );
     assert!(
         summary["unconvertible"].get("missing_image").is_none(),

@@ -192,11 +192,11 @@ fn datasets_loads_rows_with_images_as_parts() {
     let png = b"\x89PNG\r\n\x1a\nbytes";
     t["metadata"]["llm_calls"][0]["messages_added"][1]["content"] = json!([
         {"type": "text", "text": "Task web_shot"},
-        {"type": "image_url", "image_url": {"url": "adp-file:web_shot/step_0.png"}}
+        {"type": "image_url", "image_url": {"url": "adp-file:web_shot.files/step_0.png"}}
     ]);
     write_traj_value(&f.traj_dir(), &t);
-    std::fs::create_dir_all(f.traj_dir().join("web_shot")).expect("mkdir");
-    std::fs::write(f.traj_dir().join("web_shot/step_0.png"), png).expect("png");
+    std::fs::create_dir_all(f.traj_dir().join("web_shot.files")).expect("mkdir");
+    std::fs::write(f.traj_dir().join("web_shot.files/step_0.png"), png).expect("png");
     let (messages, rows) = export(
         &f,
         "m.jsonl",
