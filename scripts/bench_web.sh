@@ -62,6 +62,8 @@ CHROME=${CHROME_PATH:-/usr/lib/chromium/chromium-headless-shell}
 EGRESS=${BENCH_EGRESS:-true}
 export BENCH_OBSERVATION=${BENCH_OBSERVATION:-both}
 OBSERVE_COST=${BENCH_OBSERVE_COST:-50}
+# (bench_direct reads it too: only the closing cost measurement may see it)
+unset BENCH_OBSERVE_COST
 
 [[ -x "$CHROME" ]] || { log "no Chromium at $CHROME (run scripts/setup.sh web)"; exit 1; }
 bench_build web-runtime web-runtime bench_direct
