@@ -340,9 +340,10 @@ struct TrajectoryInfo {
     archived_attempts: Vec<String>,
 }
 
-fn trajectory_info(env: &Env, task_id: &str) -> Option<TrajectoryInfo> {
+fn trajectory_info(env: &Env, task_id: &str, rollout: Option<u32>) -> Option<TrajectoryInfo> {
     let dir = env.trajectories_dir();
-    let path = enqueue::current_path(&dir, task_id).ok()?;
+    let path = enqueue::current_path(&dir, task_id, rollout).ok()?;
+    let stem = path.file_stem()?.to_string_lossy().into_owned();
     let mut info = TrajectoryInfo {
         path: path.display().to_string(),
         exists: path.exists(),
@@ -361,7 +362,7 @@ fn trajectory_info(env: &Env, task_id: &str) -> Option<TrajectoryInfo> {
         info.infra_errors = raw.pointer("/metadata/infra_errors").cloned();
     }
     for n in 1..=1000 {
-        let p = files::archive_path(&dir, task_id, n);
+        let p = files::archive_path(&dir, &stem, n);
         if !p.exists() {
             break;
         }
@@ -386,10 +387,11 @@ async fn cmd_show(
         }
         Err(e) => return Err(e),
     };
+    let rollout = entry.task_spec().and_then(|t| t.rollout);
     let traj = entry
         .task_id
         .as_deref()
-        .and_then(|t| trajectory_info(env, t));
+        .and_then(|t| trajectory_info(env, t, rollout));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if json {
@@ -471,8 +473,8 @@ enum Existing {
     Result(String),
 }
 
-fn existing(env: &Env, task_id: &str) -> Result<Existing> {
-    let path = enqueue::current_path(&env.trajectories_dir(), task_id)?;
+fn existing(dir: &std::path::Path, task_id: &str, rollout: Option<u32>) -> Result<Existing> {
+    let path = enqueue::current_path(dir, task_id, rollout)?;
     if !path.exists() {
         return Ok(Existing::None);
     }
@@ -521,7 +523,16 @@ async fn cmd_requeue(
             continue;
         };
         let task_id = task.task_id.as_str();
-        let archive = match existing(env, task_id)? {
+        let rollout = task.rollout;
+        // The trajectory of the entry's own run (its task says which; `--run`
+        // for entries from before tasks carried it).
+        let dir = match task.run_id.as_deref() {
+            Some(run) if adp_core::runs::is_valid_run_id(run) => {
+                adp_core::runs::trajectories_dir(&env.output_dir, run)
+            }
+            _ => dir.clone(),
+        };
+        let archive = match existing(&dir, task_id, rollout)? {
             Existing::None => false,
             Existing::DeadLetterRecord => true,
             Existing::Result(why) if !force => {
@@ -549,7 +560,7 @@ async fn cmd_requeue(
             continue;
         }
         let archived = if archive {
-            enqueue::archive_current(&dir, task_id)?
+            enqueue::archive_current(&dir, task_id, rollout)?
         } else {
             None
         };
@@ -564,7 +575,7 @@ async fn cmd_requeue(
                 tracing::info!(dead_id = %entry.id, task_id, stream, new_id = %new_id, "Dead letter requeued.");
             }
             Ok(None) => {
-                enqueue::restore_archive(&dir, task_id, archived.as_deref());
+                enqueue::restore_archive(&dir, task_id, rollout, archived.as_deref());
                 eprintln!(
                     "adp: {}: gone from {} meanwhile (requeued or dropped by someone else)",
                     entry.id,
@@ -573,7 +584,7 @@ async fn cmd_requeue(
                 problems += 1;
             }
             Err(e) => {
-                enqueue::restore_archive(&dir, task_id, archived.as_deref());
+                enqueue::restore_archive(&dir, task_id, rollout, archived.as_deref());
                 return Err(e);
             }
         }

@@ -86,23 +86,33 @@ pub async fn enqueue_replay(conn: &mut ConnectionManager, task: &TaskSpec) -> Re
     Ok(id)
 }
 
-/// `<dir>/<task_id>.json`, refusing ids that are not safe file names.
-pub fn current_path(dir: &Path, task_id: &str) -> Result<PathBuf> {
+/// `<dir>/<task_id>.json` (`<task_id>@<rollout>.json` for one rollout of a
+/// task sampled several times), refusing ids that are not safe file names.
+pub fn current_path(dir: &Path, task_id: &str, rollout: Option<u32>) -> Result<PathBuf> {
     if !adp_core::validate::is_safe_task_id(task_id) {
         return Err(CliError::failure(format!(
             "unsafe task_id {task_id:?}: refusing to touch the file system"
         )));
     }
-    Ok(dir.join(format!("{task_id}.json")))
+    Ok(dir.join(adp_core::runs::trajectory_file_name(task_id, rollout)))
 }
 
-/// Keeps the current trajectory of `task_id` as `<task_id>.attempt-N.json`
-/// (lowest free N; an existing archive is never overwritten). Returns the
-/// archive's path, or `None` when there was no current file.
-pub fn archive_current(dir: &Path, task_id: &str) -> Result<Option<PathBuf>> {
-    let current = current_path(dir, task_id)?;
+/// The stem archives of a trajectory are named after: `<task_id>` or
+/// `<task_id>@<rollout>`.
+fn stem(task_id: &str, rollout: Option<u32>) -> String {
+    let name = adp_core::runs::trajectory_file_name(task_id, rollout);
+    name.strip_suffix(".json").unwrap_or(&name).to_owned()
+}
+
+/// Keeps the current trajectory of `task_id` (its `rollout`) as
+/// `<task_id>[@<rollout>].attempt-N.json` (lowest free N; an existing
+/// archive is never overwritten). Returns the archive's path, or `None`
+/// when there was no current file.
+pub fn archive_current(dir: &Path, task_id: &str, rollout: Option<u32>) -> Result<Option<PathBuf>> {
+    let current = current_path(dir, task_id, rollout)?;
+    let stem = stem(task_id, rollout);
     for n in 1..=u32::MAX {
-        let target = archive_path(dir, task_id, n);
+        let target = archive_path(dir, &stem, n);
         // A hard link fails if the target exists: no-clobber without a race.
         match std::fs::hard_link(&current, &target) {
             Ok(()) => {
@@ -127,18 +137,18 @@ pub fn archive_current(dir: &Path, task_id: &str) -> Result<Option<PathBuf>> {
         }
     }
     Err(CliError::failure(format!(
-        "no free archive name for {task_id}"
+        "no free archive name for {stem}"
     )))
 }
 
 /// Puts an archive back as the current file (undo after a failed enqueue),
 /// unless a current file has appeared meanwhile. Nothing to do without an
 /// archive.
-pub fn restore_archive(dir: &Path, task_id: &str, archive: Option<&Path>) {
+pub fn restore_archive(dir: &Path, task_id: &str, rollout: Option<u32>, archive: Option<&Path>) {
     let Some(archive) = archive else {
         return;
     };
-    if let Ok(current) = current_path(dir, task_id) {
+    if let Ok(current) = current_path(dir, task_id, rollout) {
         if !current.exists() {
             let _ = std::fs::rename(archive, &current);
             sync_dir(dir);
@@ -169,20 +179,24 @@ mod tests {
     fn archives_take_the_next_free_number() {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
-        assert_eq!(archive_current(d, "t").expect("ok"), None);
+        assert_eq!(archive_current(d, "t", None).expect("ok"), None);
         std::fs::write(d.join("t.json"), "one").expect("write");
-        let a1 = archive_current(d, "t").expect("ok").expect("archived");
+        let a1 = archive_current(d, "t", None)
+            .expect("ok")
+            .expect("archived");
         assert_eq!(a1, d.join("t.attempt-1.json"));
         std::fs::write(d.join("t.json"), "two").expect("write");
-        let a2 = archive_current(d, "t").expect("ok").expect("archived");
+        let a2 = archive_current(d, "t", None)
+            .expect("ok")
+            .expect("archived");
         assert_eq!(a2, d.join("t.attempt-2.json"));
         assert!(!d.join("t.json").exists());
         assert_eq!(std::fs::read_to_string(a1).expect("read"), "one");
-        restore_archive(d, "t", Some(&a2));
+        restore_archive(d, "t", None, Some(&a2));
         assert_eq!(
             std::fs::read_to_string(d.join("t.json")).expect("read"),
             "two"
         );
-        assert!(archive_current(d, "../x").is_err());
+        assert!(archive_current(d, "../x", None).is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use adp_core::lines::{Line, LineReader};
 use adp_core::validate::{parse_task_line, MAX_LINE_BYTES};
-use adp_core::TaskSpec;
+use adp_core::{runs, TaskSpec};
 
 use crate::enqueue;
 use crate::error::{CliError, Outcome, Result};
@@ -28,12 +28,15 @@ Each task is read from its trajectory file ($OUTPUT_DIR/trajectories/<task_id>.j
 <task_id>.attempt-N.json (N = 1, 2, ...; never overwritten) and the task is added to its \
 stream again; a runtime then writes a fresh <task_id>.json. Replays are counted in the \
 adp:counters hash (field replayed:<stream>).\n\n\
+A rollout of a task sampled K times is named <task_id>@<k> (file <task_id>@<k>.json, kept as \
+<task_id>@<k>.attempt-N.json); --failed replays each failed rollout.\n\n\
 For dead letters prefer `adp dead requeue`, which also removes the tasks:dead entry.",
     after_help = "Examples:\n  \
 adp replay demo_fib demo_web\n  \
 adp replay --failed\n  \
 adp replay --failed --error-type timeout --dry-run\n  \
-adp replay --task-file tasks.jsonl lost_task_7"
+adp replay --task-file tasks.jsonl lost_task_7\n  \
+adp --run exp-1 replay task_3@2"
 )]
 pub struct ReplayArgs {
     /// Task ids to replay.
@@ -52,6 +55,14 @@ pub struct ReplayArgs {
     /// Say what would be done, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// One trajectory to replay: its task and rollout, and the task when the
+/// trajectory holds it.
+struct Target {
+    task_id: String,
+    rollout: Option<u32>,
+    task: Option<TaskSpec>,
 }
 
 /// Finds the tasks of `ids` in a task file (one streaming pass).
@@ -80,8 +91,9 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
     let dir = env.trajectories_dir();
     let mut problems = 0u64;
 
-    // (task_id, task if known from the trajectory)
-    let mut targets: Vec<(String, Option<TaskSpec>)> = Vec::new();
+    // (task_id, rollout, task if known from the trajectory): one per
+    // trajectory file, so every failed rollout of a task is replayed.
+    let mut targets: Vec<Target> = Vec::new();
     let mut seen = HashSet::new();
     if args.failed {
         let walk = files::walk(&dir, false)
@@ -95,25 +107,49 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
                 (Some(_), None) => true,
                 (Some(label), Some(want)) => label == want,
             };
-            if wanted && seen.insert(v.task_id.clone()) {
-                targets.push((v.task_id.clone(), v.task.clone()));
+            // `<task_id>@<rollout>.json`: that rollout's file.
+            let stem = file
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let rollout = match runs::split_rollout(&stem) {
+                (id, Some(r)) if id == v.task_id => Some(r),
+                _ => None,
+            };
+            if wanted && seen.insert((v.task_id.clone(), rollout)) {
+                targets.push(Target {
+                    task_id: v.task_id.clone(),
+                    rollout,
+                    task: v.task.clone(),
+                });
             }
         }
-        targets.sort_by(|a, b| a.0.cmp(&b.0));
+        targets.sort_by(|a, b| (&a.task_id, a.rollout).cmp(&(&b.task_id, b.rollout)));
     }
-    for id in &args.task_ids {
-        if !seen.insert(id.clone()) {
+    for arg in &args.task_ids {
+        // `t@2` names rollout 2 of task `t` (an `@` is not part of a valid
+        // task id).
+        let (id, rollout) = match runs::split_rollout(arg) {
+            (id, Some(r)) if adp_core::validate::is_safe_task_id(id) => (id, Some(r)),
+            _ => (arg.as_str(), None),
+        };
+        if !seen.insert((id.to_owned(), rollout)) {
             continue;
         }
-        let path = enqueue::current_path(&dir, id)?;
+        let path = enqueue::current_path(&dir, id, rollout)?;
         let task = files::load_view(&path).ok().and_then(|v| v.task);
-        targets.push((id.clone(), task));
+        targets.push(Target {
+            task_id: id.to_owned(),
+            rollout,
+            task,
+        });
     }
 
     let missing: HashSet<String> = targets
         .iter()
-        .filter(|(_, t)| t.is_none())
-        .map(|(id, _)| id.clone())
+        .filter(|t| t.task.is_none())
+        .map(|t| t.task_id.clone())
         .collect();
     let from_file = match (&args.task_file, missing.is_empty()) {
         (Some(path), false) => tasks_from_file(path, &missing)?,
@@ -126,8 +162,16 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
         Some(env.redis().await?)
     };
     let mut done = 0u64;
-    for (id, task) in targets {
-        let Some(task) = task.or_else(|| from_file.get(&id).cloned()) else {
+    for Target {
+        task_id,
+        rollout,
+        task,
+    } in targets
+    {
+        let id = runs::trajectory_file_name(&task_id, rollout)
+            .trim_end_matches(".json")
+            .to_owned();
+        let Some(mut task) = task.or_else(|| from_file.get(&task_id).cloned()) else {
             eprintln!(
                 "adp: {id}: no task found (no trajectory with a `task` field{})",
                 if args.task_file.is_some() {
@@ -139,13 +183,21 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
             problems += 1;
             continue;
         };
+        // The runtime names the new file after the task's run and rollout:
+        // the ones of the file replayed (a task from the task file has none).
+        if rollout.is_some() {
+            task.rollout = rollout;
+        }
+        if task.run_id.is_none() && env.run_id != runs::DEFAULT_RUN {
+            task.run_id = Some(env.run_id.clone());
+        }
         let stream = task.task_type.stream();
         let Some(conn) = conn.as_mut() else {
             println!("would replay {id} onto {stream}");
             done += 1;
             continue;
         };
-        let archived = enqueue::archive_current(&dir, &id)?;
+        let archived = enqueue::archive_current(&dir, &task_id, rollout)?;
         match enqueue::enqueue_replay(conn, &task).await {
             Ok(entry) => {
                 done += 1;
@@ -153,7 +205,7 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
                 println!("replayed {id} onto {stream} as {entry}{kept}");
             }
             Err(e) => {
-                enqueue::restore_archive(&dir, &id, archived.as_deref());
+                enqueue::restore_archive(&dir, &task_id, rollout, archived.as_deref());
                 return Err(e);
             }
         }

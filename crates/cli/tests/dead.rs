@@ -333,3 +333,42 @@ fn requeue_all_by_stream_and_unknown_ids() {
     let o = f.adp(&["dead", "requeue"]);
     assert_code(&o, 2);
 }
+
+/// A dead letter of rollout 1 of task `t` in run `r1` is checked against
+/// that rollout's file (`runs/r1/trajectories/t@1.json`), not `t.json` of the
+/// default run: a real result there refuses the requeue without --force,
+/// and --force keeps it as `t@1.attempt-1.json`.
+#[test]
+fn requeue_of_a_rollout_checks_and_keeps_its_own_file() {
+    let f = Fixture::new();
+    let mut c = f.conn();
+    let mut t = task("t", TaskType::Code);
+    t.run_id = Some("r1".into());
+    t.rollout = Some(1);
+    let dead_id = xadd_dead(&mut c, &t, "5-0", "delivered 4 times without completing");
+    let dir = f.output_dir().join("runs/r1/trajectories");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut result = code_traj("t", true, None, 1);
+    result.task = Some(t.clone());
+    std::fs::write(
+        dir.join("t@1.json"),
+        serde_json::to_vec_pretty(&result).expect("json"),
+    )
+    .expect("write");
+
+    let o = f.adp(&["dead", "requeue", &dead_id]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("t@1.json"), "{}", stderr(&o));
+    assert!(
+        stream_ids(&mut c, "tasks:code").is_empty(),
+        "nothing queued"
+    );
+
+    let o = f.adp(&["dead", "requeue", "--force", &dead_id]);
+    assert_code(&o, 0);
+    assert!(dir.join("t@1.attempt-1.json").exists(), "old result kept");
+    assert!(!dir.join("t@1.json").exists());
+    let queued = stream_tasks(&mut c, "tasks:code");
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].1, t, "the same task: run r1, rollout 1");
+}

@@ -145,3 +145,60 @@ fn replay_from_the_task_file_and_unknown_ids() {
     assert_code(&o, 1);
     assert!(stderr(&o).contains("unsafe task_id"));
 }
+
+/// Rollout `k` of task `t` in run `r1`, as the runtime writes it:
+/// `runs/r1/trajectories/t@k.json`, its task carrying the run and rollout.
+fn write_rollout(f: &Fixture, k: u32, error: Option<ErrorType>) -> std::path::PathBuf {
+    let mut tr = code_traj("t", error.is_none(), error, 1);
+    if let Some(task) = tr.task.as_mut() {
+        task.run_id = Some("r1".into());
+        task.rollout = Some(k);
+    }
+    let dir = f.output_dir().join("runs/r1/trajectories");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join(format!("t@{k}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&tr).expect("json")).expect("write");
+    path
+}
+
+#[test]
+fn replay_of_rollouts_keeps_each_rollout_apart() {
+    let f = Fixture::new();
+    let mut c = f.conn();
+    let dir = f.output_dir().join("runs/r1/trajectories");
+    write_rollout(&f, 0, None);
+    write_rollout(&f, 1, Some(ErrorType::Timeout));
+    write_rollout(&f, 2, Some(ErrorType::RuntimeError));
+
+    // Every failed rollout, each from its own file.
+    let o = f.adp(&["--run", "r1", "replay", "--failed"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("2 replayed"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("old trajectory kept as t@1.attempt-1.json"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(dir.join("t@0.json").exists(), "a success is not replayed");
+    for k in [1, 2] {
+        assert!(!dir.join(format!("t@{k}.json")).exists());
+        assert!(dir.join(format!("t@{k}.attempt-1.json")).exists());
+    }
+    let queued: Vec<(Option<String>, Option<u32>)> = stream_tasks(&mut c, "tasks:code")
+        .into_iter()
+        .map(|(_, t)| (t.run_id, t.rollout))
+        .collect();
+    assert_eq!(
+        queued,
+        [(Some("r1".into()), Some(1)), (Some("r1".into()), Some(2))],
+        "the runtime writes t@1.json and t@2.json of run r1 again"
+    );
+
+    // One rollout by name.
+    let o = f.adp(&["--run", "r1", "replay", "t@0"]);
+    assert_code(&o, 0);
+    assert!(dir.join("t@0.attempt-1.json").exists());
+    assert!(!dir.join("t@0.json").exists());
+    let last = stream_tasks(&mut c, "tasks:code").pop().expect("entry").1;
+    assert_eq!(last.rollout, Some(0));
+}

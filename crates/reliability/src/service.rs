@@ -158,6 +158,17 @@ impl Service {
             .collect()
     }
 
+    /// The current start has logged an event: it is past its set-up,
+    /// signal handlers included (they are in place before the first event
+    /// of `run`), so a SIGTERM now stops it cleanly.
+    pub fn started_up(&self) -> bool {
+        self.child.is_some()
+            && self
+                .log_files()
+                .pop()
+                .is_some_and(|p| !read_events(&p).is_empty())
+    }
+
     /// The last `n` lines of the current log (for failure messages).
     pub fn log_tail(&self, n: usize) -> String {
         let Some(path) = self.log_files().pop() else {
