@@ -6,31 +6,23 @@ mod common;
 
 use std::time::Duration;
 
-use adp_core::llm::{LlmClient, LlmConfig, ToolMode};
+use adp_core::llm::{LlmClient, ToolMode};
 use adp_core::llm_record;
 use adp_core::Trajectory;
-use common::{failed_goto, run, summary, Harness, Site};
+use common::{failed_goto, llm_client, run, start_local, summary, Harness, Site};
 use serde_json::json;
 use test_support::fake_llm::{FakeLlm, Reply};
 use web_runtime::actions::Action;
 use web_runtime::exec;
-use web_runtime::guard::{parse_cidr_list, Policy};
-
-fn policy() -> Policy {
-    Policy::new(false, parse_cidr_list("127.0.0.2/32").expect("cidr"))
-}
 
 /// A browser with the test policy and four pages, and the test site.
 async fn start() -> (Harness, Site) {
-    (Harness::start(policy(), 4).await, Site::local().await)
+    start_local(4).await
 }
 
 /// A text-mode client of `llm` that does not retry (each reply is used once).
 fn client(llm: &FakeLlm) -> LlmClient {
-    let mut config = LlmConfig::new(llm.url());
-    config.retries = 0;
-    config.tool_mode = ToolMode::Text;
-    LlmClient::new(config).expect("client")
+    llm_client(llm, |c| c.tool_mode = ToolMode::Text)
 }
 
 /// Asserts the action types of the steps, in order.

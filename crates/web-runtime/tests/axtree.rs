@@ -13,23 +13,20 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use adp_core::llm::{LlmClient, LlmConfig};
+use adp_core::llm::LlmClient;
 use adp_core::llm_record;
+use adp_core::Trajectory;
 use base64::Engine as _;
-use common::{run, summary, Harness, Site};
+use common::{llm_client, run, start_local, summary, Harness, Site};
 use serde_json::{json, Value};
 use test_support::fake_llm::{FakeLlm, RecordedRequest, Reply};
-use web_runtime::guard::{parse_cidr_list, Policy};
 
 async fn start() -> (Harness, Site) {
-    let policy = Policy::new(false, parse_cidr_list("127.0.0.2/32").expect("cidr"));
-    (Harness::start(policy, 2).await, Site::local().await)
+    start_local(2).await
 }
 
 fn client(llm: &FakeLlm) -> LlmClient {
-    let mut config = LlmConfig::new(llm.url());
-    config.retries = 0;
-    LlmClient::new(config).expect("client")
+    llm_client(llm, |_| {})
 }
 
 /// The id (`e123`) of the first accessibility-tree line holding `needle`.
@@ -55,7 +52,9 @@ fn last_page(req: &RecordedRequest) -> String {
 
 /// Answers the n-th request with `script(n, page)`: a tool call, or a
 /// `finish` saying what was missing.
-async fn model(script: fn(usize, &str) -> Option<(&'static str, Value)>) -> FakeLlm {
+async fn model(
+    script: impl Fn(usize, &str) -> Option<(&'static str, Value)> + Send + Sync + 'static,
+) -> FakeLlm {
     let n = Arc::new(AtomicUsize::new(0));
     FakeLlm::start_fn(move |req| {
         let k = n.fetch_add(1, Ordering::SeqCst);
@@ -171,18 +170,21 @@ async fn ids_are_stable_across_steps_and_actions_accept_them() {
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn elements_in_an_iframe_and_a_shadow_root_are_clicked_by_id() {
+/// Runs task `task_id` on `path` of the site: the model clicks, by id, the
+/// element whose tree line holds `first`, then the one holding `second`,
+/// then finishes. Asserts those four actions (with the start page's goto)
+/// succeeded; returns the trajectory and the harness to stop.
+async fn two_clicks_by_id(
+    task_id: &str,
+    description: &str,
+    path: &str,
+    first: &'static str,
+    second: &'static str,
+) -> (Harness, Trajectory) {
     let (h, site) = start().await;
-    let llm = model(|k, page| match k {
-        0 => Some((
-            "click",
-            json!({"element": id_of(page, "button \"Inner button\"")?}),
-        )),
-        1 => Some((
-            "click",
-            json!({"element": id_of(page, "button \"Shadow button\"")?}),
-        )),
+    let llm = model(move |k, page| match k {
+        0 => Some(("click", json!({"element": id_of(page, first)?}))),
+        1 => Some(("click", json!({"element": id_of(page, second)?}))),
         _ => Some(("finish", json!({"answer": "done"}))),
     })
     .await;
@@ -190,10 +192,10 @@ async fn elements_in_an_iframe_and_a_shadow_root_are_clicked_by_id() {
     let t = run(
         &handler,
         json!({
-            "task_id": "ax_frames",
-            "description": "Press both buttons",
+            "task_id": task_id,
+            "description": description,
             "max_steps": 4,
-            "constraints": {"start_url": format!("{site}/frames")}
+            "constraints": {"start_url": format!("{site}{path}")}
         }),
     )
     .await;
@@ -209,6 +211,19 @@ async fn elements_in_an_iframe_and_a_shadow_root_are_clicked_by_id() {
         "{:#?}",
         t.steps
     );
+    (h, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elements_in_an_iframe_and_a_shadow_root_are_clicked_by_id() {
+    let (h, t) = two_clicks_by_id(
+        "ax_frames",
+        "Press both buttons",
+        "/frames",
+        "button \"Inner button\"",
+        "button \"Shadow button\"",
+    )
+    .await;
     let first = &t.steps[0].observation;
     assert!(
         first.contains("inner idle") && first.contains("shadow idle"),
@@ -248,42 +263,14 @@ async fn elements_in_an_iframe_and_a_shadow_root_are_clicked_by_id() {
 async fn svg_elements_are_clicked_by_id() {
     // SVG elements have no click() method: the action dispatches the click
     // event itself (an SVG link then navigates as a click on it would).
-    let (h, site) = start().await;
-    let llm = model(|k, page| match k {
-        0 => Some((
-            "click",
-            json!({"element": id_of(page, "button \"Paint\"")?}),
-        )),
-        1 => Some((
-            "click",
-            json!({"element": id_of(page, "link \"Drawn link\"")?}),
-        )),
-        _ => Some(("finish", json!({"answer": "done"}))),
-    })
-    .await;
-    let handler = h.handler(h.settings(), Some(client(&llm)));
-    let t = run(
-        &handler,
-        json!({
-            "task_id": "ax_svg",
-            "description": "Paint, then follow the drawn link",
-            "max_steps": 4,
-            "constraints": {"start_url": format!("{site}/svg")}
-        }),
+    let (h, t) = two_clicks_by_id(
+        "ax_svg",
+        "Paint, then follow the drawn link",
+        "/svg",
+        "button \"Paint\"",
+        "link \"Drawn link\"",
     )
     .await;
-    let actions: Vec<(String, bool)> = summary(&t).into_iter().map(|s| (s.0, s.1)).collect();
-    assert_eq!(
-        actions,
-        [
-            ("goto".into(), true),
-            ("click".into(), true),
-            ("click".into(), true),
-            ("finish".into(), true)
-        ],
-        "{:#?}",
-        t.steps
-    );
     assert!(
         t.steps[1].observation.contains("painted")
             && !t.steps[1].observation.contains("not painted"),

@@ -4,14 +4,12 @@
 
 mod common;
 
-use common::{run, Harness, Site};
+use common::{run, start_local};
 use serde_json::json;
-use web_runtime::guard::{parse_cidr_list, Policy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_on_the_final_url_text_and_elements() {
-    let policy = Policy::new(false, parse_cidr_list("127.0.0.2/32").expect("cidr"));
-    let (h, site) = (Harness::start(policy, 2).await, Site::local().await);
+    let (h, site) = start_local(2).await;
     let handler = h.handler(h.settings(), None);
     let actions = json!([
         {"type": "goto", "url": format!("{site}/link-to?url=%2Funseen-item%3Fn%3D1")},

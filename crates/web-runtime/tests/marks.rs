@@ -6,12 +6,10 @@
 
 mod common;
 
-use adp_core::llm::{LlmClient, LlmConfig};
 use base64::Engine as _;
-use common::{run, Harness, Site};
+use common::{llm_client, run, start_local};
 use serde_json::json;
 use test_support::fake_llm::{FakeLlm, Reply};
-use web_runtime::guard::{parse_cidr_list, Policy};
 use web_runtime::marks::PALETTE;
 
 /// `(x, y, w, h)` of the observation line of element `needle`
@@ -51,15 +49,12 @@ fn decode(png: &[u8]) -> (usize, usize, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marks_frame_the_elements_the_model_can_name() {
-    let policy = Policy::new(false, parse_cidr_list("127.0.0.2/32").expect("cidr"));
-    let (h, site) = (Harness::start(policy, 2).await, Site::local().await);
+    let (h, site) = start_local(2).await;
     let llm = FakeLlm::start(vec![Reply::tool_call("finish", json!({"answer": "seen"}))]).await;
-    let mut config = LlmConfig::new(llm.url());
-    config.retries = 0;
     let mut settings = h.settings();
     settings.screenshots_to_model = true;
     settings.screenshot_marks = true;
-    let handler = h.handler(settings, Some(LlmClient::new(config).expect("client")));
+    let handler = h.handler(settings, Some(llm_client(&llm, |_| {})));
     let t = run(
         &handler,
         json!({

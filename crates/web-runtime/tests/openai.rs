@@ -6,26 +6,23 @@
 
 mod common;
 
-use adp_core::llm::{LlmClient, LlmConfig};
+use adp_core::llm::LlmClient;
 use adp_core::llm_record::{self, LlmCall};
 use adp_core::Trajectory;
-use common::{run, summary, Harness, Site};
+use common::{llm_client, run, start_local, summary, Harness, Site};
 use serde_json::{json, Value};
 use test_support::fake_llm::{Completion, FakeLlm, Reply};
-use web_runtime::guard::{parse_cidr_list, Policy};
 
 async fn start() -> (Harness, Site) {
-    let policy = Policy::new(false, parse_cidr_list("127.0.0.2/32").expect("cidr"));
-    (Harness::start(policy, 2).await, Site::local().await)
+    start_local(2).await
 }
 
 /// A native-mode client of `llm` asking for logprobs, without retries.
 fn client(llm: &FakeLlm) -> LlmClient {
-    let mut config = LlmConfig::new(llm.url());
-    config.retries = 0;
-    config.logprobs = true;
-    config.model = "web-model".into();
-    LlmClient::new(config).expect("client")
+    llm_client(llm, |c| {
+        c.logprobs = true;
+        c.model = "web-model".into();
+    })
 }
 
 /// `t`'s records, after checking they rebuild every request `llm` logged,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use adp_core::cache::TemplateCache;
-use adp_core::llm::LlmClient;
+use adp_core::llm::{LlmClient, LlmConfig};
 use adp_core::metrics::Metrics;
 use adp_core::queue::TaskContext;
 use adp_core::{TaskSpec, Trajectory};
@@ -21,6 +21,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::Value;
+use test_support::fake_llm::FakeLlm;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -326,6 +327,32 @@ impl Recorder {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+}
+
+/// The tests' address policy: private addresses allowed (the site is on
+/// 127.0.0.1), `127.0.0.2/32` refused as the stand-in for a forbidden host.
+pub fn test_policy() -> Policy {
+    Policy::new(
+        false,
+        web_runtime::guard::parse_cidr_list("127.0.0.2/32").expect("cidr"),
+    )
+}
+
+/// A browser with [`test_policy`] and `max_pages` pages, and the test site.
+pub async fn start_local(max_pages: usize) -> (Harness, Site) {
+    (
+        Harness::start(test_policy(), max_pages).await,
+        Site::local().await,
+    )
+}
+
+/// A client of the scripted server `llm` that does not retry (each
+/// scripted reply is used once); `change` adjusts the rest.
+pub fn llm_client(llm: &FakeLlm, change: impl FnOnce(&mut LlmConfig)) -> LlmClient {
+    let mut config = LlmConfig::new(llm.url());
+    config.retries = 0;
+    change(&mut config);
+    LlmClient::new(config).expect("client")
 }
 
 /// A real Chromium (through the egress proxy) and a place for outputs.
