@@ -445,7 +445,7 @@ impl WebHandler {
             let marks = match &obs.axtree {
                 Some(view) if self.settings.screenshot_marks => {
                     let marks = crate::marks::of_view(view, self.settings.max_ax_nodes);
-                    Some((view.clone(), marks))
+                    Some((view.viewport, marks))
                 }
                 _ => None,
             };
@@ -592,7 +592,8 @@ impl WebHandler {
     /// `<step files dir>/step_<n>.png` ([`Self::step_files_dir`]:
     /// `$OUTPUT_DIR/trajectories/<task_id>.files/` in the default run): its path,
     /// its path relative to the trajectory's directory, its bytes, and how
-    /// many set-of-marks were drawn on it (`marks`: the view and its marks;
+    /// many set-of-marks were drawn on it (`marks`: the viewport the
+    /// observation read and its marks;
     /// `None` when none were asked for or drawing failed); `None` if it
     /// failed.
     async fn screenshot(
@@ -600,7 +601,7 @@ impl WebHandler {
         task: &TaskSpec,
         session: &Session,
         step: u32,
-        marks: Option<(crate::axtree::AxView, Vec<crate::marks::Mark>)>,
+        marks: Option<(crate::axtree::Viewport, Vec<crate::marks::Mark>)>,
     ) -> Option<(String, String, Vec<u8>, Option<usize>)> {
         use chromiumoxide::page::ScreenshotParams;
         let (dir, dir_name) = self.step_files_dir(task)?;
@@ -621,14 +622,15 @@ impl WebHandler {
         let (bytes, marked) = match marks {
             // Decoding, drawing and encoding a PNG takes milliseconds of
             // CPU: off the runtime's thread.
-            Some((view, marks)) => {
+            Some((viewport, marks)) => {
                 let shot = std::sync::Arc::new(bytes);
                 let plain = shot.clone();
                 let n = marks.len();
-                let drawn =
-                    tokio::task::spawn_blocking(move || crate::marks::draw(&plain, &view, &marks))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                let drawn = tokio::task::spawn_blocking(move || {
+                    crate::marks::draw(&plain, viewport, &marks)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 match drawn {
                     Ok(marked) => (marked, Some(n)),
                     Err(e) => {

@@ -6,7 +6,7 @@
 //! itself is not touched (no overlay element a page script could see or
 //! move).
 
-use crate::axtree::{AxView, Place, Rect};
+use crate::axtree::{AxView, Place, Rect, Viewport};
 
 /// One element to mark: its id and its box in page coordinates.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,12 +135,12 @@ fn label_size(text: &str) -> (i64, i64) {
     )
 }
 
-/// Draws `marks` on the PNG `png`, a screenshot of the viewport of `view`
+/// Draws `marks` on the PNG `png`, a screenshot of the viewport `vp`
 /// (page coordinates are moved by its scroll position and scaled to the
 /// image: image width / viewport width). Returns the new PNG (same size and
 /// colour type, fast compression). `Err` for an image this cannot draw on
 /// (not 8-bit RGB or RGBA after expansion) or a PNG error.
-pub fn draw(png: &[u8], view: &AxView, marks: &[Mark]) -> Result<Vec<u8>, String> {
+pub fn draw(png: &[u8], vp: Viewport, marks: &[Mark]) -> Result<Vec<u8>, String> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(png));
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(|e| e.to_string())?;
@@ -158,7 +158,6 @@ pub fn draw(png: &[u8], view: &AxView, marks: &[Mark]) -> Result<Vec<u8>, String
         bpp,
         data,
     };
-    let vp = view.viewport;
     let scale = if vp.width > 0.0 {
         canvas.width as f64 / vp.width
     } else {
@@ -217,7 +216,7 @@ pub fn draw(png: &[u8], view: &AxView, marks: &[Mark]) -> Result<Vec<u8>, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::axtree::{AxNode, Viewport};
+    use crate::axtree::AxNode;
 
     fn blank_png(w: u32, h: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -302,7 +301,7 @@ mod tests {
         assert_eq!(marks.len(), 1, "only addressable nodes in view");
         // A 2x image (device scale factor 2): boxes scale with it.
         let png = blank_png(400, 200);
-        let drawn = draw(&png, &view, &marks).expect("draw");
+        let drawn = draw(&png, view.viewport, &marks).expect("draw");
         let (w, px) = pixels(&drawn);
         let at = |x: usize, y: usize| &px[(y * w + x) * 4..(y * w + x) * 4 + 3];
         // The frame's top-left corner: (20, 110 - 50) * 2.
@@ -325,7 +324,6 @@ mod tests {
 
     #[test]
     fn not_a_png_is_an_error() {
-        let view = AxView::default();
-        assert!(draw(b"not a png", &view, &[]).is_err());
+        assert!(draw(b"not a png", Viewport::default(), &[]).is_err());
     }
 }
