@@ -343,7 +343,7 @@ struct TrajectoryInfo {
 fn trajectory_info(env: &Env, task_id: &str, rollout: Option<u32>) -> Option<TrajectoryInfo> {
     let dir = env.trajectories_dir();
     let path = enqueue::current_path(&dir, task_id, rollout).ok()?;
-    let stem = path.file_stem()?.to_string_lossy().into_owned();
+    let stem = enqueue::stem(task_id, rollout);
     let mut info = TrajectoryInfo {
         path: path.display().to_string(),
         exists: path.exists(),

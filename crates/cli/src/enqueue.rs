@@ -97,9 +97,9 @@ pub fn current_path(dir: &Path, task_id: &str, rollout: Option<u32>) -> Result<P
     Ok(dir.join(adp_core::runs::trajectory_file_name(task_id, rollout)))
 }
 
-/// The stem archives of a trajectory are named after: `<task_id>` or
-/// `<task_id>@<rollout>`.
-fn stem(task_id: &str, rollout: Option<u32>) -> String {
+/// The name of a trajectory without `.json` (what its archives are named
+/// after): `<task_id>` or `<task_id>@<rollout>`.
+pub fn stem(task_id: &str, rollout: Option<u32>) -> String {
     let name = adp_core::runs::trajectory_file_name(task_id, rollout);
     name.strip_suffix(".json").unwrap_or(&name).to_owned()
 }

@@ -168,9 +168,7 @@ pub async fn run(env: &Env, args: ReplayArgs) -> Result<Outcome> {
         task,
     } in targets
     {
-        let id = runs::trajectory_file_name(&task_id, rollout)
-            .trim_end_matches(".json")
-            .to_owned();
+        let id = enqueue::stem(&task_id, rollout);
         let Some(mut task) = task.or_else(|| from_file.get(&task_id).cloned()) else {
             eprintln!(
                 "adp: {id}: no task found (no trajectory with a `task` field{})",
