@@ -348,6 +348,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             r
         });
     }
+    let (ok, failed) = tally(tasks).await;
+    report(n, ok, failed, started);
+    if let Ok(mut browser) = Arc::try_unwrap(browser) {
+        let _ = browser.close().await;
+        let _ = browser.wait().await;
+    }
+    pump.abort();
+    Ok(())
+}
+
+/// Waits for every task: (succeeded, failed), each failure printed.
+async fn tally<E: std::fmt::Display + 'static>(
+    mut tasks: tokio::task::JoinSet<Result<(), E>>,
+) -> (usize, usize) {
     let (mut ok, mut failed) = (0usize, 0usize);
     while let Some(r) = tasks.join_next().await {
         match r {
@@ -362,13 +376,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    report(n, ok, failed, started);
-    if let Ok(mut browser) = Arc::try_unwrap(browser) {
-        let _ = browser.close().await;
-        let _ = browser.wait().await;
-    }
-    pump.abort();
-    Ok(())
+    (ok, failed)
 }
 
 /// `BENCH_DIRECT_SCRIPTS=1`: the tasks in sessions of the runtime's own
@@ -402,20 +410,7 @@ async fn run_with_manager(
             r
         });
     }
-    let (mut ok, mut failed) = (0usize, 0usize);
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(())) => ok += 1,
-            Ok(Err(e)) => {
-                failed += 1;
-                eprintln!("task failed: {e}");
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("task panicked: {e}");
-            }
-        }
-    }
+    let (ok, failed) = tally(tasks).await;
     report(n, ok, failed, started);
     manager.shutdown().await;
     Ok(())
